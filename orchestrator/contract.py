@@ -1,0 +1,407 @@
+"""The message contract: every command and event Drover puts on the bus, and the envelope.
+
+This is the only module that knows the wire format. Everything that crosses the bus is
+one of the frozen payload models below, wrapped in an :class:`Envelope` and serialised
+as JSON. Services in other languages publish by the JSON Schema that :func:`json_schema`
+exports.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    computed_field,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Command",
+    "ComponentDeployed",
+    "ComponentFailed",
+    "ComponentRequest",
+    "ComponentRollbackFailed",
+    "ComponentRolledBack",
+    "ComponentStarted",
+    "DeployComponent",
+    "Envelope",
+    "Event",
+    "HostName",
+    "Message",
+    "MessageDecodeError",
+    "Name",
+    "Problem",
+    "ReleaseAccepted",
+    "ReleaseFailed",
+    "ReleaseRejected",
+    "ReleaseRolledBack",
+    "ReleaseSucceeded",
+    "RollbackComponent",
+    "Step",
+    "StepFailed",
+    "StepStarted",
+    "StepSucceeded",
+    "SubmitRelease",
+    "Version",
+    "decode",
+    "envelope",
+    "json_schema",
+    "problems_from",
+]
+
+SCHEMA_VERSION: Final = 1
+
+# Names end up in queue names, store keys, metric names and (issue 4) driver arguments,
+# so they are held to strict patterns here, once, rather than escaped everywhere later.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
+HostVersions = Mapping[HostName, Version]
+
+
+class Step(StrEnum):
+    """What a worker does to one batch of hosts, in this order."""
+
+    DRAIN = "drain"
+    DEPLOY = "deploy"
+    VERIFY = "verify"
+    UNDRAIN = "undrain"
+
+
+class Problem(BaseModel):
+    """One reason an input was refused: where (a dotted field path) and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- commands: imperative, each has exactly one consumer ---------------------------------
+
+
+class ComponentRequest(_Payload):
+    """One service to move to one version, after the services it depends on."""
+
+    service: Name
+    version: Version
+    depends_on: tuple[Name, ...] = ()
+
+
+class SubmitRelease(_Payload):
+    """Release these versions of these services to one environment."""
+
+    environment: Name
+    reason: str = Field(default="", max_length=500)
+    components: tuple[ComponentRequest, ...] = Field(min_length=1)
+
+
+class DeployComponent(_Payload):
+    """Move every host of one service in one environment to a version."""
+
+    environment: Name
+    service: Name
+    version: Version
+
+
+class RollbackComponent(_Payload):
+    """Put every host of one service back to the version it ran before the release."""
+
+    environment: Name
+    service: Name
+    from_version: Version
+    to_versions: dict[HostName, Version]
+
+
+# --- events: past tense, anyone may listen ----------------------------------------------
+
+
+class ReleaseAccepted(_Payload):
+    environment: Name
+    reason: str
+    components: tuple[ComponentRequest, ...]
+
+
+class ReleaseRejected(_Payload):
+    problems: tuple[Problem, ...]
+
+
+class ComponentStarted(_Payload):
+    """A worker took a component on; ``previous_versions`` is what its hosts ran before."""
+
+    environment: Name
+    service: Name
+    version: Version
+    previous_versions: dict[HostName, Version]
+
+
+class _StepReport(_Payload):
+    environment: Name
+    service: Name
+    step: Step
+    batch: int = Field(ge=1)
+    hosts: tuple[HostName, ...]
+    rollback: bool = False
+
+
+class StepStarted(_StepReport):
+    pass
+
+
+class StepSucceeded(_StepReport):
+    duration_ms: float = Field(ge=0)
+
+
+class StepFailed(_StepReport):
+    host: HostName
+    reason: str
+
+
+class ComponentDeployed(_Payload):
+    environment: Name
+    service: Name
+    version: Version
+    previous_versions: dict[HostName, Version]
+
+
+class ComponentFailed(_Payload):
+    """A component could not be deployed; its worker already put its own hosts back."""
+
+    environment: Name
+    service: Name
+    version: Version
+    reason: str
+    restored: bool
+
+
+class ComponentRolledBack(_Payload):
+    environment: Name
+    service: Name
+    to_versions: dict[HostName, Version]
+
+
+class ComponentRollbackFailed(_Payload):
+    environment: Name
+    service: Name
+    reason: str
+    hosts: tuple[HostName, ...]
+
+
+class ReleaseSucceeded(_Payload):
+    pass
+
+
+class ReleaseRolledBack(_Payload):
+    reason: str
+
+
+class ReleaseFailed(_Payload):
+    """Compensation could not finish: what is named here needs a human."""
+
+    reason: str
+    needs_attention: tuple[str, ...]
+
+
+Command = SubmitRelease | DeployComponent | RollbackComponent
+Event = (
+    ReleaseAccepted
+    | ReleaseRejected
+    | ComponentStarted
+    | StepStarted
+    | StepSucceeded
+    | StepFailed
+    | ComponentDeployed
+    | ComponentFailed
+    | ComponentRolledBack
+    | ComponentRollbackFailed
+    | ReleaseSucceeded
+    | ReleaseRolledBack
+    | ReleaseFailed
+)
+Message = Command | Event
+
+_COMMANDS: Final[tuple[type[_Payload], ...]] = (SubmitRelease, DeployComponent, RollbackComponent)
+_EVENTS: Final[tuple[type[_Payload], ...]] = (
+    ReleaseAccepted,
+    ReleaseRejected,
+    ComponentStarted,
+    StepStarted,
+    StepSucceeded,
+    StepFailed,
+    ComponentDeployed,
+    ComponentFailed,
+    ComponentRolledBack,
+    ComponentRollbackFailed,
+    ReleaseSucceeded,
+    ReleaseRolledBack,
+    ReleaseFailed,
+)
+MESSAGE_TYPES: Final[dict[str, type[_Payload]]] = {c.__name__: c for c in _COMMANDS + _EVENTS}
+
+
+class _Header(BaseModel):
+    """The envelope as it is read off the wire, before its payload is trusted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100)
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    release_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    causation_id: str | None = None
+    actor: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any]
+
+
+class Envelope(BaseModel):
+    """One message on the bus: a payload and the facts every consumer needs about it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    schema_version: int = SCHEMA_VERSION
+    occurred_at: datetime
+    release_id: str
+    causation_id: str | None = None
+    actor: str
+    payload: Message
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def type(self) -> str:
+        return type(self.payload).__name__
+
+    @property
+    def is_command(self) -> bool:
+        return isinstance(self.payload, _COMMANDS)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict, for transports (Celery task arguments) that serialise it."""
+        return self.model_dump(mode="json")
+
+
+class MessageDecodeError(Exception):
+    """Bytes off the bus that are not a valid Drover message.
+
+    ``header`` is set when the envelope itself was readable and only the payload was not,
+    so a consumer can still answer the sender (a rejected release) instead of only
+    dead-lettering the bytes.
+    """
+
+    def __init__(self, raw: bytes, problems: Sequence[Problem], header: _Header | None = None):
+        self.raw = raw
+        self.problems = tuple(problems)
+        self.header = header
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+def envelope(
+    payload: Message,
+    *,
+    release_id: str,
+    actor: str,
+    causation: Envelope | None = None,
+    message_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> Envelope:
+    """Wrap a payload for the bus; the one way Drover code builds a message."""
+    return Envelope(
+        id=message_id or uuid.uuid4().hex,
+        occurred_at=occurred_at or datetime.now(UTC),
+        release_id=release_id,
+        causation_id=causation.id if causation else None,
+        actor=actor,
+        payload=payload,
+    )
+
+
+def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:
+    """Read a message off the wire, or raise :class:`MessageDecodeError` saying why not."""
+    data: Any
+    if isinstance(raw, Mapping):
+        data, raw_bytes = raw, json.dumps(raw, default=str).encode()
+    else:
+        raw_bytes = raw if isinstance(raw, bytes) else raw.encode()
+        try:
+            data = json.loads(raw_bytes)
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = Problem(path="", reason=f"not JSON: {exc}")
+            raise MessageDecodeError(raw_bytes, [problem]) from exc
+    try:
+        header = _Header.model_validate(data)
+    except ValidationError as exc:
+        raise MessageDecodeError(raw_bytes, problems_from(exc)) from exc
+    payload_type = MESSAGE_TYPES.get(header.type)
+    if payload_type is None:
+        problem = Problem(path="type", reason=f"unknown message type {header.type!r}")
+        raise MessageDecodeError(raw_bytes, [problem], header)
+    if header.schema_version != SCHEMA_VERSION:
+        reason = f"schema version {header.schema_version} is not {SCHEMA_VERSION}"
+        raise MessageDecodeError(raw_bytes, [Problem(path="schema_version", reason=reason)], header)
+    try:
+        payload = payload_type.model_validate(header.payload)
+    except ValidationError as exc:
+        raise MessageDecodeError(raw_bytes, problems_from(exc, prefix="payload"), header) from exc
+    fields = header.model_dump(exclude={"type", "payload"})
+    return Envelope(**fields, payload=payload)  # type: ignore[arg-type]
+
+
+def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:
+    """Turn pydantic's errors into paths a person can find in their file."""
+    problems = []
+    for item in error.errors(include_url=False):
+        path = prefix
+        for part in item["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += f".{part}" if path else str(part)
+        reason = item["msg"]
+        if item["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif item["type"] == "string_pattern_mismatch":
+            reason = f"{item['input']!r} is not valid here ({item['msg']})"
+        problems.append(Problem(path=path, reason=reason))
+    return problems
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema per message type: the envelope with that type's payload."""
+    header = _Header.model_json_schema()
+    schemas: dict[str, Any] = {}
+    for name, payload_type in MESSAGE_TYPES.items():
+        properties = dict(header["properties"])
+        properties["type"] = {"const": name, "title": "Type"}
+        properties["payload"] = payload_type.model_json_schema()
+        schemas[name] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": name,
+            "description": (payload_type.__doc__ or "").strip(),
+            "x-drover-kind": "command" if payload_type in _COMMANDS else "event",
+            "type": "object",
+            "properties": properties,
+            "required": header["required"],
+            "additionalProperties": False,
+        }
+    return schemas

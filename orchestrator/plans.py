@@ -1,0 +1,290 @@
+"""The files users write: the fleet (environment as code) and releases.
+
+Both are read here, once, into frozen models; every problem comes back as a
+:class:`InvalidInput` naming the file, the field path and the reason, so that nothing
+is deployed from a file that is wrong anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Self, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.contract import (
+    ComponentRequest,
+    HostName,
+    Name,
+    Problem,
+    Step,
+    SubmitRelease,
+    Version,
+    problems_from,
+)
+
+__all__ = [
+    "EnvironmentConfig",
+    "FailureInjection",
+    "Fleet",
+    "InvalidInput",
+    "ReleasePlan",
+    "ServiceConfig",
+    "SimulatedDriverConfig",
+    "load_fleet",
+    "load_release",
+    "plan_release",
+]
+
+
+class InvalidInput(Exception):
+    """A file or message that cannot be used, with every reason found in it."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]):
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__(self.explain())
+
+    def explain(self) -> str:
+        lines = [f"{self.source}: invalid"]
+        lines += [f"  {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FailureInjection(_Config):
+    """Make the simulator fail a step, for demos, tests and drills.
+
+    Every field given must match; ``version`` and ``host`` left out match any.
+    """
+
+    step: Step
+    version: Version | None = None
+    host: HostName | None = None
+
+    def matches(self, step: Step, version: str, host: str) -> bool:
+        return (
+            self.step == step
+            and self.version in (None, version)
+            and self.host in (None, host)
+        )
+
+
+class SimulatedDriverConfig(_Config):
+    """A fleet simulator: host state lives in the store, effects are counted."""
+
+    kind: Literal["simulated"]
+    initial_version: Version
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+    fail: tuple[FailureInjection, ...] = ()
+
+
+DriverConfig = SimulatedDriverConfig
+
+
+class ServiceConfig(_Config):
+    hosts: tuple[HostName, ...] = Field(min_length=1)
+    batch_size: int = Field(default=1, ge=1)
+    driver: DriverConfig
+
+    @model_validator(mode="after")
+    def _hosts_are_unique(self) -> Self:
+        seen: set[str] = set()
+        for host in self.hosts:
+            if host in seen:
+                raise ValueError(f"host {host!r} is listed twice")
+            seen.add(host)
+        for injection in self.driver.fail:
+            if injection.host is not None and injection.host not in seen:
+                raise ValueError(f"driver.fail names host {injection.host!r}, not in hosts")
+        return self
+
+    def batches(self) -> list[tuple[str, ...]]:
+        size = self.batch_size
+        return [self.hosts[i : i + size] for i in range(0, len(self.hosts), size)]
+
+
+class EnvironmentConfig(_Config):
+    services: dict[Name, ServiceConfig] = Field(min_length=1)
+
+
+class Fleet(_Config):
+    environments: dict[Name, EnvironmentConfig] = Field(min_length=1)
+
+    def service(self, environment: str, service: str) -> ServiceConfig:
+        return self.environments[environment].services[service]
+
+    def service_names(self) -> list[str]:
+        """Every service of every environment, once each, sorted."""
+        return sorted({s for env in self.environments.values() for s in env.services})
+
+
+class ReleasePlan(_Config):
+    """A release checked against the fleet: its components in dependency waves."""
+
+    request: SubmitRelease
+    waves: tuple[tuple[Name, ...], ...]
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice", mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(str(path), [Problem(path="", reason=exc.strerror or str(exc))]) from exc
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        reason = f"malformed YAML{where}: {problem}"
+        raise InvalidInput(str(path), [Problem(path="", reason=reason)]) from exc
+
+
+def _validate(model: type[_M], data: Any, source: str) -> _M:
+    if not isinstance(data, Mapping):
+        problem = Problem(path="", reason="expected a mapping at the top of the file")
+        raise InvalidInput(source, [problem])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(source, problems_from(exc)) from exc
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    path = Path(path)
+    return _validate(Fleet, _read_yaml(path), str(path))
+
+
+def load_release(path: str | Path) -> SubmitRelease:
+    """Read a release file; it has the shape of the ``SubmitRelease`` command."""
+    path = Path(path)
+    return _validate(SubmitRelease, _read_yaml(path), str(path))
+
+
+# --- checking a release against the fleet -------------------------------------------------
+
+
+def plan_release(fleet: Fleet, request: SubmitRelease, source: str = "release") -> ReleasePlan:
+    """Check a release against the fleet and order it; raise :class:`InvalidInput` if wrong."""
+    problems = list(_fleet_problems(fleet, request)) + list(_graph_problems(request.components))
+    if problems:
+        raise InvalidInput(source, problems)
+    return ReleasePlan(request=request, waves=_waves(request.components))
+
+
+def _fleet_problems(fleet: Fleet, request: SubmitRelease) -> Iterable[Problem]:
+    environment = fleet.environments.get(request.environment)
+    if environment is None:
+        known = ", ".join(sorted(fleet.environments))
+        reason = f"unknown environment {request.environment!r} (the fleet has: {known})"
+        yield Problem(path="environment", reason=reason)
+        return
+    for index, component in enumerate(request.components):
+        if component.service not in environment.services:
+            yield Problem(
+                path=f"components[{index}].service",
+                reason=f"unknown service {component.service!r} in {request.environment!r}",
+            )
+
+
+def _graph_problems(components: Sequence[ComponentRequest]) -> Iterable[Problem]:
+    first_index: dict[str, int] = {}
+    for index, component in enumerate(components):
+        if component.service in first_index:
+            yield Problem(
+                path=f"components[{index}].service",
+                reason=(
+                    f"{component.service!r} is already components[{first_index[component.service]}]"
+                    "; a release moves a service once"
+                ),
+            )
+        else:
+            first_index[component.service] = index
+    for index, component in enumerate(components):
+        for position, dependency in enumerate(component.depends_on):
+            path = f"components[{index}].depends_on[{position}]"
+            if dependency == component.service:
+                yield Problem(path=path, reason=f"{dependency!r} cannot depend on itself")
+            elif dependency not in first_index:
+                reason = f"{dependency!r} is not a component of this release"
+                yield Problem(path=path, reason=reason)
+    cycle = _find_cycle(components)
+    if cycle:
+        yield Problem(path="components", reason="dependency cycle: " + " -> ".join(cycle))
+
+
+def _find_cycle(components: Sequence[ComponentRequest]) -> list[str]:
+    edges = {c.service: [d for d in c.depends_on if d != c.service] for c in components}
+    state: dict[str, Literal["open", "done"]] = {}
+    trail: list[str] = []
+
+    def visit(service: str) -> list[str]:
+        state[service] = "open"
+        trail.append(service)
+        for dependency in edges.get(service, []):
+            if state.get(dependency) == "open":
+                return [*trail[trail.index(dependency) :], dependency]
+            if dependency not in state and dependency in edges:
+                found = visit(dependency)
+                if found:
+                    return found
+        trail.pop()
+        state[service] = "done"
+        return []
+
+    for service in edges:
+        if service not in state:
+            found = visit(service)
+            if found:
+                return found
+    return []
+
+
+def _waves(components: Sequence[ComponentRequest]) -> tuple[tuple[str, ...], ...]:
+    """Group components by dependency depth: each wave needs only earlier waves."""
+    remaining = {c.service: set(c.depends_on) for c in components}
+    done: set[str] = set()
+    waves: list[tuple[str, ...]] = []
+    while remaining:
+        ready = tuple(s for s, deps in remaining.items() if deps <= done)
+        waves.append(ready)
+        done.update(ready)
+        for service in ready:
+            del remaining[service]
+    return tuple(waves)

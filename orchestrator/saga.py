@@ -1,0 +1,345 @@
+"""The release saga: every decision the coordinator takes, as a pure function.
+
+``decide(state, message, fleet)`` returns the new state and the payloads to send. It does
+no I/O, reads no clock and draws no random numbers, so the same inputs always give the
+same decision: that is what makes crash-and-resume and duplicate delivery safe, and what
+lets the tests walk every path without a broker.
+
+Ordering rules:
+
+* a component starts once every component it depends on is deployed;
+* after the first failure no new component starts; those in flight are waited for;
+* then deployed components are rolled back in reverse dependency order: a component is
+  rolled back only after everything that depends on it has been rolled back, and
+  independent components are rolled back side by side;
+* a component whose rollback failed pins what it depends on: those are left as they are
+  and named for a human, because undoing them under a component still on its new
+  version could break it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.contract import (
+    ComponentDeployed,
+    ComponentFailed,
+    ComponentRequest,
+    ComponentRollbackFailed,
+    ComponentRolledBack,
+    ComponentStarted,
+    DeployComponent,
+    Envelope,
+    Message,
+    ReleaseAccepted,
+    ReleaseFailed,
+    ReleaseRejected,
+    ReleaseRolledBack,
+    ReleaseSucceeded,
+    RollbackComponent,
+    SubmitRelease,
+)
+from orchestrator.plans import Fleet, InvalidInput, plan_release
+
+__all__ = [
+    "ComponentState",
+    "ComponentStatus",
+    "Decision",
+    "ReleaseState",
+    "ReleaseStatus",
+    "decide",
+]
+
+
+class ReleaseStatus(StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"  # a compensation could not be done: a human is needed
+    REJECTED = "rejected"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_RELEASE
+
+
+_TERMINAL_RELEASE: Final = frozenset(
+    {ReleaseStatus.SUCCEEDED, ReleaseStatus.ROLLED_BACK, ReleaseStatus.FAILED, ReleaseStatus.REJECTED}
+)
+
+
+class ComponentStatus(StrEnum):
+    PENDING = "pending"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    FAILED = "failed"  # its worker reported failure (and put its own hosts back)
+    SKIPPED = "skipped"  # never started: the release failed first
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+# The only moves a component may make; anything else is a duplicate or late message.
+COMPONENT_TRANSITIONS: Final[Mapping[ComponentStatus, frozenset[ComponentStatus]]] = {
+    ComponentStatus.PENDING: frozenset({ComponentStatus.DEPLOYING, ComponentStatus.SKIPPED}),
+    ComponentStatus.DEPLOYING: frozenset({ComponentStatus.DEPLOYED, ComponentStatus.FAILED}),
+    ComponentStatus.DEPLOYED: frozenset({ComponentStatus.ROLLING_BACK}),
+    ComponentStatus.ROLLING_BACK: frozenset(
+        {ComponentStatus.ROLLED_BACK, ComponentStatus.ROLLBACK_FAILED}
+    ),
+    ComponentStatus.FAILED: frozenset(),
+    ComponentStatus.SKIPPED: frozenset(),
+    ComponentStatus.ROLLED_BACK: frozenset(),
+    ComponentStatus.ROLLBACK_FAILED: frozenset(),
+}
+
+
+class ComponentState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: str
+    version: str
+    depends_on: tuple[str, ...] = ()
+    status: ComponentStatus = ComponentStatus.PENDING
+    previous_versions: dict[str, str] = {}
+    restored: bool = True  # for a FAILED component: did its worker put its hosts back?
+    reason: str = ""
+
+    @property
+    def previous_version(self) -> str | None:
+        """The version the hosts ran before, when they all ran the same one."""
+        versions = set(self.previous_versions.values())
+        return versions.pop() if len(versions) == 1 else None
+
+    def moved_to(self, status: ComponentStatus, **changes: object) -> ComponentState:
+        if status not in COMPONENT_TRANSITIONS[self.status]:
+            raise _IllegalTransition(self.service, self.status, status)
+        return self.model_copy(update={"status": status, **changes})
+
+
+class ReleaseState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    environment: str
+    reason: str = ""
+    requested_by: str
+    status: ReleaseStatus
+    components: dict[str, ComponentState] = {}
+    failure: str = ""  # the first thing that went wrong, in words
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: ReleaseState | None
+    outgoing: tuple[Message, ...] = field(default=())
+
+
+class _IllegalTransition(Exception):
+    def __init__(self, service: str, current: ComponentStatus, wanted: ComponentStatus):
+        super().__init__(f"{service}: {current} -> {wanted} is not allowed")
+
+
+def decide(state: ReleaseState | None, message: Envelope, fleet: Fleet) -> Decision:
+    """The saga's one decision: what the release becomes, and what to send, after ``message``."""
+    payload = message.payload
+    if state is None:
+        if isinstance(payload, SubmitRelease):
+            return _submitted(payload, message, fleet)
+        return Decision(None)  # an event for a release this store never accepted
+    if state.status.is_terminal:
+        return Decision(state)  # no transition ever leaves a terminal state
+    try:
+        return _advance(state, payload, message.occurred_at)
+    except _IllegalTransition:
+        return Decision(state)  # a duplicate or late report: it changes nothing
+
+
+def _submitted(request: SubmitRelease, message: Envelope, fleet: Fleet) -> Decision:
+    created = ReleaseState(
+        id=message.release_id,
+        environment=request.environment,
+        reason=request.reason,
+        requested_by=message.actor,
+        status=ReleaseStatus.RUNNING,
+        created_at=message.occurred_at,
+        updated_at=message.occurred_at,
+    )
+    try:
+        plan_release(fleet, request)
+    except InvalidInput as invalid:
+        rejected = created.model_copy(
+            update={
+                "status": ReleaseStatus.REJECTED,
+                "failure": "; ".join(str(p) for p in invalid.problems),
+                "finished_at": message.occurred_at,
+            }
+        )
+        return Decision(rejected, (ReleaseRejected(problems=invalid.problems),))
+    components = {c.service: _component(c) for c in request.components}
+    accepted = ReleaseAccepted(
+        environment=request.environment, reason=request.reason, components=request.components
+    )
+    started, commands = _start_ready(created.model_copy(update={"components": components}))
+    return Decision(started, (accepted, *commands))
+
+
+def _component(request: ComponentRequest) -> ComponentState:
+    return ComponentState(
+        service=request.service, version=request.version, depends_on=request.depends_on
+    )
+
+
+def _advance(state: ReleaseState, payload: Message, at: datetime) -> Decision:
+    component = state.components.get(getattr(payload, "service", ""))
+    if component is None:
+        return Decision(state)  # release-level events, step reports: nothing to decide
+    match payload:
+        case ComponentStarted(previous_versions=previous) if component.status is (
+            ComponentStatus.DEPLOYING
+        ):
+            updated = component.model_copy(update={"previous_versions": previous})
+            return Decision(_with(state, updated, at))
+        case ComponentDeployed(previous_versions=previous):
+            updated = component.moved_to(ComponentStatus.DEPLOYED, previous_versions=previous)
+        case ComponentFailed(reason=reason, restored=restored):
+            updated = component.moved_to(
+                ComponentStatus.FAILED, reason=reason, restored=restored
+            )
+        case ComponentRolledBack():
+            updated = component.moved_to(ComponentStatus.ROLLED_BACK)
+        case ComponentRollbackFailed(reason=reason):
+            updated = component.moved_to(ComponentStatus.ROLLBACK_FAILED, reason=reason)
+        case _:
+            return Decision(state)
+    state = _with(state, updated, at)
+    if updated.status is ComponentStatus.FAILED and state.status is ReleaseStatus.RUNNING:
+        state = _begin_compensating(state, f"{updated.service}: {updated.reason}")
+    if state.status is ReleaseStatus.RUNNING:
+        return _continue_forward(state, at)
+    return _continue_compensating(state, at)
+
+
+def _with(state: ReleaseState, component: ComponentState, at: datetime) -> ReleaseState:
+    components = {**state.components, component.service: component}
+    return state.model_copy(update={"components": components, "updated_at": at})
+
+
+def _continue_forward(state: ReleaseState, at: datetime) -> Decision:
+    if all(c.status is ComponentStatus.DEPLOYED for c in state.components.values()):
+        done = _finish(state, ReleaseStatus.SUCCEEDED, at)
+        return Decision(done, (ReleaseSucceeded(),))
+    started, commands = _start_ready(state)
+    return Decision(started, commands)
+
+
+def _start_ready(state: ReleaseState) -> tuple[ReleaseState, tuple[Message, ...]]:
+    """Send every pending component whose dependencies are all deployed."""
+    deployed = {s for s, c in state.components.items() if c.status is ComponentStatus.DEPLOYED}
+    components = dict(state.components)
+    commands: list[Message] = []
+    for service, component in state.components.items():
+        if component.status is ComponentStatus.PENDING and set(component.depends_on) <= deployed:
+            components[service] = component.moved_to(ComponentStatus.DEPLOYING)
+            commands.append(
+                DeployComponent(
+                    environment=state.environment, service=service, version=component.version
+                )
+            )
+    return state.model_copy(update={"components": components}), tuple(commands)
+
+
+def _begin_compensating(state: ReleaseState, failure: str) -> ReleaseState:
+    components = {
+        service: (
+            component.moved_to(ComponentStatus.SKIPPED)
+            if component.status is ComponentStatus.PENDING
+            else component
+        )
+        for service, component in state.components.items()
+    }
+    return state.model_copy(
+        update={
+            "status": ReleaseStatus.COMPENSATING,
+            "failure": failure,
+            "components": components,
+        }
+    )
+
+
+def _continue_compensating(state: ReleaseState, at: datetime) -> Decision:
+    statuses = [c.status for c in state.components.values()]
+    if ComponentStatus.DEPLOYING in statuses:
+        return Decision(state)  # those in flight finish before anything is undone
+    components = dict(state.components)
+    commands: list[Message] = []
+    for component in _ready_to_roll_back(state):
+        components[component.service] = component.moved_to(ComponentStatus.ROLLING_BACK)
+        commands.append(
+            RollbackComponent(
+                environment=state.environment,
+                service=component.service,
+                from_version=component.version,
+                to_versions=component.previous_versions,
+            )
+        )
+    state = state.model_copy(update={"components": components})
+    if commands or ComponentStatus.ROLLING_BACK in statuses:
+        return Decision(state, tuple(commands))
+    return _end_compensation(state, at)
+
+
+def _ready_to_roll_back(state: ReleaseState) -> Iterable[ComponentState]:
+    """Deployed components none of whose dependents is still deployed or being undone."""
+    holding = {ComponentStatus.DEPLOYED, ComponentStatus.ROLLING_BACK}
+    pinned = _pinned_by_failed_rollback(state)
+    for component in state.components.values():
+        if component.status is not ComponentStatus.DEPLOYED or component.service in pinned:
+            continue
+        dependents = (c for c in state.components.values() if component.service in c.depends_on)
+        if not any(d.status in holding and d.service not in pinned for d in dependents):
+            yield component
+
+
+def _pinned_by_failed_rollback(state: ReleaseState) -> set[str]:
+    """Everything a component that could not be rolled back depends on, transitively."""
+    pinned: set[str] = set()
+    frontier = [
+        c for c in state.components.values() if c.status is ComponentStatus.ROLLBACK_FAILED
+    ]
+    while frontier:
+        for dependency in frontier.pop().depends_on:
+            if dependency not in pinned:
+                pinned.add(dependency)
+                frontier.append(state.components[dependency])
+    return pinned
+
+
+def _end_compensation(state: ReleaseState, at: datetime) -> Decision:
+    stuck = [
+        c
+        for c in state.components.values()
+        if c.status in (ComponentStatus.ROLLBACK_FAILED, ComponentStatus.DEPLOYED)
+        or (c.status is ComponentStatus.FAILED and not c.restored)
+    ]
+    if not stuck:
+        done = _finish(state, ReleaseStatus.ROLLED_BACK, at)
+        return Decision(done, (ReleaseRolledBack(reason=state.failure),))
+    attention = tuple(f"{c.service}: {c.status} ({c.reason or 'left on ' + c.version})" for c in stuck)
+    reason = f"{state.failure}; compensation incomplete for " + ", ".join(c.service for c in stuck)
+    done = _finish(state, ReleaseStatus.FAILED, at)
+    return Decision(done, (ReleaseFailed(reason=reason, needs_attention=attention),))
+
+
+def _finish(state: ReleaseState, status: ReleaseStatus, at: datetime) -> ReleaseState:
+    return state.model_copy(update={"status": status, "finished_at": at, "updated_at": at})
