@@ -68,6 +68,12 @@ HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]
 Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
 HostVersions = Mapping[HostName, Version]
 
+# The envelope's own fields, held to the same rules when a message is built as when it is
+# read, so Drover never sends what it would itself refuse.
+_MessageId = Annotated[str, Field(min_length=1, max_length=100)]
+_ReleaseId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+_Actor = Annotated[str, Field(min_length=1, max_length=200)]
+
 
 class Step(StrEnum):
     """What a worker does to one batch of hosts, in this order."""
@@ -166,7 +172,7 @@ class StepStarted(_StepReport):
 
 
 class StepSucceeded(_StepReport):
-    duration_ms: float = Field(ge=0)
+    duration_ms: float = Field(ge=0, allow_inf_nan=False)  # JSON has no infinity
 
 
 class StepFailed(_StepReport):
@@ -261,13 +267,13 @@ class _Header(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(min_length=1, max_length=100)
+    id: _MessageId
     type: str
     schema_version: int
     occurred_at: datetime
-    release_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    release_id: _ReleaseId
     causation_id: str | None = None
-    actor: str = Field(min_length=1, max_length=200)
+    actor: _Actor
     payload: dict[str, Any]
 
 
@@ -276,12 +282,12 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str
+    id: _MessageId
     schema_version: int = SCHEMA_VERSION
     occurred_at: datetime
-    release_id: str
+    release_id: _ReleaseId
     causation_id: str | None = None
-    actor: str
+    actor: _Actor
     payload: Message
 
     @computed_field  # type: ignore[prop-decorator]
@@ -373,6 +379,8 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:
     for item in error.errors(include_url=False):
         path = prefix
         for part in item["loc"]:
+            if part == "[key]":  # pydantic's marker for a mapping key that is itself wrong
+                continue
             if isinstance(part, int):
                 path += f"[{part}]"
             else:
@@ -382,6 +390,8 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:
             reason = "unknown field"
         elif item["type"] == "string_pattern_mismatch":
             reason = f"{item['input']!r} is not valid here ({item['msg']})"
+        if "[key]" in item["loc"]:
+            reason = f"key: {reason}"
         problems.append(Problem(path=path, reason=reason))
     return problems
 
@@ -393,7 +403,12 @@ def json_schema() -> dict[str, Any]:
     for name, payload_type in MESSAGE_TYPES.items():
         properties = dict(header["properties"])
         properties["type"] = {"const": name, "title": "Type"}
-        properties["payload"] = payload_type.model_json_schema()
+        properties["schema_version"] = {"const": SCHEMA_VERSION, "title": "Schema Version"}
+        payload = payload_type.model_json_schema()
+        # Nested models are "$ref": "#/$defs/..."; a ref resolves against the document
+        # root, so their definitions must live there, not under the payload.
+        definitions = payload.pop("$defs", None)
+        properties["payload"] = payload
         schemas[name] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": name,
@@ -403,5 +418,6 @@ def json_schema() -> dict[str, Any]:
             "properties": properties,
             "required": header["required"],
             "additionalProperties": False,
+            **({"$defs": definitions} if definitions else {}),
         }
     return schemas

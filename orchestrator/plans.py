@@ -7,12 +7,19 @@ is deployed from a file that is wrong anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from orchestrator.contract import (
     ComponentRequest,
@@ -92,17 +99,29 @@ class ServiceConfig(_Config):
     batch_size: int = Field(default=1, ge=1)
     driver: DriverConfig
 
-    @model_validator(mode="after")
-    def _hosts_are_unique(self) -> Self:
+    # Field validators, not a model validator, so each problem carries its field's path.
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_are_unique(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
         seen: set[str] = set()
-        for host in self.hosts:
+        for host in hosts:
             if host in seen:
                 raise ValueError(f"host {host!r} is listed twice")
             seen.add(host)
-        for injection in self.driver.fail:
-            if injection.host is not None and injection.host not in seen:
-                raise ValueError(f"driver.fail names host {injection.host!r}, not in hosts")
-        return self
+        return hosts
+
+    @field_validator("driver")
+    @classmethod
+    def _injections_name_known_hosts(
+        cls, driver: DriverConfig, info: ValidationInfo
+    ) -> DriverConfig:
+        hosts = info.data.get("hosts")
+        if hosts is None:
+            return driver  # hosts were invalid themselves, and are reported as such
+        for index, injection in enumerate(driver.fail):
+            if injection.host is not None and injection.host not in hosts:
+                raise ValueError(f"fail[{index}].host {injection.host!r} is not in hosts")
+        return driver
 
     def batches(self) -> list[tuple[str, ...]]:
         size = self.batch_size
@@ -141,18 +160,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses a key given twice instead of keeping the last one."""
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
+    # Only the keys written in this mapping must be unique: a key brought in by a merge
+    # (``<<: *defaults``) may be overridden here, which is what merging is for.
+    seen: set[Hashable] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
+        if not isinstance(key, Hashable):
+            problem = "a key must be a plain value, not a list or a mapping"
+            raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+        if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} is given twice", mark
             )
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)  # merges, then the last value wins
 
 
 _UniqueKeyLoader.add_constructor(
@@ -166,6 +194,9 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(str(path), [Problem(path="", reason=exc.strerror or str(exc))]) from exc
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text: byte {exc.start} cannot be read ({exc.reason})"
+        raise InvalidInput(str(path), [Problem(path="", reason=reason)]) from exc
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -250,29 +281,25 @@ def _graph_problems(components: Sequence[ComponentRequest]) -> Iterable[Problem]
 
 
 def _find_cycle(components: Sequence[ComponentRequest]) -> list[str]:
+    # Depth-first with an explicit stack, not recursion: a release is client input, and a
+    # long chain of components must not exhaust Python's recursion limit.
     edges = {c.service: [d for d in c.depends_on if d != c.service] for c in components}
-    state: dict[str, Literal["open", "done"]] = {}
-    trail: list[str] = []
-
-    def visit(service: str) -> list[str]:
-        state[service] = "open"
-        trail.append(service)
-        for dependency in edges.get(service, []):
-            if state.get(dependency) == "open":
+    done: set[str] = set()
+    for root in edges:
+        if root in done:
+            continue
+        trail = [root]
+        pending = [iter(edges[root])]
+        while pending:
+            dependency = next(pending[-1], None)
+            if dependency is None:
+                done.add(trail.pop())
+                pending.pop()
+            elif dependency in trail:
                 return [*trail[trail.index(dependency) :], dependency]
-            if dependency not in state and dependency in edges:
-                found = visit(dependency)
-                if found:
-                    return found
-        trail.pop()
-        state[service] = "done"
-        return []
-
-    for service in edges:
-        if service not in state:
-            found = visit(service)
-            if found:
-                return found
+            elif dependency in edges and dependency not in done:
+                trail.append(dependency)
+                pending.append(iter(edges[dependency]))
     return []
 
 

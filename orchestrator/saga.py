@@ -19,7 +19,7 @@ Ordering rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -37,6 +37,7 @@ from orchestrator.contract import (
     DeployComponent,
     Envelope,
     Message,
+    Problem,
     ReleaseAccepted,
     ReleaseFailed,
     ReleaseRejected,
@@ -54,6 +55,7 @@ __all__ = [
     "ReleaseState",
     "ReleaseStatus",
     "decide",
+    "refuse_submission",
 ]
 
 
@@ -166,32 +168,51 @@ def decide(state: ReleaseState | None, message: Envelope, fleet: Fleet) -> Decis
 
 
 def _submitted(request: SubmitRelease, message: Envelope, fleet: Fleet) -> Decision:
-    created = ReleaseState(
-        id=message.release_id,
-        environment=request.environment,
-        reason=request.reason,
-        requested_by=message.actor,
-        status=ReleaseStatus.RUNNING,
-        created_at=message.occurred_at,
-        updated_at=message.occurred_at,
+    created = _new_release(
+        message.release_id, message.actor, message.occurred_at, request.environment, request.reason
     )
     try:
         plan_release(fleet, request)
     except InvalidInput as invalid:
-        rejected = created.model_copy(
-            update={
-                "status": ReleaseStatus.REJECTED,
-                "failure": "; ".join(str(p) for p in invalid.problems),
-                "finished_at": message.occurred_at,
-            }
-        )
-        return Decision(rejected, (ReleaseRejected(problems=invalid.problems),))
+        return _rejected(created, invalid.problems)
     components = {c.service: _component(c) for c in request.components}
     accepted = ReleaseAccepted(
         environment=request.environment, reason=request.reason, components=request.components
     )
     started, commands = _start_ready(created.model_copy(update={"components": components}))
     return Decision(started, (accepted, *commands))
+
+
+def refuse_submission(
+    *, release_id: str, actor: str, at: datetime, problems: Sequence[Problem]
+) -> Decision:
+    """A submission whose payload could not even be read: the release ends ``rejected``."""
+    return _rejected(_new_release(release_id, actor, at, environment="?", reason=""), problems)
+
+
+def _new_release(
+    release_id: str, actor: str, at: datetime, environment: str, reason: str
+) -> ReleaseState:
+    return ReleaseState(
+        id=release_id,
+        environment=environment,
+        reason=reason,
+        requested_by=actor,
+        status=ReleaseStatus.RUNNING,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def _rejected(created: ReleaseState, problems: Sequence[Problem]) -> Decision:
+    rejected = created.model_copy(
+        update={
+            "status": ReleaseStatus.REJECTED,
+            "failure": "; ".join(str(p) for p in problems),
+            "finished_at": created.created_at,
+        }
+    )
+    return Decision(rejected, (ReleaseRejected(problems=tuple(problems)),))
 
 
 def _component(request: ComponentRequest) -> ComponentState:
@@ -312,10 +333,17 @@ def _ready_to_roll_back(state: ReleaseState) -> Iterable[ComponentState]:
 
 
 def _pinned_by_failed_rollback(state: ReleaseState) -> set[str]:
-    """Everything a component that could not be rolled back depends on, transitively."""
+    """Everything a component that could not be put back depends on, transitively.
+
+    A component could not be put back when its rollback failed, or when it failed and its
+    own worker could not restore its hosts: either way some of them may run the new version.
+    """
     pinned: set[str] = set()
     frontier = [
-        c for c in state.components.values() if c.status is ComponentStatus.ROLLBACK_FAILED
+        c
+        for c in state.components.values()
+        if c.status is ComponentStatus.ROLLBACK_FAILED
+        or (c.status is ComponentStatus.FAILED and not c.restored)
     ]
     while frontier:
         for dependency in frontier.pop().depends_on:

@@ -1,0 +1,296 @@
+"""The message bus: kombu topology, publishing, and consuming with reconnection.
+
+Topology, for a namespace ``ns`` (``drover`` unless configured):
+
+* ``ns.commands`` — a queue the coordinator consumes: release submissions.
+* ``ns.svc.<service>`` — one queue per service, consumed by that service's Celery
+  workers: ``DeployComponent`` and ``RollbackComponent`` as Celery tasks.
+* ``ns.events`` — a topic exchange every event is published to with the routing key
+  ``<Type>.<release id>``; ``ns.coordinator`` binds all of it, and a watcher binds what
+  it wants with a queue of its own that goes away when it does.
+
+Every body is the JSON of one :class:`~orchestrator.contract.Envelope`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from celery import Celery
+from kombu import Connection, Exchange, Queue
+from kombu.mixins import ConsumerMixin
+from kombu.pools import ProducerPool
+
+from orchestrator.contract import (
+    DeployComponent,
+    Envelope,
+    RollbackComponent,
+    SubmitRelease,
+)
+from orchestrator.observability import get_logger
+
+__all__ = ["DEPLOY_TASK", "ROLLBACK_TASK", "Bus", "Delivery", "Topology", "transport_options"]
+
+log = get_logger(__name__)
+
+DEPLOY_TASK: Final = "drover.deploy_component"
+ROLLBACK_TASK: Final = "drover.rollback_component"
+
+_RETRY_POLICY: Final = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5,
+                        "interval_max": 3.0}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Every exchange and queue name Drover uses, derived from one namespace."""
+
+    namespace: str
+
+    @property
+    def commands_exchange(self) -> Exchange:
+        return Exchange(f"{self.namespace}.commands", type="direct", durable=True)
+
+    @property
+    def commands_queue(self) -> Queue:
+        return Queue(
+            f"{self.namespace}.commands",
+            exchange=self.commands_exchange,
+            routing_key="commands",
+            durable=True,
+        )
+
+    @property
+    def events_exchange(self) -> Exchange:
+        return Exchange(f"{self.namespace}.events", type="topic", durable=True)
+
+    @property
+    def coordinator_queue(self) -> Queue:
+        return Queue(
+            f"{self.namespace}.coordinator",
+            exchange=self.events_exchange,
+            routing_key="#",
+            durable=True,
+        )
+
+    def service_queue(self, service: str) -> Queue:
+        # The same shape Celery gives a queue it creates itself (exchange and routing key
+        # named after the queue), so workers and publishers always agree on it.
+        name = f"{self.namespace}.svc.{service}"
+        return Queue(name, exchange=Exchange(name, type="direct"), routing_key=name, durable=True)
+
+    def watch_queue(self, release_id: str | None = None) -> Queue:
+        """A private queue for one watcher, gone when the watcher disconnects."""
+        return Queue(
+            exchange=self.events_exchange,
+            routing_key=f"*.{release_id}" if release_id else "#",
+            exclusive=True,
+            auto_delete=True,
+        )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message taken off a queue, with what must be done to settle it."""
+
+    body: bytes
+    queue: str
+    ack: Callable[[], None]
+    requeue: Callable[[], None]
+
+
+class Bus:
+    """Publishes envelopes where they belong and runs consumers; safe to share by threads."""
+
+    def __init__(self, broker_url: str, topology: Topology, celery: Celery):
+        self.broker_url = broker_url
+        self.topology = topology
+        self._celery = celery
+        self._connection = Connection(broker_url, transport_options=transport_options(broker_url))
+        self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
+        self._declared = False
+        self._declare_lock = threading.Lock()
+
+    def declare(self) -> None:
+        """Create the exchanges and the coordinator's queues; safe to repeat."""
+        with self._declare_lock:
+            if self._declared:
+                return
+            with self._connection.clone() as connection:
+                channel = connection.default_channel
+                for queue in (self.topology.commands_queue, self.topology.coordinator_queue):
+                    queue(channel).declare()
+            self._declared = True
+
+    def publish(self, message: Envelope) -> None:
+        """Send one message to where its type goes; retries while the broker is away."""
+        payload = message.payload
+        if isinstance(payload, DeployComponent | RollbackComponent):
+            self._send_task(message, payload.service)
+            return
+        self.declare()
+        if isinstance(payload, SubmitRelease):
+            exchange, routing_key = self.topology.commands_exchange, "commands"
+        else:
+            exchange, routing_key = self.topology.events_exchange, _event_key(message)
+        with self._producers.acquire(block=True) as producer:
+            producer.publish(
+                message.encode(),
+                exchange=exchange,
+                routing_key=routing_key,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                headers=_headers(message),
+                retry=True,
+                retry_policy=_RETRY_POLICY,
+            )
+
+    def _send_task(self, message: Envelope, service: str) -> None:
+        task = DEPLOY_TASK if isinstance(message.payload, DeployComponent) else ROLLBACK_TASK
+        self._celery.send_task(
+            task,
+            args=[message.to_wire()],
+            task_id=message.id,
+            queue=self.topology.service_queue(service),
+            headers=_headers(message),
+            retry=True,
+            retry_policy=_RETRY_POLICY,
+        )
+
+    def consume(
+        self,
+        queues: list[Queue],
+        handle: Callable[[Delivery], None],
+        stop: threading.Event,
+        *,
+        prefetch: int = 16,
+        on_ready: Callable[[], None] | None = None,
+        tick: Callable[[], None] | None = None,
+    ) -> None:
+        """Deliver messages to ``handle`` until ``stop`` is set, reconnecting as needed.
+
+        ``tick`` is called about once a second while consuming, for periodic work.
+        """
+        consumer = _Consumer(
+            self._connection.clone(),
+            queues,
+            handle,
+            stop,
+            prefetch=prefetch,
+            on_ready=on_ready,
+            tick=tick,
+        )
+        try:
+            consumer.run()
+        finally:
+            consumer.connection.release()
+
+    def queue_depths(self, queues: list[Queue]) -> list[dict[str, Any]]:
+        """Ready messages and consumers per queue, by passive declare (no queue is created)."""
+        rows = []
+        with self._connection.clone() as connection:
+            for queue in queues:
+                try:
+                    channel = connection.channel()
+                    _, ready, consumers = queue.bind(channel).queue_declare(passive=True)
+                    channel.close()
+                except connection.channel_errors:
+                    ready, consumers = 0, 0
+                rows.append({"name": queue.name, "ready": ready, "consumers": consumers})
+        return rows
+
+    def close(self) -> None:
+        self._producers.force_close_all()
+        self._connection.release()
+
+
+def transport_options(broker_url: str) -> dict[str, Any]:
+    """kombu transport options for a broker, shared by Drover's own connections and Celery's."""
+    if broker_url.startswith("amqp"):
+        return {"confirm_publish": True}  # a publish returns only once the broker has it
+    if broker_url.startswith("memory"):
+        # The in-memory transport polls; its default of once a second would put a second
+        # between every step of a release.
+        return {"polling_interval": 0.005}
+    return {}
+
+
+def _event_key(message: Envelope) -> str:
+    return f"{message.type}.{message.release_id}"
+
+
+def _headers(message: Envelope) -> dict[str, Any]:
+    # Carried outside the body so that logs, queue tools and age measurements can read
+    # them without parsing the payload.
+    return {
+        "drover_release_id": message.release_id,
+        "drover_message_id": message.id,
+        "drover_type": message.type,
+        "drover_sent_at": time.time(),
+    }
+
+
+class _Consumer(ConsumerMixin):  # type: ignore[misc]
+    def __init__(
+        self,
+        connection: Connection,
+        queues: list[Queue],
+        handle: Callable[[Delivery], None],
+        stop: threading.Event,
+        *,
+        prefetch: int,
+        on_ready: Callable[[], None] | None,
+        tick: Callable[[], None] | None,
+    ):
+        self.connection = connection
+        self._tick = tick
+        self._next_tick = 0.0
+        self._queues = queues
+        self._handle = handle
+        self._stop = stop
+        self._prefetch = prefetch
+        self._on_ready = on_ready
+
+    @property
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        if value:
+            self._stop.set()
+
+    def get_consumers(self, consumer_class: Any, channel: Any) -> list[Any]:
+        consumer = consumer_class(
+            queues=self._queues, on_message=self._on_message, accept=["json"], no_ack=False
+        )
+        consumer.qos(prefetch_count=self._prefetch)
+        return [consumer]
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **_: Any) -> None:
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def on_connection_error(self, exc: BaseException, interval: float) -> None:
+        log.warning("broker unreachable, retrying", error=str(exc), retry_in_s=interval)
+
+    def _on_message(self, message: Any) -> None:
+        queue = message.delivery_info.get("routing_key", "")
+        self._handle(
+            Delivery(
+                body=message.body if isinstance(message.body, bytes) else message.body.encode(),
+                queue=queue,
+                ack=message.ack,
+                requeue=message.requeue,
+            )
+        )
+
+    def on_iteration(self) -> None:
+        # The mixin's loop comes here after every message and at least once a second.
+        if self._tick is not None and time.monotonic() >= self._next_tick:
+            self._next_tick = time.monotonic() + 1.0
+            self._tick()

@@ -1,0 +1,403 @@
+"""The ``drover`` command.
+
+Exit codes, everywhere: 0 the release succeeded (or the command did what it was asked),
+1 the release was rolled back or failed, 2 the input or configuration was invalid.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import click
+from pydantic import ValidationError
+
+from orchestrator import contract
+from orchestrator.client import Client, describe, release_view
+from orchestrator.contract import SubmitRelease, problems_from
+from orchestrator.observability import configure_logging
+from orchestrator.plans import Fleet, InvalidInput, load_fleet, load_release, plan_release
+from orchestrator.runtime import ConfigurationError, Parts, connect, embedded
+from orchestrator.runtime import run_coordinator as _run_coordinator
+from orchestrator.runtime import run_worker as _run_worker
+from orchestrator.saga import ReleaseState, ReleaseStatus
+from orchestrator.settings import EMBEDDED_BROKER_URL, Settings
+from orchestrator.store import StoreUnavailable
+
+__all__ = ["main"]
+
+EXIT_OK: Final = 0
+EXIT_RELEASE_FAILED: Final = 1
+EXIT_INVALID: Final = 2
+
+_FLEET_OPTION = click.option(
+    "--fleet",
+    "fleet_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The fleet file (default: $DROVER_FLEET).",
+)
+_JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+_VERBOSE_OPTION = click.option(
+    "-v", "--verbose", is_flag=True, help="Log every step to stderr, not only warnings."
+)
+
+
+class _Abort(Exception):
+    """Stop the command with a message and an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_INVALID):
+        super().__init__(message)
+        self.code = code
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except _Abort as abort:
+        click.echo(f"drover: {abort}", err=True)
+        sys.exit(abort.code)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(EXIT_INVALID)
+    except click.exceptions.Abort:
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Drover: releases across many services and hosts, driven by a message bus.
+
+    Configuration comes from DROVER_* environment variables (see the README):
+    DROVER_BROKER_URL, DROVER_STORE_URL, DROVER_FLEET, DROVER_NAMESPACE.
+    """
+
+
+# --- configuration at the edge ------------------------------------------------------------
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        problems = "\n".join(f"  DROVER_{p.path.upper()}: {p.reason}" for p in problems_from(error))
+        raise _Abort(f"invalid configuration:\n{problems}") from error
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _fleet(settings: Settings) -> Fleet:
+    if settings.fleet is None:
+        raise _Abort("no fleet file: set DROVER_FLEET or pass --fleet")
+    try:
+        return load_fleet(settings.fleet)
+    except InvalidInput as invalid:
+        raise _Abort(invalid.explain()) from invalid
+
+
+@contextmanager
+def _connected(settings: Settings, fleet: Fleet | None = None) -> Iterator[Parts]:
+    try:
+        parts = connect(settings, fleet or _fleet(settings))
+    except (ConfigurationError, ValueError) as error:
+        raise _Abort(str(error)) from error
+    try:
+        yield parts
+    except StoreUnavailable as error:
+        raise _Abort(f"the store at {settings.store_url} is unavailable: {error}") from error
+    finally:
+        parts.close()
+
+
+def _load_release(path: Path, fleet: Fleet) -> SubmitRelease:
+    try:
+        request = load_release(path)
+        plan_release(fleet, request, source=str(path))
+    except InvalidInput as invalid:
+        raise _Abort(invalid.explain()) from invalid
+    return request
+
+
+def _quiet_unless(verbose: bool) -> str:
+    # The progress printed on stdout is the story; logs add to it only when asked for.
+    return "info" if verbose else "warning"
+
+
+def _exit_code(state: ReleaseState) -> int:
+    if state.status is ReleaseStatus.SUCCEEDED:
+        return EXIT_OK
+    if state.status is ReleaseStatus.REJECTED:
+        return EXIT_INVALID
+    return EXIT_RELEASE_FAILED
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- running releases ---------------------------------------------------------------------
+
+
+def _run_release(
+    client: Client, request: SubmitRelease, actor: str, timeout_s: float, as_json: bool
+) -> ReleaseState:
+    release_id = client.submit(request, actor=actor)
+    if not as_json:
+        click.echo(f"release {release_id} submitted")
+    try:
+        for message in client.follow(release_id, timeout_s):
+            if not as_json:
+                click.echo("  " + describe(message))
+    except TimeoutError as error:
+        raise _Abort(str(error), EXIT_RELEASE_FAILED) from error
+    state = client.state(release_id)
+    assert state is not None
+    if as_json:
+        _emit(client.show(release_id))
+    else:
+        click.echo(f"release {release_id}: {state.status}")
+    return state
+
+
+@cli.command()
+@click.argument("release_file", type=click.Path(dir_okay=False, path_type=Path))
+@_FLEET_OPTION
+@_JSON_OPTION
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Seconds.")
+@_VERBOSE_OPTION
+def run(
+    release_file: Path, fleet_path: Path | None, as_json: bool, timeout_s: float, verbose: bool
+) -> None:
+    """Run one release in this process, on the embedded default (no broker needed)."""
+    settings = _settings(
+        fleet=fleet_path, broker_url=EMBEDDED_BROKER_URL, log_level=_quiet_unless(verbose)
+    )
+    fleet = _fleet(settings)
+    request = _load_release(release_file, fleet)
+    with _connected(settings, fleet) as parts, embedded(parts):
+        client = Client(parts.store, parts.bus, parts.fleet)
+        state = _run_release(client, request, _actor(), timeout_s, as_json)
+    sys.exit(_exit_code(state))
+
+
+@cli.command()
+@_VERBOSE_OPTION
+def demo(verbose: bool) -> None:
+    """A release that fails and is rolled back, then one that succeeds; all in-process."""
+    files = resources.files("orchestrator") / "demo"
+    with tempfile.TemporaryDirectory(prefix="drover-demo-") as scratch:
+        settings = _settings(
+            broker_url=EMBEDDED_BROKER_URL,
+            log_level=_quiet_unless(verbose),
+            store_url=f"sqlite:///{scratch}/store.db",
+            fleet=Path(str(files / "fleet.yaml")),
+        )
+        fleet = _fleet(settings)
+        failing = _load_release(Path(str(files / "release-fails.yaml")), fleet)
+        fixed = _load_release(Path(str(files / "release-fixed.yaml")), fleet)
+        with _connected(settings, fleet) as parts, embedded(parts):
+            client = Client(parts.store, parts.bus, parts.fleet)
+            click.echo("== 1. checkout 3.1.0 fails verification on checkout-3 ==")
+            first = _run_release(client, failing, "demo", 120, as_json=False)
+            _print_fleet(client)
+            click.echo("\n== 2. the fixed checkout 3.1.1 ==")
+            second = _run_release(client, fixed, "demo", 120, as_json=False)
+            _print_fleet(client)
+    ok = first.status is ReleaseStatus.ROLLED_BACK and second.status is ReleaseStatus.SUCCEEDED
+    sys.exit(EXIT_OK if ok else EXIT_RELEASE_FAILED)
+
+
+def _print_fleet(client: Client) -> None:
+    click.echo("fleet:")
+    for environment, services in client.fleet_versions().items():
+        for service, hosts in services.items():
+            versions = ", ".join(f"{h}={v}" for h, v in hosts.items())
+            click.echo(f"  {environment}/{service}: {versions}")
+
+
+# --- the long-running roles ---------------------------------------------------------------
+
+
+@cli.command()
+@_FLEET_OPTION
+def coordinator(fleet_path: Path | None) -> None:
+    """Run the saga coordinator until SIGTERM/SIGINT."""
+    settings = _distributed_settings(fleet_path)
+    with _connected(settings) as parts:
+        _run_coordinator(parts)
+
+
+@cli.command()
+@_FLEET_OPTION
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    required=True,
+    help="A service whose queue to consume (repeatable), or 'all'.",
+)
+def worker(fleet_path: Path | None, services: tuple[str, ...]) -> None:
+    """Run a Celery worker that deploys and rolls back these services."""
+    settings = _distributed_settings(fleet_path)
+    with _connected(settings) as parts:
+        chosen = parts.fleet.service_names() if "all" in services else list(services)
+        try:
+            _run_worker(parts, chosen)
+        except ConfigurationError as error:
+            raise _Abort(str(error)) from error
+
+
+def _distributed_settings(fleet_path: Path | None) -> Settings:
+    settings = _settings(fleet=fleet_path)
+    if settings.embedded:
+        raise _Abort(
+            "DROVER_BROKER_URL is memory:// (one process only); set it to redis://… or "
+            "amqp://… to run roles as separate processes, or use `drover run`"
+        )
+    return settings
+
+
+# --- submitting and inspecting ------------------------------------------------------------
+
+
+@cli.group()
+def release() -> None:
+    """Submit and inspect releases."""
+
+
+@release.command("submit")
+@click.argument("release_file", type=click.Path(dir_okay=False, path_type=Path))
+@_FLEET_OPTION
+@click.option("--wait", is_flag=True, help="Wait for the end; exit 0/1/2 by the result.")
+@_JSON_OPTION
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Seconds.")
+@click.option("--actor", default=None, help="Who is asking (default: the login name).")
+def release_submit(
+    release_file: Path,
+    fleet_path: Path | None,
+    wait: bool,
+    as_json: bool,
+    timeout_s: float,
+    actor: str | None,
+) -> None:
+    """Submit a release over the bus to a running coordinator."""
+    settings = _distributed_settings(fleet_path)
+    fleet = _fleet(settings)
+    request = _load_release(release_file, fleet)
+    with _connected(settings, fleet) as parts:
+        client = Client(parts.store, parts.bus, parts.fleet)
+        if not wait:
+            release_id = client.submit(request, actor=actor or _actor())
+            _emit({"id": release_id}) if as_json else click.echo(release_id)
+            return
+        state = _run_release(client, request, actor or _actor(), timeout_s, as_json)
+    sys.exit(_exit_code(state))
+
+
+@release.command("show")
+@click.argument("release_id")
+@_FLEET_OPTION
+@_JSON_OPTION
+def release_show(release_id: str, fleet_path: Path | None, as_json: bool) -> None:
+    """One release: its components and its timeline."""
+    with _connected(_settings(fleet=fleet_path)) as parts:
+        client = Client(parts.store, parts.bus, parts.fleet)
+        view = client.show(release_id)
+        if view is None:
+            raise _Abort(f"no release {release_id!r}", EXIT_RELEASE_FAILED)
+        if as_json:
+            _emit(view)
+            return
+        _print_release(view)
+        for message in parts.store.timeline(release_id):
+            click.echo("  " + describe(message))
+
+
+def _print_release(view: dict[str, Any]) -> None:
+    click.echo(f"{view['id']}  {view['state']}  {view['environment']}  {view['reason']}")
+    if view["failure"]:
+        click.echo(f"  failure: {view['failure']}")
+    for c in view["components"]:
+        previous = c["previous_version"] or "?"
+        click.echo(f"  {c['service']:<20} {previous} -> {c['version']:<12} {c['state']}")
+
+
+@cli.command()
+@_FLEET_OPTION
+@_JSON_OPTION
+@click.option("--limit", default=50, show_default=True)
+def releases(fleet_path: Path | None, as_json: bool, limit: int) -> None:
+    """Recent releases, newest first."""
+    with _connected(_settings(fleet=fleet_path)) as parts:
+        views = [release_view(state) for state in parts.store.releases(limit)]
+    if as_json:
+        _emit(views)
+        return
+    for view in views:
+        click.echo(f"{view['id']}  {view['created_at'][:19]}  {view['state']:<13} "
+                   f"{view['environment']}  {len(view['components'])} components  {view['reason']}")
+
+
+@cli.command()
+@_FLEET_OPTION
+@_JSON_OPTION
+def fleet(fleet_path: Path | None, as_json: bool) -> None:
+    """The version each host runs, by environment and service."""
+    with _connected(_settings(fleet=fleet_path)) as parts:
+        versions = Client(parts.store, parts.bus, parts.fleet).fleet_versions()
+    if as_json:
+        _emit(versions)
+        return
+    for environment, services in versions.items():
+        click.echo(environment)
+        for service, hosts in services.items():
+            click.echo(f"  {service:<20} " + ", ".join(f"{h}={v}" for h, v in hosts.items()))
+
+
+@cli.command()
+@_FLEET_OPTION
+@_JSON_OPTION
+def queues(fleet_path: Path | None, as_json: bool) -> None:
+    """Each Drover queue: messages ready, in flight (unacked), and consumers."""
+    from orchestrator.queues import queue_depths
+
+    with _connected(_settings(fleet=fleet_path)) as parts:
+        rows = queue_depths(parts)
+    if as_json:
+        _emit(rows)
+        return
+    click.echo(f"{'queue':<40} {'ready':>7} {'unacked':>8} {'consumers':>10}")
+    for row in rows:
+        unacked = "?" if row["unacked"] is None else row["unacked"]
+        consumers = "?" if row["consumers"] is None else row["consumers"]
+        click.echo(f"{row['name']:<40} {row['ready']:>7} {unacked:>8} {consumers:>10}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write one file per type.")
+def schema(out: Path | None) -> None:
+    """The JSON Schema of every message, for publishers in other languages."""
+    schemas = contract.json_schema()
+    if out is None:
+        _emit(schemas)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, document in schemas.items():
+        (out / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+    click.echo(f"{len(schemas)} schemas written to {out}")
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+

@@ -1,0 +1,176 @@
+"""The Python client: submit a release, follow it, and read what Drover knows.
+
+The JSON shapes returned here are the ones scripts rely on (``release show --json``,
+``fleet --json``, ``queues --json``): fields may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from orchestrator.bus import Bus
+from orchestrator.contract import (
+    ComponentFailed,
+    ComponentRollbackFailed,
+    ComponentStarted,
+    DeployComponent,
+    Envelope,
+    ReleaseAccepted,
+    ReleaseFailed,
+    ReleaseRejected,
+    ReleaseRolledBack,
+    RollbackComponent,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
+    SubmitRelease,
+    envelope,
+)
+from orchestrator.plans import Fleet
+from orchestrator.saga import ReleaseState
+from orchestrator.store import Store
+
+__all__ = ["Client", "describe", "new_release_id", "release_view"]
+
+
+def new_release_id() -> str:
+    return f"R-{uuid.uuid4().hex[:10]}"
+
+
+class Client:
+    def __init__(self, store: Store, bus: Bus, fleet: Fleet):
+        self._store = store
+        self._bus = bus
+        self._fleet = fleet
+
+    def submit(self, request: SubmitRelease, actor: str, release_id: str | None = None) -> str:
+        release_id = release_id or new_release_id()
+        self._bus.publish(envelope(request, release_id=release_id, actor=actor))
+        return release_id
+
+    def follow(self, release_id: str, timeout_s: float, poll_s: float = 0.1) -> Iterator[Envelope]:
+        """Yield the release's timeline as it grows, until it ends or time runs out."""
+        seen = 0
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.state(release_id)
+            timeline = self._store.timeline(release_id)
+            yield from timeline[seen:]
+            seen = len(timeline)
+            if state is not None and state.status.is_terminal:
+                return
+            time.sleep(poll_s)
+        raise TimeoutError(f"release {release_id} did not finish within {timeout_s:.0f} s")
+
+    def state(self, release_id: str) -> ReleaseState | None:
+        stored = self._store.load(release_id)
+        return stored.state if stored else None
+
+    def show(self, release_id: str) -> dict[str, Any] | None:
+        state = self.state(release_id)
+        if state is None:
+            return None
+        return release_view(state, self._store.timeline(release_id))
+
+    def releases(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [release_view(state) for state in self._store.releases(limit)]
+
+    def fleet_versions(self) -> dict[str, dict[str, dict[str, str]]]:
+        """``{environment: {service: {host: version}}}``, as the store records them."""
+        view: dict[str, dict[str, dict[str, str]]] = {}
+        for env_name, environment in self._fleet.environments.items():
+            view[env_name] = {}
+            for name, service in environment.services.items():
+                recorded = self._store.host_versions(env_name, name)
+                view[env_name][name] = {
+                    host: recorded.get(host, service.driver.initial_version)
+                    for host in service.hosts
+                }
+        return view
+
+
+def release_view(state: ReleaseState, timeline: list[Envelope] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": state.id,
+        "environment": state.environment,
+        "state": state.status.value,
+        "reason": state.reason,
+        "requested_by": state.requested_by,
+        "failure": state.failure,
+        "created_at": state.created_at.isoformat(),
+        "finished_at": state.finished_at.isoformat() if state.finished_at else None,
+        "components": [
+            {
+                "service": c.service,
+                "version": c.version,
+                "previous_version": c.previous_version,
+                "state": c.status.value,
+                "depends_on": list(c.depends_on),
+            }
+            for c in state.components.values()
+        ],
+    }
+    if timeline is not None:
+        view["timeline"] = [_timeline_entry(message) for message in timeline]
+    return view
+
+
+def _timeline_entry(message: Envelope) -> dict[str, Any]:
+    return {
+        "at": message.occurred_at.isoformat(),
+        "type": message.type,
+        "actor": message.actor,
+        "id": message.id,
+        **message.payload.model_dump(mode="json"),
+    }
+
+
+def describe(message: Envelope) -> str:
+    """One line for a person reading a release's progress."""
+    at = message.occurred_at.strftime("%H:%M:%S.%f")[:-3]
+    return f"{at}  {message.type:<24} {_details(message)}".rstrip()
+
+
+def _details(message: Envelope) -> str:
+    p = message.payload
+    match p:
+        case SubmitRelease():
+            return f"{p.environment}: " + ", ".join(f"{c.service}@{c.version}" for c in p.components)
+        case ReleaseAccepted():
+            return f"{p.environment}, {len(p.components)} components, by {message.actor}"
+        case ReleaseRejected():
+            return "; ".join(str(problem) for problem in p.problems)
+        case DeployComponent():
+            return f"{p.service} -> {p.version}"
+        case RollbackComponent():
+            targets = sorted(set(p.to_versions.values()))
+            return f"{p.service} {p.from_version} -> {', '.join(targets) or 'nothing recorded'}"
+        case ComponentStarted():
+            return f"{p.service} {', '.join(sorted(set(p.previous_versions.values())))} -> {p.version}"
+        case StepStarted() | StepSucceeded() | StepFailed():
+            return _step_details(p)
+        case ComponentFailed():
+            restored = "hosts put back" if p.restored else "HOSTS NOT PUT BACK"
+            return f"{p.service}@{p.version}: {p.reason} ({restored})"
+        case ComponentRollbackFailed():
+            return f"{p.service}: {p.reason}; hosts left: {', '.join(p.hosts)}"
+        case ReleaseRolledBack():
+            return f"because {p.reason}"
+        case ReleaseFailed():
+            return f"{p.reason}; needs attention: {'; '.join(p.needs_attention)}"
+    service = getattr(p, "service", "")
+    version = getattr(p, "version", "")
+    return f"{service}@{version}" if version else service
+
+
+def _step_details(p: StepStarted | StepSucceeded | StepFailed) -> str:
+    phase = "rollback " if p.rollback else ""
+    text = f"{p.service} {phase}{p.step} batch {p.batch} [{', '.join(p.hosts)}]"
+    if isinstance(p, StepSucceeded):
+        return f"{text} {p.duration_ms:.0f} ms"
+    if isinstance(p, StepFailed):
+        return f"{text} FAILED on {p.host}: {p.reason}"
+    return text

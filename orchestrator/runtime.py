@@ -1,0 +1,157 @@
+"""Composition roots: one per process role, and the embedded all-in-one.
+
+Each function here builds one process from its settings and nothing else: the store,
+the Celery app, the bus, and the role on top. Nothing in the core knows whether it runs
+as separate processes over Redis or RabbitMQ, or as threads in one process over kombu's
+in-memory transport.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from celery import Celery
+from celery.worker import WorkController
+from celery.worker import state as worker_state
+
+from orchestrator.bus import Bus, Topology
+from orchestrator.coordinator import Coordinator
+from orchestrator.plans import Fleet, load_fleet
+from orchestrator.settings import Settings
+from orchestrator.store import Store, open_store
+from workers.app import create_celery
+from workers.tasks import ComponentRunner, register_tasks
+
+__all__ = ["Parts", "connect", "embedded", "run_coordinator", "run_worker"]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What every Drover process is built from."""
+
+    settings: Settings
+    fleet: Fleet
+    store: Store
+    celery: Celery
+    bus: Bus
+
+    def close(self) -> None:
+        self.bus.close()
+        self.store.close()
+
+
+class ConfigurationError(Exception):
+    """The process cannot start with the configuration it was given."""
+
+
+def connect(settings: Settings, fleet: Fleet | None = None) -> Parts:
+    if fleet is None:
+        if settings.fleet is None:
+            raise ConfigurationError("no fleet file: set DROVER_FLEET or pass --fleet")
+        fleet = load_fleet(settings.fleet)
+    store = open_store(settings.store_url, namespace=settings.namespace)
+    celery = create_celery(settings.broker_url, settings.namespace)
+    bus = Bus(settings.broker_url, Topology(settings.namespace), celery)
+    return Parts(settings, fleet, store, celery, bus)
+
+
+def run_coordinator(parts: Parts) -> None:
+    """The ``coordinator`` process: runs until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    Coordinator(parts.store, parts.bus, parts.fleet).run(stop)
+
+
+def run_worker(parts: Parts, services: Sequence[str]) -> None:
+    """The ``worker`` process: a Celery worker on the queues of ``services``."""
+    queues = _prepare_worker(parts, services)
+    worker = parts.celery.Worker(
+        hostname=f"drover-{'-'.join(services)[:40]}@{socket.gethostname()}",
+        pool="threads",
+        concurrency=parts.settings.worker_concurrency,
+        queues=queues,
+        loglevel=parts.settings.log_level.upper(),
+        without_mingle=True,
+        without_gossip=True,
+        quiet=True,
+    )
+    worker.start()
+
+
+def _prepare_worker(parts: Parts, services: Sequence[str]) -> list[str]:
+    unknown = sorted(set(services) - set(parts.fleet.service_names()))
+    if unknown:
+        raise ConfigurationError(f"--service: not in the fleet file: {', '.join(unknown)}")
+    runner = ComponentRunner(parts.fleet, parts.store, parts.bus)
+    register_tasks(parts.celery, runner)
+    queues = [parts.bus.topology.service_queue(s) for s in services]
+    parts.celery.conf.task_queues = queues
+    return [q.name for q in queues]
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class _EmbeddedWorker(WorkController):  # type: ignore[misc]
+    """A Celery worker that runs in a thread and says when it is consuming."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.consuming = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        self.consuming.set()
+
+
+@contextmanager
+def embedded(parts: Parts) -> Iterator[Parts]:
+    """Every role in this process, as threads, until the block ends."""
+    stop = threading.Event()
+    coordinator_ready = threading.Event()
+    coordinator = Coordinator(parts.store, parts.bus, parts.fleet)
+    coordinator_thread = threading.Thread(
+        target=coordinator.run,
+        args=(stop, coordinator_ready.set),
+        name="drover-coordinator",
+        daemon=True,
+    )
+    queues = _prepare_worker(parts, parts.fleet.service_names())
+    parts.celery.finalize()
+    worker = _EmbeddedWorker(
+        app=parts.celery,
+        pool="threads",
+        concurrency=parts.settings.worker_concurrency,
+        queues=queues,
+        hostname=f"drover-embedded@{socket.gethostname()}",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel=parts.settings.log_level.upper(),
+    )
+    worker_thread = threading.Thread(target=worker.start, name="drover-worker", daemon=True)
+    coordinator_thread.start()
+    worker_thread.start()
+    coordinator_ready.wait(30)
+    worker.consuming.wait(30)
+    try:
+        yield parts
+    finally:
+        stop.set()
+        # The Celery worker stops at its next loop when this flag is set; it is the
+        # mechanism Celery's own embedded test worker uses.
+        worker_state.should_terminate = 0
+        worker_thread.join(15)
+        coordinator_thread.join(15)
+        worker_state.should_terminate = None

@@ -1,0 +1,346 @@
+"""The store in one SQLite file: the single-machine default.
+
+Every write runs inside ``BEGIN IMMEDIATE``, which takes the file's write lock before the
+first read, so a saga step's duplicate and revision checks and its writes have no other
+writer in between, be it another thread here or another process on the same file. WAL
+journal mode lets readers go on while one process writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from orchestrator.contract import Envelope, decode
+from orchestrator.saga import ReleaseState
+from orchestrator.store import CommitResult, DeadLetter, StoredRelease, StoreUnavailable
+
+__all__ = ["SqliteStore"]
+
+# How long a write waits for another process's write lock before it gives up and the
+# store reports itself unavailable. Read when a store is opened.
+_BUSY_TIMEOUT_S: Final = 30.0
+
+_SCHEMA: Final = (
+    # one row per release: its state and the revision its commits compare and set
+    """CREATE TABLE IF NOT EXISTS releases (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at REAL NOT NULL  -- epoch seconds: the same sort key as Redis's index
+    )""",
+    "CREATE INDEX IF NOT EXISTS releases_newest ON releases (created_at DESC, id DESC)",
+    # ids of messages committed for a release, and of the messages it sent
+    """CREATE TABLE IF NOT EXISTS seen (
+        release_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (release_id, message_id)
+    ) WITHOUT ROWID""",
+    # committed, not yet published messages; AUTOINCREMENT so a sequence number is never
+    # reused after its row is published, and names one message forever (in logs, say).
+    # An id committed again replaces its row at the end, as ZADD does in Redis.
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        body BLOB NOT NULL
+    )""",
+    # every message of every release; rows are never deleted, so the rowid is the order
+    """CREATE TABLE IF NOT EXISTS timeline (
+        seq INTEGER PRIMARY KEY,
+        release_id TEXT NOT NULL,
+        body BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS timeline_by_release ON timeline (release_id, seq)",
+    """CREATE TABLE IF NOT EXISTS host_versions (
+        environment TEXT NOT NULL,
+        service TEXT NOT NULL,
+        host TEXT NOT NULL,
+        version TEXT NOT NULL,
+        PRIMARY KEY (environment, service, host)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS effects (
+        release_id TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        service TEXT NOT NULL,
+        host TEXT NOT NULL,
+        step TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (release_id, environment, service, host, step)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        at TEXT NOT NULL,  -- ISO 8601, with the offset it was given
+        reason TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        source TEXT NOT NULL
+    )""",
+)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Turn SQLite's operational errors into Drover's own at this edge.
+
+    ``OperationalError`` is what SQLite raises when the file is locked past the busy
+    timeout, cannot be opened, is on a full or failing disk: the store is unavailable.
+    Programming errors (``ProgrammingError``, ``IntegrityError``) are bugs and stay as
+    they are.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        # One connection behind a lock rather than one per thread: SQLite lets one
+        # writer in at a time anyway, and the coordinator's load is a few steps a second,
+        # so per-thread connections would buy little and cost much: connections left
+        # open by threads that ended, and a close() that cannot reach them.
+        self._lock = threading.Lock()
+        self._db = _open(path)
+
+    # --- the saga ---------------------------------------------------------------------
+
+    def load(self, release_id: str) -> StoredRelease | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT state, revision FROM releases WHERE id = ?", (release_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredRelease(ReleaseState.model_validate_json(row[0]), row[1])
+
+    def commit(
+        self,
+        release_id: str,
+        *,
+        message_id: str,
+        expected_revision: int,
+        state: ReleaseState | None,
+        outbox: Sequence[Envelope],
+        timeline: Sequence[Envelope],
+    ) -> CommitResult:
+        with self._write() as db:
+            if _is_seen(db, release_id, message_id):
+                return CommitResult.DUPLICATE
+            if state is not None:
+                if _revision(db, release_id) != expected_revision:
+                    return CommitResult.CONFLICT
+                _save_state(db, release_id, state, expected_revision + 1)
+            _append(db, release_id, message_id, outbox, timeline)
+        return CommitResult.COMMITTED
+
+    def pending_outbox(self, limit: int = 500) -> list[Envelope]:
+        if limit <= 0:
+            return []
+        with self._read() as db:
+            rows = db.execute("SELECT body FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [decode(body) for (body,) in rows]
+
+    def mark_published(self, message_ids: Sequence[str]) -> None:
+        if not message_ids:
+            return
+        with self._write() as db:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in message_ids])
+
+    def timeline(self, release_id: str) -> list[Envelope]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT body FROM timeline WHERE release_id = ? ORDER BY seq", (release_id,)
+            ).fetchall()
+        return [decode(body) for (body,) in rows]
+
+    def releases(self, limit: int = 50) -> list[ReleaseState]:
+        if limit <= 0:
+            return []
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT state FROM releases ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [ReleaseState.model_validate_json(state) for (state,) in rows]
+
+    # --- the fleet's record -------------------------------------------------------------
+
+    def host_versions(self, environment: str, service: str) -> dict[str, str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT host, version FROM host_versions WHERE environment = ? AND service = ?",
+                (environment, service),
+            ).fetchall()
+        return dict(rows)
+
+    def record_host_version(self, environment: str, service: str, host: str, version: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO host_versions (environment, service, host, version)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (environment, service, host) DO UPDATE SET version = excluded.version",
+                (environment, service, host, version),
+            )
+
+    def count_effect(
+        self, release_id: str, environment: str, service: str, host: str, step: str
+    ) -> int:
+        effect = (release_id, environment, service, host, step)
+        # the upsert and the read in one write transaction: no other count in between
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO effects (release_id, environment, service, host, step, count)"
+                " VALUES (?, ?, ?, ?, ?, 1)"
+                " ON CONFLICT (release_id, environment, service, host, step)"
+                " DO UPDATE SET count = count + 1",
+                effect,
+            )
+            (count,) = db.execute(
+                "SELECT count FROM effects WHERE release_id = ? AND environment = ?"
+                " AND service = ? AND host = ? AND step = ?",
+                effect,
+            ).fetchone()
+        return int(count)
+
+    def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT environment, service, host, step, count FROM effects WHERE release_id = ?",
+                (release_id,),
+            ).fetchall()
+        return {(env, service, host, step): count for env, service, host, step, count in rows}
+
+    # --- messages nobody could use --------------------------------------------------------
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO dead_letters (id, at, reason, raw, source) VALUES (?, ?, ?, ?, ?)",
+                (letter.id, letter.at.isoformat(), letter.reason, letter.raw, letter.source),
+            )
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, at, reason, raw, source FROM dead_letters ORDER BY seq"
+            ).fetchall()
+        return [
+            DeadLetter(id=i, at=datetime.fromisoformat(at), reason=reason, raw=raw, source=src)
+            for i, at, reason, raw, src in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        # outside a transaction each SELECT reads one consistent snapshot on its own
+        with self._lock, _translated():
+            yield self._db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _translated():
+            _immediately(self._db)
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+
+def _open(path: str) -> sqlite3.Connection:
+    with _translated():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # timeout= is SQLite's busy_timeout. isolation_level=None: the module opens no
+        # transactions of its own, so the BEGIN IMMEDIATE here is the only one.
+        # check_same_thread=False: SqliteStore's lock, not the thread that opened it,
+        # decides who uses the connection.
+        db = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+    try:
+        with _translated():
+            _configure(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _configure(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode = WAL")
+    # FULL, not WAL's usual NORMAL: a committed saga step must survive a power cut too
+    db.execute("PRAGMA synchronous = FULL")
+    # several processes may open a new file at once; the write lock lets one build it
+    _immediately(db)
+    try:
+        for statement in _SCHEMA:
+            db.execute(statement)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _immediately(db: sqlite3.Connection) -> None:
+    """Begin a transaction that holds the write lock from its first statement.
+
+    A deferred transaction that reads and then writes can find another writer got in
+    between, and fails at once with "database is locked" instead of waiting its turn.
+    """
+    db.execute("BEGIN IMMEDIATE")
+
+
+def _is_seen(db: sqlite3.Connection, release_id: str, message_id: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM seen WHERE release_id = ? AND message_id = ?", (release_id, message_id)
+    ).fetchone()
+    return row is not None
+
+
+def _revision(db: sqlite3.Connection, release_id: str) -> int:
+    row = db.execute("SELECT revision FROM releases WHERE id = ?", (release_id,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _save_state(
+    db: sqlite3.Connection, release_id: str, state: ReleaseState, revision: int
+) -> None:
+    db.execute(
+        "INSERT INTO releases (id, state, revision, created_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+        " revision = excluded.revision, created_at = excluded.created_at",
+        (release_id, state.model_dump_json(), revision, state.created_at.timestamp()),
+    )
+
+
+def _append(
+    db: sqlite3.Connection,
+    release_id: str,
+    message_id: str,
+    outbox: Sequence[Envelope],
+    timeline: Sequence[Envelope],
+) -> None:
+    """Record the message as seen and add the step's outgoing messages and timeline."""
+    seen = [(release_id, message_id)]
+    # an outbox message is seen by the release it names, where it will come back
+    seen += [(message.release_id, message.id) for message in outbox]
+    db.executemany("INSERT OR IGNORE INTO seen (release_id, message_id) VALUES (?, ?)", seen)
+    db.executemany(
+        "INSERT OR REPLACE INTO outbox (id, body) VALUES (?, ?)",
+        [(m.id, m.encode()) for m in outbox],
+    )
+    db.executemany(
+        "INSERT INTO timeline (release_id, body) VALUES (?, ?)",
+        [(release_id, m.encode()) for m in timeline],
+    )

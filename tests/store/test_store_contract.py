@@ -1,0 +1,450 @@
+"""One contract for every store: each test runs on SQLite and on real Redis.
+
+The stores are opened through :func:`orchestrator.store.open_store`, as the processes
+open them, so the URL dispatch is covered too.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+
+from orchestrator.contract import (
+    DeployComponent,
+    Envelope,
+    Step,
+    StepStarted,
+    envelope,
+)
+from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus
+from orchestrator.store import CommitResult, DeadLetter, Store, StoreUnavailable, open_store
+from orchestrator.store import sqlite as sqlite_store
+from orchestrator.store.redis import RedisStore
+from orchestrator.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+OpenStore = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.broker)])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens stores on one backing (file or namespace); closes them all afterwards."""
+    if request.param == "sqlite":
+        url, namespace = f"sqlite:///{tmp_path / 'state' / 'drover.db'}", "drover"
+    else:
+        url = request.getfixturevalue("redis_url")
+        namespace = request.getfixturevalue("namespace")
+    opened: list[Store] = []
+
+    def opener() -> Store:
+        opened.append(open_store(url, namespace=namespace))
+        return opened[-1]
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(new_store: OpenStore) -> Store:
+    return new_store()
+
+
+def _state(
+    release_id: str = "r1",
+    *,
+    created_at: datetime = T0,
+    status: ReleaseStatus = ReleaseStatus.RUNNING,
+) -> ReleaseState:
+    api = ComponentState(
+        service="api",
+        version="1.2.3",
+        depends_on=("db",),
+        status=ComponentStatus.DEPLOYED,
+        previous_versions={"web-1": "1.2.2", "web-2": "1.2.2"},
+    )
+    return ReleaseState(
+        id=release_id,
+        environment="prod",
+        reason="quarterly",
+        requested_by="alice",
+        status=status,
+        components={"api": api},
+        created_at=created_at,
+        updated_at=created_at + timedelta(minutes=1),
+    )
+
+
+def _deploy(release_id: str = "r1", message_id: str | None = None) -> Envelope:
+    payload = DeployComponent(environment="prod", service="api", version="1.2.3")
+    return envelope(payload, release_id=release_id, actor="coordinator", message_id=message_id)
+
+
+def _report(release_id: str = "r1", message_id: str | None = None) -> Envelope:
+    payload = StepStarted(
+        environment="prod", service="api", step=Step.DRAIN, batch=1, hosts=("web-1",)
+    )
+    return envelope(payload, release_id=release_id, actor="worker-1", message_id=message_id)
+
+
+def _commit(
+    store: Store,
+    release_id: str = "r1",
+    *,
+    message_id: str,
+    expected: int = 0,
+    state: ReleaseState | None = None,
+    outbox: Sequence[Envelope] = (),
+    timeline: Sequence[Envelope] = (),
+) -> CommitResult:
+    return store.commit(
+        release_id,
+        message_id=message_id,
+        expected_revision=expected,
+        state=state,
+        outbox=outbox,
+        timeline=timeline,
+    )
+
+
+def _ids(messages: Sequence[Envelope]) -> list[str]:
+    return [m.id for m in messages]
+
+
+# --- the saga ---------------------------------------------------------------------------
+
+
+def test_an_unknown_release_loads_as_none(store: Store) -> None:
+    assert store.load("nope") is None
+    assert store.timeline("nope") == []
+
+
+def test_commit_then_load_round_trips_the_state(store: Store) -> None:
+    state = _state()
+    assert _commit(store, message_id="m1", state=state) is CommitResult.COMMITTED
+    stored = store.load("r1")
+    assert stored is not None
+    assert stored.state == state
+    assert stored.revision == 1
+
+
+def test_every_state_commit_bumps_the_revision(store: Store) -> None:
+    for revision in range(3):
+        state = _state().model_copy(update={"reason": f"step {revision}"})
+        result = _commit(store, message_id=f"m{revision}", expected=revision, state=state)
+        assert result is CommitResult.COMMITTED
+    stored = store.load("r1")
+    assert stored is not None
+    assert (stored.revision, stored.state.reason) == (3, "step 2")
+
+
+def test_a_stale_revision_is_a_conflict_that_writes_nothing(store: Store) -> None:
+    _commit(store, message_id="m1", state=_state())
+    changed = _state(status=ReleaseStatus.SUCCEEDED)
+    outbox, timeline = [_deploy()], [_report()]
+
+    result = _commit(
+        store, message_id="m2", expected=0, state=changed, outbox=outbox, timeline=timeline
+    )
+
+    assert result is CommitResult.CONFLICT
+    stored = store.load("r1")
+    assert stored is not None
+    assert (stored.state, stored.revision) == (_state(), 1)
+    assert store.pending_outbox() == []
+    assert store.timeline("r1") == []
+    # the message was not marked seen: retried on the right revision, it goes through
+    result = _commit(store, message_id="m2", expected=1, state=changed, outbox=outbox)
+    assert result is CommitResult.COMMITTED
+    # nor were the outbox ids: the retry's outbox is the only one
+    assert store.pending_outbox() == outbox
+
+
+def test_a_conflict_on_a_release_never_stored(store: Store) -> None:
+    assert _commit(store, message_id="m1", expected=3, state=_state()) is CommitResult.CONFLICT
+    assert store.load("r1") is None
+
+
+def test_a_replayed_message_is_a_duplicate_that_writes_nothing(store: Store) -> None:
+    _commit(store, message_id="m1", state=_state(), timeline=[_report()])
+    before = (store.load("r1"), store.timeline("r1"))
+
+    result = _commit(
+        store,
+        message_id="m1",
+        expected=1,
+        state=_state(status=ReleaseStatus.SUCCEEDED),
+        outbox=[_deploy()],
+        timeline=[_report()],
+    )
+
+    assert result is CommitResult.DUPLICATE
+    assert (store.load("r1"), store.timeline("r1")) == before
+    assert store.pending_outbox() == []
+
+
+def test_duplicates_are_judged_per_release(store: Store) -> None:
+    _commit(store, "r1", message_id="m1", state=_state("r1"))
+    assert _commit(store, "r2", message_id="m1", state=_state("r2")) is CommitResult.COMMITTED
+
+
+def test_the_messages_a_step_sends_count_as_seen(store: Store) -> None:
+    sent = _deploy()
+    _commit(store, message_id="m1", state=_state(), outbox=[sent])
+    # the coordinator later consumes its own published message: it must not act twice
+    assert _commit(store, message_id=sent.id, expected=1, state=_state()) is (
+        CommitResult.DUPLICATE
+    )
+    assert _commit(store, message_id=sent.id, state=None) is CommitResult.DUPLICATE
+
+
+def test_a_commit_without_state_adds_to_the_timeline_and_marks_seen(store: Store) -> None:
+    _commit(store, message_id="m1", state=_state())
+    report = _report()
+
+    # no revision check: whatever revision the caller names
+    result = _commit(store, message_id=report.id, expected=42, state=None, timeline=[report])
+
+    assert result is CommitResult.COMMITTED
+    stored = store.load("r1")
+    assert stored is not None
+    assert (stored.state, stored.revision) == (_state(), 1)
+    assert store.timeline("r1") == [report]
+    assert _commit(store, message_id=report.id, state=None) is CommitResult.DUPLICATE
+
+
+def test_pending_outbox_is_in_commit_order_across_releases(store: Store) -> None:
+    first, second, third, fourth = (_deploy(r) for r in ("r2", "r1", "r2", "r1"))
+    _commit(store, "r2", message_id="a", state=_state("r2"), outbox=[first])
+    _commit(store, "r1", message_id="b", state=_state("r1"), outbox=[second, third])
+    _commit(store, "r2", message_id="c", state=None, outbox=[fourth])
+
+    assert store.pending_outbox() == [first, second, third, fourth]
+    assert store.pending_outbox(limit=2) == [first, second]
+    assert store.pending_outbox(limit=0) == []
+
+
+def test_mark_published_removes_from_the_pending_outbox(store: Store) -> None:
+    messages = [_deploy() for _ in range(4)]
+    _commit(store, message_id="m1", state=_state(), outbox=messages)
+
+    store.mark_published([messages[0].id, messages[2].id, "never-sent"])
+    store.mark_published([])
+
+    assert _ids(store.pending_outbox()) == _ids([messages[1], messages[3]])
+    store.mark_published(_ids(messages))
+    assert store.pending_outbox() == []
+
+
+def test_the_timeline_keeps_commit_order_per_release(store: Store) -> None:
+    one, two, three, other = _report(), _deploy(), _report(), _report("r2")
+    _commit(store, message_id="m1", state=_state(), timeline=[one, two])
+    _commit(store, "r2", message_id="m2", state=None, timeline=[other])
+    _commit(store, message_id="m3", state=None, timeline=[three])
+
+    assert store.timeline("r1") == [one, two, three]
+    assert store.timeline("r2") == [other]
+
+
+def test_releases_lists_the_newest_first(store: Store) -> None:
+    created = {"old": T0, "newest": T0 + timedelta(days=2), "middle": T0 + timedelta(days=1)}
+    for release_id, at in created.items():
+        _commit(store, release_id, message_id="m1", state=_state(release_id, created_at=at))
+    # a later step changes the state, not the release's place in the list
+    stored = store.load("old")
+    assert stored is not None
+    done = stored.state.model_copy(update={"status": ReleaseStatus.SUCCEEDED})
+    _commit(store, "old", message_id="m2", expected=1, state=done)
+
+    assert [r.id for r in store.releases()] == ["newest", "middle", "old"]
+    assert [r.id for r in store.releases(limit=2)] == ["newest", "middle"]
+    assert store.releases()[-1] == done
+    assert store.releases(limit=0) == []
+
+
+# --- the fleet's record -----------------------------------------------------------------
+
+
+def test_host_versions_are_kept_per_environment_and_service(store: Store) -> None:
+    assert store.host_versions("prod", "api") == {}
+    store.record_host_version("prod", "api", "web-1", "1.0.0")
+    store.record_host_version("prod", "api", "web-2", "1.0.0")
+    store.record_host_version("prod", "api", "web-1", "1.1.0")
+    store.record_host_version("staging", "api", "web-1", "2.0.0")
+    store.record_host_version("prod", "db", "db-1", "9.6")
+
+    assert store.host_versions("prod", "api") == {"web-1": "1.1.0", "web-2": "1.0.0"}
+    assert store.host_versions("staging", "api") == {"web-1": "2.0.0"}
+    assert store.host_versions("prod", "db") == {"db-1": "9.6"}
+
+
+def test_count_effect_counts_each_effect_of_a_release(store: Store) -> None:
+    assert store.effects("r1") == {}
+    assert store.count_effect("r1", "prod", "api", "web-1", "deploy") == 1
+    assert store.count_effect("r1", "prod", "api", "web-1", "deploy") == 2
+    assert store.count_effect("r1", "prod", "api", "web-2", "drain") == 1
+    assert store.count_effect("r2", "prod", "api", "web-1", "deploy") == 1
+
+    assert store.effects("r1") == {
+        ("prod", "api", "web-1", "deploy"): 2,
+        ("prod", "api", "web-2", "drain"): 1,
+    }
+
+
+# --- messages nobody could use ----------------------------------------------------------
+
+
+def test_dead_letters_round_trip_newest_last(store: Store) -> None:
+    letters = [
+        DeadLetter(
+            id="d1", at=T0, reason="not JSON", raw=b"\xff\xfe\x00garbage\x80", source="events"
+        ),
+        DeadLetter(
+            id="d2",
+            at=datetime(2026, 3, 2, 8, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2))),
+            reason="unknown type 'Nope'",
+            raw='{"type": "Nope", "note": "€"}'.encode(),
+            source="commands",
+        ),
+    ]
+    for letter in letters:
+        store.add_dead_letter(letter)
+
+    assert store.dead_letters() == letters
+
+
+# --- many writers -----------------------------------------------------------------------
+
+
+def _race(stores: Sequence[Store], expected: int, release_id: str = "r1") -> list[CommitResult]:
+    """Every store commits a different message on the same revision, all at once."""
+    start = threading.Barrier(len(stores))
+
+    def attempt(index: int) -> CommitResult:
+        start.wait()
+        return _commit(
+            stores[index],
+            release_id,
+            message_id=f"rev{expected}-writer{index}",
+            expected=expected,
+            state=_state(release_id).model_copy(update={"reason": f"writer {index}"}),
+            timeline=[_report(release_id)],
+        )
+
+    with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+        return list(pool.map(attempt, range(len(stores))))
+
+
+def _assert_one_winner_per_round(stores: Sequence[Store], rounds: int = 10) -> None:
+    for revision in range(rounds):
+        results = _race(stores, expected=revision)
+        assert sorted(results) == [CommitResult.COMMITTED, CommitResult.CONFLICT]
+    stored = stores[0].load("r1")
+    assert stored is not None
+    assert stored.revision == rounds
+    assert len(stores[0].timeline("r1")) == rounds  # the losers wrote nothing
+
+
+def test_threads_racing_on_one_store_leave_one_winner(store: Store) -> None:
+    _assert_one_winner_per_round([store, store])
+
+
+def test_stores_racing_on_one_backing_leave_one_winner(new_store: OpenStore) -> None:
+    _assert_one_winner_per_round([new_store(), new_store()])
+
+
+# --- backend specifics ------------------------------------------------------------------
+
+
+def test_an_unreachable_redis_is_store_unavailable() -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", namespace="drovertest-closed")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.load("r1")
+        with pytest.raises(StoreUnavailable):
+            _commit(store, message_id="m1", state=_state())
+        with pytest.raises(StoreUnavailable):
+            store.pending_outbox()
+    finally:
+        store.close()
+
+
+def test_sqlite_creates_its_folder_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "drover.db"
+    store = SqliteStore(str(path))
+    try:
+        _commit(store, message_id="m1", state=_state())
+        mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        store.close()
+    assert mode == "wal"
+    reopened = SqliteStore(str(path))  # and a second open keeps what was written
+    try:
+        assert reopened.load("r1") is not None
+    finally:
+        reopened.close()
+
+
+def test_a_locked_sqlite_file_is_store_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "_BUSY_TIMEOUT_S", 0.1)
+    path = str(tmp_path / "drover.db")
+    holder, waiter = SqliteStore(path), SqliteStore(path)
+    try:
+        holder._db.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+        with pytest.raises(StoreUnavailable):
+            _commit(waiter, message_id="m1", state=_state())
+        holder._db.execute("ROLLBACK")
+        assert _commit(waiter, message_id="m1", state=_state()) is CommitResult.COMMITTED
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def _commit_steps(path: str, writer: str, steps: int) -> int:
+    """In a process of its own: commit ``steps`` messages, reloading on each conflict."""
+    store = SqliteStore(path)
+    conflicts = 0
+    try:
+        for step in range(steps):
+            while True:
+                stored = store.load("r1")
+                result = _commit(
+                    store,
+                    message_id=f"{writer}-{step}",
+                    expected=stored.revision if stored else 0,
+                    state=_state(),
+                    timeline=[_report()],
+                )
+                if result is CommitResult.COMMITTED:
+                    break
+                conflicts += 1
+    finally:
+        store.close()
+    return conflicts
+
+
+def test_sqlite_processes_sharing_a_file_lose_no_step(tmp_path: Path) -> None:
+    path, steps = str(tmp_path / "shared" / "drover.db"), 25
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_commit_steps, path, writer, steps) for writer in ("a", "b")]
+        for future in futures:
+            future.result()
+
+    store = SqliteStore(path)
+    try:
+        stored = store.load("r1")
+        timeline = store.timeline("r1")
+    finally:
+        store.close()
+    assert stored is not None
+    assert stored.revision == 2 * steps
+    assert len(timeline) == 2 * steps

@@ -1,0 +1,864 @@
+"""The release saga, decision by decision: ordering, compensation, duplicates, rejection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator.contract import (
+    ComponentDeployed,
+    ComponentFailed,
+    ComponentRequest,
+    ComponentRollbackFailed,
+    ComponentRolledBack,
+    ComponentStarted,
+    DeployComponent,
+    Message,
+    ReleaseAccepted,
+    ReleaseFailed,
+    ReleaseRejected,
+    ReleaseRolledBack,
+    ReleaseSucceeded,
+    RollbackComponent,
+    Step,
+    StepFailed,
+    StepStarted,
+    SubmitRelease,
+)
+from orchestrator.plans import Fleet
+from orchestrator.saga import (
+    ComponentStatus,
+    Decision,
+    ReleaseState,
+    ReleaseStatus,
+    decide,
+)
+from tests.unit.builders import (
+    ENVIRONMENT,
+    HOSTS,
+    NEW_VERSION,
+    OLD_VERSION,
+    RELEASE_ID,
+    T0,
+    component,
+    event,
+    fleet,
+    later,
+    submit,
+)
+
+PREVIOUS = {"h1": OLD_VERSION, "h2": "1.0.1"}  # hosts may have run different versions
+
+# --- what workers report ------------------------------------------------------------------
+
+
+def started(service: str) -> ComponentStarted:
+    return ComponentStarted(
+        environment=ENVIRONMENT, service=service, version=NEW_VERSION, previous_versions=PREVIOUS
+    )
+
+
+def deployed(service: str, previous: dict[str, str] | None = None) -> ComponentDeployed:
+    return ComponentDeployed(
+        environment=ENVIRONMENT,
+        service=service,
+        version=NEW_VERSION,
+        previous_versions=PREVIOUS if previous is None else previous,
+    )
+
+
+def failed(service: str, *, restored: bool = True) -> ComponentFailed:
+    return ComponentFailed(
+        environment=ENVIRONMENT,
+        service=service,
+        version=NEW_VERSION,
+        reason="verify failed on h2",
+        restored=restored,
+    )
+
+
+def rolled_back(service: str) -> ComponentRolledBack:
+    return ComponentRolledBack(environment=ENVIRONMENT, service=service, to_versions=PREVIOUS)
+
+
+def rollback_failed(service: str) -> ComponentRollbackFailed:
+    return ComponentRollbackFailed(
+        environment=ENVIRONMENT, service=service, reason="h2 did not come back", hosts=("h2",)
+    )
+
+
+# --- reading what the saga sent -----------------------------------------------------------
+
+
+def deploys(outgoing: Iterable[Message]) -> list[str]:
+    return [m.service for m in outgoing if isinstance(m, DeployComponent)]
+
+
+def rollbacks(outgoing: Iterable[Message]) -> list[str]:
+    return [m.service for m in outgoing if isinstance(m, RollbackComponent)]
+
+
+class Release:
+    """One release driven through ``decide``, as the coordinator would, one message at a time."""
+
+    def __init__(self, *components: ComponentRequest, services: Sequence[str] = ()) -> None:
+        names = services or [c.service for c in components]
+        self.fleet: Fleet = fleet(*names)
+        self.sent: list[Message] = []
+        self.state: ReleaseState | None = None
+        self.clock = 0
+        self.first = self.send(submit(*components))
+
+    def send(self, payload: Message) -> tuple[Message, ...]:
+        self.clock += 1
+        decision = decide(self.state, event(payload, at=later(self.clock)), self.fleet)
+        self.state = decision.state
+        self.sent.extend(decision.outgoing)
+        return decision.outgoing
+
+    @property
+    def status(self) -> ReleaseStatus:
+        assert self.state is not None
+        return self.state.status
+
+    def component(self, service: str) -> ComponentStatus:
+        assert self.state is not None
+        return self.state.components[service].status
+
+
+# --- starting in dependency order ---------------------------------------------------------
+
+
+def test_components_without_dependencies_all_start_in_the_first_decision() -> None:
+    release = Release(component("api"), component("web"), component("jobs"))
+
+    assert isinstance(release.first[0], ReleaseAccepted)
+    assert deploys(release.first[1:]) == ["api", "web", "jobs"]
+    assert len(release.first) == 4
+    assert release.status is ReleaseStatus.RUNNING
+    assert {release.component(s) for s in ("api", "web", "jobs")} == {ComponentStatus.DEPLOYING}
+
+
+def test_release_accepted_repeats_the_request() -> None:
+    components = (component("db"), component("api", "db"))
+    release = Release(*components)
+
+    assert release.first[0] == ReleaseAccepted(
+        environment=ENVIRONMENT, reason="test", components=components
+    )
+
+
+def test_submission_records_who_asked_when_and_why() -> None:
+    release = Release(component("api"))
+
+    assert release.state is not None
+    assert release.state.id == RELEASE_ID
+    assert release.state.requested_by == "ci"
+    assert release.state.environment == ENVIRONMENT
+    assert release.state.reason == "test"
+    assert release.state.created_at == later(1)
+    assert release.state.finished_at is None
+
+
+def test_deploy_command_names_the_environment_service_and_version() -> None:
+    release = Release(component("api", version="3.1.4"))
+
+    assert release.first[1] == DeployComponent(
+        environment=ENVIRONMENT, service="api", version="3.1.4"
+    )
+
+
+def test_chain_starts_each_component_only_once_the_one_before_is_deployed() -> None:
+    release = Release(component("db"), component("api", "db"), component("web", "api"))
+
+    assert deploys(release.first) == ["db"]
+    assert release.component("api") is ComponentStatus.PENDING
+    assert release.send(deployed("db")) == (
+        DeployComponent(environment=ENVIRONMENT, service="api", version=NEW_VERSION),
+    )
+    assert deploys(release.send(deployed("api"))) == ["web"]
+    assert release.send(deployed("web")) == (ReleaseSucceeded(),)
+    assert release.status is ReleaseStatus.SUCCEEDED
+    assert release.state is not None
+    assert release.state.finished_at == later(4)
+
+
+def test_diamond_starts_both_middles_together_and_the_top_after_both() -> None:
+    release = Release(
+        component("db"), component("api", "db"), component("auth", "db"), component("web", "api", "auth")
+    )
+
+    assert deploys(release.first) == ["db"]
+    assert deploys(release.send(deployed("db"))) == ["api", "auth"]
+    assert release.send(deployed("auth")) == ()
+    assert release.component("web") is ComponentStatus.PENDING
+    assert deploys(release.send(deployed("api"))) == ["web"]
+    assert release.send(deployed("web")) == (ReleaseSucceeded(),)
+    assert release.status is ReleaseStatus.SUCCEEDED
+
+
+def test_component_listed_before_its_dependency_still_waits_for_it() -> None:
+    release = Release(component("web", "api"), component("api"))
+
+    assert deploys(release.first) == ["api"]
+    assert deploys(release.send(deployed("api"))) == ["web"]
+
+
+def test_independent_chains_progress_in_parallel() -> None:
+    release = Release(
+        component("db"), component("api", "db"), component("cache"), component("web", "cache")
+    )
+
+    assert deploys(release.first) == ["db", "cache"]
+    assert deploys(release.send(deployed("cache"))) == ["web"]
+    assert deploys(release.send(deployed("db"))) == ["api"]
+
+
+def test_component_started_records_previous_versions_and_sends_nothing() -> None:
+    release = Release(component("api"))
+
+    assert release.send(started("api")) == ()
+    assert release.state is not None
+    assert release.state.components["api"].previous_versions == PREVIOUS
+    assert release.component("api") is ComponentStatus.DEPLOYING
+
+
+def test_step_reports_change_no_component() -> None:
+    release = Release(component("api"))
+    before = release.state
+    report = StepStarted(
+        environment=ENVIRONMENT, service="api", step=Step.DRAIN, batch=1, hosts=HOSTS
+    )
+    failure = StepFailed(
+        environment=ENVIRONMENT,
+        service="api",
+        step=Step.VERIFY,
+        batch=1,
+        hosts=HOSTS,
+        host="h1",
+        reason="unhealthy",
+    )
+
+    assert release.send(report) == ()
+    assert release.send(failure) == ()
+    assert release.state is not None
+    assert before is not None
+    assert release.state.components == before.components
+    assert release.status is ReleaseStatus.RUNNING
+
+
+def test_report_about_a_service_not_in_the_release_changes_nothing() -> None:
+    release = Release(component("api"), services=["api", "web"])
+    before = release.state
+
+    assert release.send(deployed("web")) == ()
+    assert release.state == before
+
+
+# --- a failure while others are in flight -------------------------------------------------
+
+
+def test_failure_starts_nothing_new_and_waits_for_siblings_in_flight() -> None:
+    release = Release(component("api"), component("web"), component("jobs", "api"))
+
+    assert release.send(failed("web")) == ()
+    assert release.status is ReleaseStatus.COMPENSATING
+    assert release.component("jobs") is ComponentStatus.SKIPPED
+    assert release.component("api") is ComponentStatus.DEPLOYING
+    assert release.state is not None
+    assert release.state.failure == "web: verify failed on h2"
+
+
+def test_sibling_that_deploys_after_the_failure_is_rolled_back_and_nothing_starts() -> None:
+    release = Release(component("api"), component("web"), component("jobs", "api"))
+    release.send(failed("web"))
+
+    outgoing = release.send(deployed("api"))
+
+    assert deploys(outgoing) == []
+    assert outgoing == (
+        RollbackComponent(
+            environment=ENVIRONMENT, service="api", from_version=NEW_VERSION, to_versions=PREVIOUS
+        ),
+    )
+    assert release.send(rolled_back("api")) == (
+        ReleaseRolledBack(reason="web: verify failed on h2"),
+    )
+    assert release.status is ReleaseStatus.ROLLED_BACK
+    assert release.component("web") is ComponentStatus.FAILED
+    assert release.component("jobs") is ComponentStatus.SKIPPED
+    assert "jobs" not in deploys(release.sent)
+
+
+def test_sibling_that_fails_after_the_failure_is_not_rolled_back() -> None:
+    release = Release(component("api"), component("web"), component("jobs"))
+    release.send(failed("api"))
+
+    assert release.send(failed("web")) == ()
+    assert rollbacks(release.send(deployed("jobs"))) == ["jobs"]
+    assert isinstance(release.send(rolled_back("jobs"))[0], ReleaseRolledBack)
+    assert rollbacks(release.sent) == ["jobs"]
+    assert release.status is ReleaseStatus.ROLLED_BACK
+
+
+def test_compensation_waits_until_every_component_in_flight_has_answered() -> None:
+    release = Release(component("api"), component("web"), component("jobs"))
+    release.send(failed("api"))
+
+    assert release.send(deployed("web")) == ()
+    assert release.component("web") is ComponentStatus.DEPLOYED
+    assert rollbacks(release.send(deployed("jobs"))) == ["web", "jobs"]
+
+
+def test_failure_after_others_deployed_rolls_them_back_with_their_previous_versions() -> None:
+    release = Release(component("api"), component("web", "api"))
+    release.send(deployed("api", previous={"h1": "0.9", "h2": "0.8"}))
+
+    assert release.send(failed("web")) == (
+        RollbackComponent(
+            environment=ENVIRONMENT,
+            service="api",
+            from_version=NEW_VERSION,
+            to_versions={"h1": "0.9", "h2": "0.8"},
+        ),
+    )
+
+
+def test_previous_versions_come_from_component_deployed_over_component_started() -> None:
+    release = Release(component("api"), component("web"))
+    release.send(started("api"))
+    release.send(deployed("api", previous={"h1": "0.7", "h2": "0.7"}))
+
+    (rollback,) = release.send(failed("web"))
+
+    assert isinstance(rollback, RollbackComponent)
+    assert rollback.to_versions == {"h1": "0.7", "h2": "0.7"}
+
+
+# --- compensation order -------------------------------------------------------------------
+
+
+def test_chain_is_rolled_back_from_the_top_down() -> None:
+    release = Release(component("db"), component("api", "db"), component("web", "api"))
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+
+    assert rollbacks(release.send(failed("web"))) == ["api"]
+    assert release.component("db") is ComponentStatus.DEPLOYED
+    assert rollbacks(release.send(rolled_back("api"))) == ["db"]
+    assert release.send(rolled_back("db")) == (
+        ReleaseRolledBack(reason="web: verify failed on h2"),
+    )
+    assert release.status is ReleaseStatus.ROLLED_BACK
+
+
+def test_diamond_rolls_back_both_middles_together_and_the_bottom_after_both() -> None:
+    release = Release(
+        component("db"), component("api", "db"), component("auth", "db"), component("web", "api", "auth")
+    )
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+    release.send(deployed("auth"))
+
+    assert rollbacks(release.send(failed("web"))) == ["api", "auth"]
+    assert release.send(rolled_back("auth")) == ()
+    assert release.component("db") is ComponentStatus.DEPLOYED
+    assert rollbacks(release.send(rolled_back("api"))) == ["db"]
+    assert isinstance(release.send(rolled_back("db"))[0], ReleaseRolledBack)
+
+
+def test_independent_components_are_rolled_back_side_by_side() -> None:
+    release = Release(component("api"), component("web"), component("jobs"), component("mail"))
+    release.send(deployed("api"))
+    release.send(deployed("web"))
+    release.send(deployed("mail"))
+
+    assert rollbacks(release.send(failed("jobs"))) == ["api", "web", "mail"]
+
+
+def test_only_deployed_dependents_hold_back_a_rollback() -> None:
+    # auth never started (skipped) and jobs failed: neither holds db back; api does.
+    release = Release(
+        component("db"),
+        component("api", "db"),
+        component("jobs", "db"),
+        component("auth", "jobs"),
+    )
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+
+    assert deploys(release.send(failed("jobs"))) == []
+    assert rollbacks(release.sent) == ["api"]
+    assert release.component("auth") is ComponentStatus.SKIPPED
+    assert rollbacks(release.send(rolled_back("api"))) == ["db"]
+
+
+def test_rollback_of_a_dependency_waits_for_every_dependent_still_rolling_back() -> None:
+    release = Release(
+        component("db"), component("api", "db"), component("web", "db"), component("mail", "db")
+    )
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+    release.send(deployed("web"))
+
+    assert rollbacks(release.send(failed("mail"))) == ["api", "web"]
+    assert release.send(rolled_back("api")) == ()
+    assert rollbacks(release.send(rolled_back("web"))) == ["db"]
+
+
+# --- failure at the very start ------------------------------------------------------------
+
+
+def test_failure_of_the_first_component_ends_rolled_back_at_once() -> None:
+    release = Release(component("db"), component("api", "db"))
+
+    assert release.send(failed("db")) == (ReleaseRolledBack(reason="db: verify failed on h2"),)
+    assert release.status is ReleaseStatus.ROLLED_BACK
+    assert release.component("api") is ComponentStatus.SKIPPED
+    assert release.state is not None
+    assert release.state.finished_at == later(2)
+    assert rollbacks(release.sent) == []
+
+
+def test_failure_of_the_only_component_ends_rolled_back_at_once() -> None:
+    release = Release(component("api"))
+
+    assert release.send(failed("api")) == (
+        ReleaseRolledBack(reason="api: verify failed on h2"),
+    )
+    assert release.status is ReleaseStatus.ROLLED_BACK
+
+
+# --- compensation that cannot finish ------------------------------------------------------
+
+
+def test_failed_rollback_leaves_what_it_depends_on_and_names_it_for_a_human() -> None:
+    release = Release(component("db"), component("api", "db"), component("web", "api"))
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+    release.send(failed("web"))
+
+    (outcome,) = release.send(rollback_failed("api"))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert rollbacks(release.sent) == ["api"]
+    assert release.status is ReleaseStatus.FAILED
+    assert release.component("db") is ComponentStatus.DEPLOYED
+    assert release.component("api") is ComponentStatus.ROLLBACK_FAILED
+    named = [entry.split(":")[0] for entry in outcome.needs_attention]
+    assert sorted(named) == ["api", "db"]
+    assert "h2 did not come back" in " ".join(outcome.needs_attention)
+    assert outcome.reason.startswith("web: verify failed on h2")
+
+
+def test_failed_rollback_pins_its_dependencies_transitively() -> None:
+    release = Release(
+        component("db"), component("cache", "db"), component("api", "cache"), component("web", "api")
+    )
+    for service in ("db", "cache", "api"):
+        release.send(deployed(service))
+    release.send(failed("web"))
+
+    (outcome,) = release.send(rollback_failed("api"))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert rollbacks(release.sent) == ["api"]
+    assert sorted(e.split(":")[0] for e in outcome.needs_attention) == ["api", "cache", "db"]
+
+
+def test_failed_rollback_waits_for_other_rollbacks_and_spares_only_what_it_pins() -> None:
+    release = Release(
+        component("db"), component("api", "db"), component("mail"), component("web")
+    )
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+    release.send(deployed("mail"))
+    assert rollbacks(release.send(failed("web"))) == ["api", "mail"]
+
+    assert release.send(rollback_failed("api")) == ()
+    assert release.status is ReleaseStatus.COMPENSATING
+    (outcome,) = release.send(rolled_back("mail"))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert release.status is ReleaseStatus.FAILED
+    assert release.component("mail") is ComponentStatus.ROLLED_BACK
+    assert sorted(e.split(":")[0] for e in outcome.needs_attention) == ["api", "db"]
+
+
+def test_component_whose_own_put_back_failed_ends_the_release_failed() -> None:
+    release = Release(component("api"), component("web"))
+    release.send(deployed("web"))
+
+    assert rollbacks(release.send(failed("api", restored=False))) == ["web"]
+    (outcome,) = release.send(rolled_back("web"))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert release.status is ReleaseStatus.FAILED
+    assert [e.split(":")[0] for e in outcome.needs_attention] == ["api"]
+
+
+def test_first_component_whose_put_back_failed_ends_failed_at_once() -> None:
+    release = Release(component("api"), component("web", "api"))
+
+    (outcome,) = release.send(failed("api", restored=False))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert outcome.needs_attention == ("api: failed (verify failed on h2)",)
+    assert release.status is ReleaseStatus.FAILED
+
+
+def test_component_whose_put_back_failed_pins_what_it_depends_on() -> None:
+    # web's hosts may still run the new version: undoing db beneath them could break them.
+    release = Release(component("db"), component("web", "db"))
+    release.send(deployed("db"))
+
+    (outcome,) = release.send(failed("web", restored=False))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert rollbacks(release.sent) == []
+    assert release.component("db") is ComponentStatus.DEPLOYED
+    assert sorted(e.split(":")[0] for e in outcome.needs_attention) == ["db", "web"]
+
+
+# --- duplicates, late and stray messages --------------------------------------------------
+
+
+SCENARIOS: dict[str, tuple[tuple[ComponentRequest, ...], tuple[Message, ...]]] = {
+    "diamond succeeds": (
+        (component("db"), component("api", "db"), component("auth", "db"), component("web", "api", "auth")),
+        (started("db"), deployed("db"), deployed("auth"), deployed("api"), deployed("web")),
+    ),
+    "failure compensated": (
+        (component("db"), component("api", "db"), component("web", "db"), component("jobs", "api")),
+        (
+            deployed("db"),
+            failed("web"),
+            deployed("api"),
+            rolled_back("api"),
+            rolled_back("db"),
+        ),
+    ),
+    "rollback fails": (
+        (component("db"), component("api", "db"), component("web")),
+        (deployed("db"), deployed("api"), failed("web"), rollback_failed("api")),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_message_delivered_twice_gives_the_same_outcome(name: str) -> None:
+    components, replies = SCENARIOS[name]
+    fleet_ = fleet(*(c.service for c in components))
+    messages = [event(submit(*components), at=T0)]
+    messages += [event(reply, at=later(i + 1)) for i, reply in enumerate(replies)]
+
+    once = _run(fleet_, messages)
+    twice = _run(fleet_, [m for message in messages for m in (message, message)])
+
+    assert once == twice
+    assert once[0] is not None
+    assert once[0].status.is_terminal
+
+
+def _run(
+    fleet_: Fleet, messages: Iterable[object]
+) -> tuple[ReleaseState | None, list[Message]]:
+    state: ReleaseState | None = None
+    sent: list[Message] = []
+    for message in messages:
+        decision = decide(state, message, fleet_)  # type: ignore[arg-type]
+        state = decision.state
+        sent.extend(decision.outgoing)
+    return state, sent
+
+
+def test_duplicate_submission_of_an_accepted_release_sends_nothing() -> None:
+    release = Release(component("api"))
+    before = release.state
+
+    assert release.send(submit(component("api"))) == ()
+    assert release.state == before
+
+
+@pytest.mark.parametrize(
+    "late",
+    [deployed("api"), failed("api"), rolled_back("api"), rollback_failed("api"), started("api")],
+    ids=lambda m: type(m).__name__,
+)
+def test_late_reports_after_success_change_nothing(late: Message) -> None:
+    release = Release(component("api"))
+    release.send(deployed("api"))
+    done = release.state
+
+    assert release.send(late) == ()
+    assert release.state == done
+
+
+@pytest.mark.parametrize(
+    "late",
+    [deployed("api"), deployed("web"), failed("web"), rolled_back("api"), rollback_failed("api")],
+    ids=lambda m: f"{type(m).__name__}-{m.service}",  # type: ignore[attr-defined]
+)
+def test_late_reports_after_a_rollback_change_nothing(late: Message) -> None:
+    release = Release(component("api"), component("web", "api"))
+    release.send(failed("api"))
+    done = release.state
+    assert release.status is ReleaseStatus.ROLLED_BACK
+
+    assert release.send(late) == ()
+    assert release.state == done
+
+
+def test_events_for_a_release_never_accepted_do_nothing() -> None:
+    for payload in (deployed("api"), failed("api"), rolled_back("api"), ReleaseSucceeded()):
+        assert decide(None, event(payload), fleet("api")) == Decision(None, ())
+
+
+# --- invalid submissions ------------------------------------------------------------------
+
+
+INVALID: dict[str, tuple[SubmitRelease, list[str]]] = {
+    "unknown environment": (submit(component("api"), environment="moon"), ["environment"]),
+    "unknown service": (submit(component("api"), component("ghost")), ["components[1].service"]),
+    "duplicate component": (
+        submit(component("api"), component("api", version="3.0")),
+        ["components[1].service"],
+    ),
+    "self dependency": (submit(component("api", "api")), ["components[0].depends_on[0]"]),
+    "unknown dependency": (
+        submit(component("web"), component("api", "web", "db")),
+        ["components[1].depends_on[1]"],
+    ),
+    "cycle": (
+        submit(component("api", "web"), component("web", "jobs"), component("jobs", "api")),
+        ["components"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_invalid_submission_is_rejected_naming_the_field(name: str) -> None:
+    request, paths = INVALID[name]
+
+    decision = decide(None, event(request), fleet("api", "web", "jobs"))
+
+    assert decision.state is not None
+    assert decision.state.status is ReleaseStatus.REJECTED
+    assert decision.state.finished_at == T0
+    assert decision.state.components == {}
+    (rejected,) = decision.outgoing
+    assert isinstance(rejected, ReleaseRejected)
+    assert [p.path for p in rejected.problems] == paths
+    assert all(p.reason for p in rejected.problems)
+    assert decision.state.failure == "; ".join(str(p) for p in rejected.problems)
+
+
+def test_rejection_reports_every_problem_at_once() -> None:
+    request = submit(component("api", "api"), component("ghost"), component("web", "db"))
+
+    decision = decide(None, event(request), fleet("api", "web"))
+
+    (rejected,) = decision.outgoing
+    assert isinstance(rejected, ReleaseRejected)
+    assert [p.path for p in rejected.problems] == [
+        "components[1].service",
+        "components[0].depends_on[0]",
+        "components[2].depends_on[0]",
+    ]
+
+
+def test_cycle_is_named_in_the_rejection() -> None:
+    request, _ = INVALID["cycle"]
+
+    (rejected,) = decide(None, event(request), fleet("api", "web", "jobs")).outgoing
+
+    assert isinstance(rejected, ReleaseRejected)
+    assert rejected.problems[0].reason == "dependency cycle: api -> web -> jobs -> api"
+
+
+def test_rejected_release_ignores_everything_after() -> None:
+    request, _ = INVALID["unknown service"]
+    decision = decide(None, event(request), fleet("api"))
+
+    again = decide(decision.state, event(deployed("api"), at=later(1)), fleet("api"))
+
+    assert again == Decision(decision.state, ())
+
+
+# --- determinism --------------------------------------------------------------------------
+
+
+def test_same_state_and_message_give_equal_decisions() -> None:
+    fleet_ = fleet("db", "api", "web")
+    request = event(submit(component("db"), component("api", "db"), component("web", "db")))
+    first = decide(None, request, fleet_)
+    report = event(deployed("db"), at=later(1))
+
+    assert decide(None, request, fleet_) == first
+    assert decide(first.state, report, fleet_) == decide(first.state, report, fleet_)
+
+
+def test_decide_leaves_the_state_it_was_given_untouched() -> None:
+    release = Release(component("db"), component("api", "db"))
+    before = release.state
+    assert before is not None
+    snapshot = before.model_dump()
+
+    decide(before, event(deployed("db"), at=later(5)), release.fleet)
+
+    assert before.model_dump() == snapshot
+
+
+def test_state_survives_a_round_trip_through_json() -> None:
+    release = Release(component("db"), component("api", "db"))
+    release.send(deployed("db"))
+    assert release.state is not None
+
+    restored = ReleaseState.model_validate_json(release.state.model_dump_json())
+
+    assert restored == release.state
+    report = event(deployed("api"), at=later(9))
+    assert decide(restored, report, release.fleet) == decide(release.state, report, release.fleet)
+
+
+# --- property: any DAG, any outcomes, any order -------------------------------------------
+
+
+@st.composite
+def release_graphs(draw: st.DrawFn) -> tuple[ComponentRequest, ...]:
+    """A random DAG of up to seven components, listed in a random order."""
+    size = draw(st.integers(min_value=1, max_value=7))
+    names = [f"s{i}" for i in range(size)]
+    components = [
+        component(name, *draw(st.lists(st.sampled_from(names[:i]), unique=True)) if i else ())
+        for i, name in enumerate(names)
+    ]
+    return tuple(draw(st.permutations(components)))
+
+
+class _Workers:
+    """Plays every worker: answers each command the saga sends, and checks each one."""
+
+    def __init__(self, components: Sequence[ComponentRequest]) -> None:
+        self.depends = {c.service: set(c.depends_on) for c in components}
+        self.dependents = {
+            s: {d for d, deps in self.depends.items() if s in deps} for s in self.depends
+        }
+        self.deploy_sent: set[str] = set()
+        self.rollback_sent: set[str] = set()
+        self.deployed: set[str] = set()
+        self.rolled_back: set[str] = set()
+        self.failed: set[str] = set()
+        self.stuck: set[str] = set()  # rollback failed, or a failed put-back
+        self.endings: list[Message] = []
+
+    def above(self, service: str) -> set[str]:
+        """Every component that depends on ``service``, directly or not."""
+        found: set[str] = set()
+        frontier = [service]
+        while frontier:
+            for dependent in self.dependents[frontier.pop()]:
+                if dependent not in found:
+                    found.add(dependent)
+                    frontier.append(dependent)
+        return found
+
+    def check(self, outgoing: Iterable[Message]) -> None:
+        for message in outgoing:
+            assert not self.endings, f"{message!r} sent after {self.endings[0]!r}"
+            if isinstance(message, DeployComponent):
+                assert not self.failed, f"{message.service} started after a failure"
+                assert self.depends[message.service] <= self.deployed
+                assert message.service not in self.deploy_sent
+                self.deploy_sent.add(message.service)
+            elif isinstance(message, RollbackComponent):
+                service = message.service
+                assert service in self.deployed, f"{service} rolled back, never deployed"
+                assert service not in self.rollback_sent
+                assert self.dependents[service] & self.deployed <= self.rolled_back
+                assert not self.above(service) & self.stuck, f"{service} is pinned"
+                assert message.to_versions == PREVIOUS
+                self.rollback_sent.add(service)
+            elif isinstance(message, ReleaseSucceeded | ReleaseRolledBack | ReleaseFailed):
+                self.endings.append(message)
+
+    def answer(self, command: Message, data: st.DataObject) -> list[Message]:
+        if isinstance(command, DeployComponent):
+            service = command.service
+            before = [started(service)] if data.draw(st.booleans()) else []
+            outcome = data.draw(st.sampled_from(["deployed", "failed", "unrestored"]))
+            if outcome == "deployed":
+                self.deployed.add(service)
+                return [*before, deployed(service)]
+            self.failed.add(service)
+            if outcome == "unrestored":
+                self.stuck.add(service)
+            return [*before, failed(service, restored=outcome == "failed")]
+        assert isinstance(command, RollbackComponent)
+        if data.draw(st.booleans()):
+            self.rolled_back.add(command.service)
+            return [rolled_back(command.service)]
+        self.stuck.add(command.service)
+        return [rollback_failed(command.service)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(components=release_graphs(), data=st.data())
+def test_any_release_runs_to_an_end_in_dependency_order(
+    components: tuple[ComponentRequest, ...], data: st.DataObject
+) -> None:
+    fleet_ = fleet(*(c.service for c in components))
+    workers = _Workers(components)
+    clock = iter(range(1, 10_000))
+
+    def deliver(
+        state: ReleaseState | None, payload: Message, at: datetime
+    ) -> tuple[ReleaseState | None, tuple[Message, ...]]:
+        decision = decide(state, event(payload, at=at), fleet_)
+        workers.check(decision.outgoing)
+        return decision.state, decision.outgoing
+
+    state, first = deliver(None, submit(*components), T0)
+    pending = [m for m in first if isinstance(m, DeployComponent)]
+    delivered: list[Message] = []
+    while pending:
+        command = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="next"))
+        for reply in workers.answer(command, data):
+            state, outgoing = deliver(state, reply, later(next(clock)))
+            delivered.append(reply)
+            pending += [m for m in outgoing if isinstance(m, DeployComponent | RollbackComponent)]
+        if data.draw(st.booleans(), label="redeliver an old reply"):
+            old = data.draw(st.sampled_from(delivered))
+            before = state
+            state, outgoing = deliver(state, old, later(next(clock)))
+            assert outgoing == ()
+            assert state is not None
+            assert before is not None
+            assert (state.status, state.components) == (before.status, before.components)
+
+    assert state is not None
+    assert state.status.is_terminal, state.status
+    assert len(workers.endings) == 1
+    (ending,) = workers.endings
+    left = workers.deployed - workers.rolled_back
+    if state.status is ReleaseStatus.SUCCEEDED:
+        assert isinstance(ending, ReleaseSucceeded)
+        assert workers.deployed == set(workers.depends)
+        assert not workers.rollback_sent
+    elif state.status is ReleaseStatus.ROLLED_BACK:
+        assert isinstance(ending, ReleaseRolledBack)
+        assert workers.failed
+        assert not left
+        assert not workers.stuck
+    else:
+        assert state.status is ReleaseStatus.FAILED
+        assert isinstance(ending, ReleaseFailed)
+        assert workers.stuck
+        named = {entry.split(":")[0] for entry in ending.needs_attention}
+        assert left | workers.stuck <= named
+        for service in left - workers.stuck:  # left alone only because something above is stuck
+            assert workers.above(service) & workers.stuck
