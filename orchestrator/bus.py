@@ -145,6 +145,10 @@ class Bus:
                 content_encoding="utf-8",
                 delivery_mode=2,
                 headers=_headers(message),
+                # kombu's virtual transports (Redis, memory) route by the exchange type
+                # this connection has seen declared, and would treat an undeclared topic
+                # exchange as direct and drop the message. Declaring is cached per channel.
+                declare=[exchange],
                 retry=True,
                 retry_policy=_RETRY_POLICY,
             )

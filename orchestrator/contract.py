@@ -370,7 +370,7 @@ def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:
     except ValidationError as exc:
         raise MessageDecodeError(raw_bytes, problems_from(exc, prefix="payload"), header) from exc
     fields = header.model_dump(exclude={"type", "payload"})
-    return Envelope(**fields, payload=payload)  # type: ignore[arg-type]
+    return Envelope(**fields, payload=payload)
 
 
 def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:

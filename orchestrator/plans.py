@@ -75,11 +75,7 @@ class FailureInjection(_Config):
     host: HostName | None = None
 
     def matches(self, step: Step, version: str, host: str) -> bool:
-        return (
-            self.step == step
-            and self.version in (None, version)
-            and self.host in (None, host)
-        )
+        return self.step == step and self.version in (None, version) and self.host in (None, host)
 
 
 class SimulatedDriverConfig(_Config):
@@ -176,16 +172,14 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
             raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=True)  # merges, then the last value wins
 
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -198,7 +192,7 @@ def _read_yaml(path: Path) -> Any:
         reason = f"not UTF-8 text: byte {exc.start} cannot be read ({exc.reason})"
         raise InvalidInput(str(path), [Problem(path="", reason=reason)]) from exc
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # safe: a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -285,11 +279,11 @@ def _find_cycle(components: Sequence[ComponentRequest]) -> list[str]:
     # long chain of components must not exhaust Python's recursion limit.
     edges = {c.service: [d for d in c.depends_on if d != c.service] for c in components}
     done: set[str] = set()
-    for root in edges:
+    for root, dependencies in edges.items():
         if root in done:
             continue
         trail = [root]
-        pending = [iter(edges[root])]
+        pending = [iter(dependencies)]
         while pending:
             dependency = next(pending[-1], None)
             if dependency is None:

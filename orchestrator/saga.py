@@ -73,7 +73,12 @@ class ReleaseStatus(StrEnum):
 
 
 _TERMINAL_RELEASE: Final = frozenset(
-    {ReleaseStatus.SUCCEEDED, ReleaseStatus.ROLLED_BACK, ReleaseStatus.FAILED, ReleaseStatus.REJECTED}
+    {
+        ReleaseStatus.SUCCEEDED,
+        ReleaseStatus.ROLLED_BACK,
+        ReleaseStatus.FAILED,
+        ReleaseStatus.REJECTED,
+    }
 )
 
 
@@ -234,9 +239,7 @@ def _advance(state: ReleaseState, payload: Message, at: datetime) -> Decision:
         case ComponentDeployed(previous_versions=previous):
             updated = component.moved_to(ComponentStatus.DEPLOYED, previous_versions=previous)
         case ComponentFailed(reason=reason, restored=restored):
-            updated = component.moved_to(
-                ComponentStatus.FAILED, reason=reason, restored=restored
-            )
+            updated = component.moved_to(ComponentStatus.FAILED, reason=reason, restored=restored)
         case ComponentRolledBack():
             updated = component.moved_to(ComponentStatus.ROLLED_BACK)
         case ComponentRollbackFailed(reason=reason):
@@ -363,7 +366,9 @@ def _end_compensation(state: ReleaseState, at: datetime) -> Decision:
     if not stuck:
         done = _finish(state, ReleaseStatus.ROLLED_BACK, at)
         return Decision(done, (ReleaseRolledBack(reason=state.failure),))
-    attention = tuple(f"{c.service}: {c.status} ({c.reason or 'left on ' + c.version})" for c in stuck)
+    attention = tuple(
+        f"{c.service}: {c.status} ({c.reason or 'left on ' + c.version})" for c in stuck
+    )
     reason = f"{state.failure}; compensation incomplete for " + ", ".join(c.service for c in stuck)
     done = _finish(state, ReleaseStatus.FAILED, at)
     return Decision(done, (ReleaseFailed(reason=reason, needs_attention=attention),))

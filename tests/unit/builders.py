@@ -39,9 +39,7 @@ def fleet(*services: str, environment: str = ENVIRONMENT) -> Fleet:
     return Fleet.model_validate(fleet_data(*services, environment=environment))
 
 
-def component(
-    service: str, *depends_on: str, version: str = NEW_VERSION
-) -> ComponentRequest:
+def component(service: str, *depends_on: str, version: str = NEW_VERSION) -> ComponentRequest:
     return ComponentRequest(service=service, version=version, depends_on=depends_on)
 
 

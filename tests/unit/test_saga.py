@@ -17,7 +17,9 @@ from orchestrator.contract import (
     ComponentRolledBack,
     ComponentStarted,
     DeployComponent,
+    Envelope,
     Message,
+    Problem,
     ReleaseAccepted,
     ReleaseFailed,
     ReleaseRejected,
@@ -36,6 +38,7 @@ from orchestrator.saga import (
     ReleaseState,
     ReleaseStatus,
     decide,
+    refuse_submission,
 )
 from tests.unit.builders import (
     ENVIRONMENT,
@@ -189,7 +192,10 @@ def test_chain_starts_each_component_only_once_the_one_before_is_deployed() -> N
 
 def test_diamond_starts_both_middles_together_and_the_top_after_both() -> None:
     release = Release(
-        component("db"), component("api", "db"), component("auth", "db"), component("web", "api", "auth")
+        component("db"),
+        component("api", "db"),
+        component("auth", "db"),
+        component("web", "api", "auth"),
     )
 
     assert deploys(release.first) == ["db"]
@@ -358,7 +364,10 @@ def test_chain_is_rolled_back_from_the_top_down() -> None:
 
 def test_diamond_rolls_back_both_middles_together_and_the_bottom_after_both() -> None:
     release = Release(
-        component("db"), component("api", "db"), component("auth", "db"), component("web", "api", "auth")
+        component("db"),
+        component("api", "db"),
+        component("auth", "db"),
+        component("web", "api", "auth"),
     )
     release.send(deployed("db"))
     release.send(deployed("api"))
@@ -427,9 +436,7 @@ def test_failure_of_the_first_component_ends_rolled_back_at_once() -> None:
 def test_failure_of_the_only_component_ends_rolled_back_at_once() -> None:
     release = Release(component("api"))
 
-    assert release.send(failed("api")) == (
-        ReleaseRolledBack(reason="api: verify failed on h2"),
-    )
+    assert release.send(failed("api")) == (ReleaseRolledBack(reason="api: verify failed on h2"),)
     assert release.status is ReleaseStatus.ROLLED_BACK
 
 
@@ -457,7 +464,10 @@ def test_failed_rollback_leaves_what_it_depends_on_and_names_it_for_a_human() ->
 
 def test_failed_rollback_pins_its_dependencies_transitively() -> None:
     release = Release(
-        component("db"), component("cache", "db"), component("api", "cache"), component("web", "api")
+        component("db"),
+        component("cache", "db"),
+        component("api", "cache"),
+        component("web", "api"),
     )
     for service in ("db", "cache", "api"):
         release.send(deployed(service))
@@ -471,16 +481,14 @@ def test_failed_rollback_pins_its_dependencies_transitively() -> None:
 
 
 def test_failed_rollback_waits_for_other_rollbacks_and_spares_only_what_it_pins() -> None:
-    release = Release(
-        component("db"), component("api", "db"), component("mail"), component("web")
-    )
+    release = Release(component("db"), component("api", "db"), component("mail"), component("web"))
     release.send(deployed("db"))
     release.send(deployed("api"))
     release.send(deployed("mail"))
     assert rollbacks(release.send(failed("web"))) == ["api", "mail"]
 
     assert release.send(rollback_failed("api")) == ()
-    assert release.status is ReleaseStatus.COMPENSATING
+    assert not release.status.is_terminal
     (outcome,) = release.send(rolled_back("mail"))
 
     assert isinstance(outcome, ReleaseFailed)
@@ -529,7 +537,12 @@ def test_component_whose_put_back_failed_pins_what_it_depends_on() -> None:
 
 SCENARIOS: dict[str, tuple[tuple[ComponentRequest, ...], tuple[Message, ...]]] = {
     "diamond succeeds": (
-        (component("db"), component("api", "db"), component("auth", "db"), component("web", "api", "auth")),
+        (
+            component("db"),
+            component("api", "db"),
+            component("auth", "db"),
+            component("web", "api", "auth"),
+        ),
         (started("db"), deployed("db"), deployed("auth"), deployed("api"), deployed("web")),
     ),
     "failure compensated": (
@@ -564,13 +577,11 @@ def test_every_message_delivered_twice_gives_the_same_outcome(name: str) -> None
     assert once[0].status.is_terminal
 
 
-def _run(
-    fleet_: Fleet, messages: Iterable[object]
-) -> tuple[ReleaseState | None, list[Message]]:
+def _run(fleet_: Fleet, messages: Iterable[Envelope]) -> tuple[ReleaseState | None, list[Message]]:
     state: ReleaseState | None = None
     sent: list[Message] = []
     for message in messages:
-        decision = decide(state, message, fleet_)  # type: ignore[arg-type]
+        decision = decide(state, message, fleet_)
         state = decision.state
         sent.extend(decision.outgoing)
     return state, sent
@@ -601,7 +612,7 @@ def test_late_reports_after_success_change_nothing(late: Message) -> None:
 @pytest.mark.parametrize(
     "late",
     [deployed("api"), deployed("web"), failed("web"), rolled_back("api"), rollback_failed("api")],
-    ids=lambda m: f"{type(m).__name__}-{m.service}",  # type: ignore[attr-defined]
+    ids=lambda m: f"{type(m).__name__}-{m.service}",
 )
 def test_late_reports_after_a_rollback_change_nothing(late: Message) -> None:
     release = Release(component("api"), component("web", "api"))
@@ -687,6 +698,21 @@ def test_rejected_release_ignores_everything_after() -> None:
     again = decide(decision.state, event(deployed("api"), at=later(1)), fleet("api"))
 
     assert again == Decision(decision.state, ())
+
+
+def test_unreadable_submission_is_refused_as_a_rejected_release() -> None:
+    problem = Problem(path="payload.components[0].version", reason="Field required")
+
+    decision = refuse_submission(release_id=RELEASE_ID, actor="ci", at=T0, problems=[problem])
+
+    assert decision.state is not None
+    assert decision.state.status is ReleaseStatus.REJECTED
+    assert decision.state.finished_at == T0
+    assert decision.state.failure == "payload.components[0].version: Field required"
+    assert decision.outgoing == (ReleaseRejected(problems=(problem,)),)
+    assert decide(decision.state, event(submit(component("api"))), fleet("api")) == Decision(
+        decision.state, ()
+    )
 
 
 # --- determinism --------------------------------------------------------------------------
@@ -823,7 +849,7 @@ def test_any_release_runs_to_an_end_in_dependency_order(
         return decision.state, decision.outgoing
 
     state, first = deliver(None, submit(*components), T0)
-    pending = [m for m in first if isinstance(m, DeployComponent)]
+    pending: list[Message] = [m for m in first if isinstance(m, DeployComponent)]
     delivered: list[Message] = []
     while pending:
         command = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="next"))
