@@ -141,6 +141,7 @@ def embedded(parts: Parts) -> Iterator[Parts]:
         loglevel=parts.settings.log_level.upper(),
     )
     worker_thread = threading.Thread(target=worker.start, name="drover-worker", daemon=True)
+    worker_state.should_terminate = None  # a previous embedded run in this process set it
     coordinator_thread.start()
     worker_thread.start()
     coordinator_ready.wait(30)
@@ -149,9 +150,10 @@ def embedded(parts: Parts) -> Iterator[Parts]:
         yield parts
     finally:
         stop.set()
-        # The Celery worker stops at its next loop when this flag is set; it is the
-        # mechanism Celery's own embedded test worker uses.
+        coordinator_thread.join(5)
+        # Celery's worker looks at this flag (the mechanism of its own embedded test
+        # worker) only between two-second waits for messages. Callers leave this block
+        # once their releases have ended, so no task is in flight: the daemon thread is
+        # told to stop and given a moment, not waited for.
         worker_state.should_terminate = 0
-        worker_thread.join(15)
-        coordinator_thread.join(15)
-        worker_state.should_terminate = None
+        worker_thread.join(0.2)

@@ -50,15 +50,35 @@ class RollbackResult:
     hosts_left: tuple[str, ...] = ()  # not (known to be) back on their old version
 
 
-def roll_out(driver: Driver, batches: Sequence[Batch], version: str, report: Reporter) -> RolloutResult:
+def roll_out(
+    driver: Driver,
+    batches: Sequence[Batch],
+    version: str,
+    report: Reporter,
+    *,
+    undo: Driver,
+) -> RolloutResult:
+    """Move every host to ``version``; on failure, put back what was touched with ``undo``.
+
+    ``undo`` is the same kind of driver for the same hosts, told that what it does is a
+    rollback, so that the two are never mistaken for each other (e.g. in effect counts).
+    """
     previous = {host: driver.current_version(host) for batch in batches for host in batch}
     done: dict[str, list[Step]] = {}
     for number, batch in enumerate(batches, start=1):
         for step in _FORWARD:
-            error = _step(driver, step, number, batch, dict.fromkeys(batch, version), report, done)
+            error = _step(
+                driver,
+                step,
+                number,
+                batch,
+                versions=dict.fromkeys(batch, version),
+                report=report,
+                done=done,
+            )
             if error is not None:
                 touched = [b for b in batches[:number] if any(h in done for h in b)]
-                put_back = _put_back(driver, touched, previous, done, report)
+                put_back = _put_back(undo, touched, previous, done, report)
                 return RolloutResult(previous, error, restored=put_back.error is None)
     return RolloutResult(previous)
 
@@ -87,7 +107,16 @@ def _put_back(
             hosts = [h for h in batch if step in _undo_steps(done.get(h, ()))]
             if not hosts:
                 continue
-            error = _step(driver, step, number, hosts, versions, report, restored, rollback=True)
+            error = _step(
+                driver,
+                step,
+                number,
+                hosts,
+                versions=versions,
+                report=report,
+                done=restored,
+                rollback=True,
+            )
             if error is not None:
                 return RollbackResult(error, tuple(remaining))
         remaining = [h for h in remaining if h not in batch]
@@ -107,10 +136,10 @@ def _step(
     step: Step,
     batch_number: int,
     hosts: Batch,
+    *,
     versions: Mapping[str, str],
     report: Reporter,
     done: dict[str, list[Step]],
-    *,
     rollback: bool = False,
 ) -> StepError | None:
     """Run one step on every host of a batch; stop at the first host that fails."""

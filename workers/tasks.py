@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 
@@ -46,6 +46,8 @@ __all__ = ["ComponentRunner", "register_tasks"]
 
 log = get_logger(__name__)
 
+_C = TypeVar("_C", DeployComponent, RollbackComponent)
+
 
 class ComponentRunner:
     """Carries out components for the services of one fleet file."""
@@ -57,51 +59,33 @@ class ComponentRunner:
         self.actor = f"drover-worker@{socket.gethostname()}"
 
     def deploy(self, wire: dict[str, Any]) -> None:
-        command = self._decode(wire, DeployComponent)
-        if command is None:
-            return
-        payload = command.payload
-        assert isinstance(payload, DeployComponent)
-        with message_context(
-            release_id=command.release_id, service=payload.service, message_id=command.id
-        ):
-            report = _BusReporter(self, command, payload.environment, payload.service)
-            try:
-                self._deploy(command, payload, report)
-            except Exception as exc:  # report the failure rather than leave the saga waiting
-                log.exception("deploy crashed")
-                report.outcome(
-                    ComponentFailed(
-                        environment=payload.environment,
-                        service=payload.service,
-                        version=payload.version,
-                        reason=f"worker error: {exc!r}",
-                        restored=False,
-                    )
-                )
+        self._carry_out(wire, DeployComponent, self._deploy)
 
     def rollback(self, wire: dict[str, Any]) -> None:
-        command = self._decode(wire, RollbackComponent)
+        self._carry_out(wire, RollbackComponent, self._rollback)
+
+    def _carry_out(
+        self,
+        wire: dict[str, Any],
+        kind: type[_C],
+        body: Callable[[Envelope, _C, _BusReporter], None],
+    ) -> None:
+        command = self._accept(wire)
         if command is None:
             return
         payload = command.payload
-        assert isinstance(payload, RollbackComponent)
+        if not isinstance(payload, kind):
+            self._dead_letter(command.encode(), f"{command.type} sent to the {kind.__name__} task")
+            return
         with message_context(
             release_id=command.release_id, service=payload.service, message_id=command.id
         ):
             report = _BusReporter(self, command, payload.environment, payload.service)
             try:
-                self._rollback(command, payload, report)
-            except Exception as exc:
-                log.exception("rollback crashed")
-                report.outcome(
-                    ComponentRollbackFailed(
-                        environment=payload.environment,
-                        service=payload.service,
-                        reason=f"worker error: {exc!r}",
-                        hosts=tuple(payload.to_versions),
-                    )
-                )
+                body(command, payload, report)
+            except Exception as exc:  # report the failure rather than leave the saga waiting
+                log.exception("component crashed")
+                report.outcome(_crashed(payload, f"worker error: {exc!r}"))
 
     def _deploy(self, command: Envelope, payload: DeployComponent, report: _BusReporter) -> None:
         service = self._fleet.service(payload.environment, payload.service)
@@ -115,7 +99,8 @@ class ComponentRunner:
                 previous_versions=previous,
             )
         )
-        result = roll_out(driver, service.batches(), payload.version, report)
+        undo = self._driver(service, command, payload.environment, payload.service, True)
+        result = roll_out(driver, service.batches(), payload.version, report, undo=undo)
         if result.error is None:
             outcome: Event = ComponentDeployed(
                 environment=payload.environment,
@@ -171,20 +156,21 @@ class ComponentRunner:
             rollback=rollback,
         )
 
-    def _decode(self, wire: dict[str, Any], expected: type) -> Envelope | None:
+    def _accept(self, wire: dict[str, Any]) -> Envelope | None:
+        """The command, if it can be carried out here; otherwise it is dead-lettered."""
         try:
             command = decode(wire)
         except MessageDecodeError as error:
             self._dead_letter(error.raw, str(error))
             return None
-        if not isinstance(command.payload, expected):
-            self._dead_letter(command.encode(), f"{command.type} sent to the {expected.__name__} task")
+        payload = command.payload
+        if not isinstance(payload, DeployComponent | RollbackComponent):
+            self._dead_letter(command.encode(), f"{command.type} is not a worker's command")
             return None
-        if command.payload.environment not in self._fleet.environments or (
-            command.payload.service not in self._fleet.environments[command.payload.environment].services
-        ):
-            # A command for a service this worker's fleet file does not have: the two
-            # sides disagree about the fleet. Keep it where on-call will see it.
+        services = self._fleet.environments.get(payload.environment)
+        if services is None or payload.service not in services.services:
+            # The coordinator's fleet file and this worker's disagree: keep the command
+            # where on-call will see it rather than guess.
             self._dead_letter(command.encode(), "service not in this worker's fleet file")
             return None
         return command
@@ -238,7 +224,9 @@ class _BusReporter:
             )
         )
 
-    def _where(self, step: Step, batch: int, hosts: Sequence[str], rollback: bool) -> dict[str, Any]:
+    def _where(
+        self, step: Step, batch: int, hosts: Sequence[str], rollback: bool
+    ) -> dict[str, Any]:
         return {
             "environment": self._environment,
             "service": self._service,
@@ -249,8 +237,24 @@ class _BusReporter:
         }
 
 
+def _crashed(payload: DeployComponent | RollbackComponent, reason: str) -> Event:
+    if isinstance(payload, DeployComponent):
+        return ComponentFailed(
+            environment=payload.environment,
+            service=payload.service,
+            version=payload.version,
+            reason=reason,
+            restored=False,
+        )
+    return ComponentRollbackFailed(
+        environment=payload.environment,
+        service=payload.service,
+        reason=reason,
+        hosts=tuple(payload.to_versions),
+    )
+
+
 def register_tasks(app: Celery, runner: ComponentRunner) -> None:
     """Bind the runner to the task names the coordinator sends."""
     app.task(name=DEPLOY_TASK, acks_late=True)(runner.deploy)
     app.task(name=ROLLBACK_TASK, acks_late=True)(runner.rollback)
-
