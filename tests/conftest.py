@@ -25,7 +25,7 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _require(service: str, host: str, port: int) -> None:
+def require(service: str, host: str, port: int) -> None:
     if _answers(host, port):
         return
     message = f"{service} is not answering on {host}:{port}"
@@ -42,7 +42,7 @@ def namespace() -> str:
 
 @pytest.fixture
 def redis_url(namespace: str) -> Iterator[str]:
-    _require("Redis", "127.0.0.1", 6379)
+    require("Redis", "127.0.0.1", 6379)
     yield REDIS_URL
     import redis
 
@@ -55,5 +55,5 @@ def redis_url(namespace: str) -> Iterator[str]:
 
 @pytest.fixture
 def amqp_url() -> str:
-    _require("RabbitMQ", "127.0.0.1", 5672)
+    require("RabbitMQ", "127.0.0.1", 5672)
     return AMQP_URL

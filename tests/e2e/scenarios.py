@@ -82,7 +82,9 @@ FIRST_FAILURE = Scenario(
 SCENARIOS = [SUCCESS, MIDDLE_FAILURE, FIRST_FAILURE]
 
 
-def drover(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+def drover(
+    *args: str, env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``drover`` command in a child process."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
@@ -109,7 +111,9 @@ def fleet_versions(env: dict[str, str]) -> dict[str, dict[str, str]]:
 
 
 def run_and_check(
-    scenario: Scenario, release: subprocess.CompletedProcess[str], before: dict[str, dict[str, str]],
+    scenario: Scenario,
+    release: subprocess.CompletedProcess[str],
+    before: dict[str, dict[str, str]],
     env: dict[str, str],
 ) -> dict[str, Any]:
     """Check everything a user relies on after ``release`` (a ``--json`` run) finished."""
@@ -130,9 +134,12 @@ def check_timeline(scenario: Scenario, view: dict[str, Any]) -> None:
     timeline = view["timeline"]
     types = [entry["type"] for entry in timeline]
     assert types[0] == "SubmitRelease"
-    assert types[-1] == {"succeeded": "ReleaseSucceeded", "rolled_back": "ReleaseRolledBack"}[
-        scenario.final_state
-    ]
+    assert (
+        types[-1]
+        == {"succeeded": "ReleaseSucceeded", "rolled_back": "ReleaseRolledBack"}[
+            scenario.final_state
+        ]
+    )
     position = {
         (entry["type"], entry.get("service")): index for index, entry in enumerate(timeline)
     }
@@ -141,15 +148,18 @@ def check_timeline(scenario: Scenario, view: dict[str, Any]) -> None:
         if ("DeployComponent", service) not in position:
             continue
         for dependency in dependencies:  # never started before what it depends on
-            assert position[("ComponentDeployed", dependency)] < position[("DeployComponent", service)]
+            assert (
+                position[("ComponentDeployed", dependency)] < position[("DeployComponent", service)]
+            )
     for service, dependencies in depends.items():
         if ("ComponentRolledBack", service) not in position:
             continue
         for dependency in dependencies:  # undone before what it depends on is undone
             if ("RollbackComponent", dependency) in position:
-                assert position[("ComponentRolledBack", service)] < position[
-                    ("RollbackComponent", dependency)
-                ]
+                assert (
+                    position[("ComponentRolledBack", service)]
+                    < position[("RollbackComponent", dependency)]
+                )
     rollbacks = [e["service"] for e in timeline if e["type"] == "RollbackComponent"]
     assert len(rollbacks) == len(set(rollbacks)), "a component was rolled back twice"
     failures = [i for i, e in enumerate(timeline) if e["type"] == "ComponentFailed"]
