@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
@@ -40,8 +41,12 @@ log = get_logger(__name__)
 DEPLOY_TASK: Final = "drover.deploy_component"
 ROLLBACK_TASK: Final = "drover.rollback_component"
 
-_RETRY_POLICY: Final = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.5,
-                        "interval_max": 3.0}
+_RETRY_POLICY: Final = {
+    "max_retries": 10,
+    "interval_start": 0.2,
+    "interval_step": 0.5,
+    "interval_max": 3.0,
+}
 
 
 @dataclass(frozen=True)
@@ -238,7 +243,7 @@ def _headers(message: Envelope) -> dict[str, Any]:
     }
 
 
-class _Consumer(ConsumerMixin):  # type: ignore[misc]
+class _Consumer(ConsumerMixin):
     def __init__(
         self,
         connection: Connection,

@@ -281,6 +281,7 @@ def release() -> None:
 @click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="Seconds.")
 @click.option("--actor", default=None, help="Who is asking (default: the login name).")
 def release_submit(
+    *,
     release_file: Path,
     fleet_path: Path | None,
     wait: bool,
@@ -342,8 +343,10 @@ def releases(fleet_path: Path | None, as_json: bool, limit: int) -> None:
         _emit(views)
         return
     for view in views:
-        click.echo(f"{view['id']}  {view['created_at'][:19]}  {view['state']:<13} "
-                   f"{view['environment']}  {len(view['components'])} components  {view['reason']}")
+        click.echo(
+            f"{view['id']}  {view['created_at'][:19]}  {view['state']:<13} "
+            f"{view['environment']}  {len(view['components'])} components  {view['reason']}"
+        )
 
 
 @cli.command()
@@ -382,7 +385,9 @@ def queues(fleet_path: Path | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write one file per type.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Write one file per type."
+)
 def schema(out: Path | None) -> None:
     """The JSON Schema of every message, for publishers in other languages."""
     schemas = contract.json_schema()
@@ -400,4 +405,3 @@ def _actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-

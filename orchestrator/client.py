@@ -138,7 +138,9 @@ def _details(message: Envelope) -> str:
     p = message.payload
     match p:
         case SubmitRelease():
-            return f"{p.environment}: " + ", ".join(f"{c.service}@{c.version}" for c in p.components)
+            return f"{p.environment}: " + ", ".join(
+                f"{c.service}@{c.version}" for c in p.components
+            )
         case ReleaseAccepted():
             return f"{p.environment}, {len(p.components)} components, by {message.actor}"
         case ReleaseRejected():
@@ -149,7 +151,9 @@ def _details(message: Envelope) -> str:
             targets = sorted(set(p.to_versions.values()))
             return f"{p.service} {p.from_version} -> {', '.join(targets) or 'nothing recorded'}"
         case ComponentStarted():
-            return f"{p.service} {', '.join(sorted(set(p.previous_versions.values())))} -> {p.version}"
+            return (
+                f"{p.service} {', '.join(sorted(set(p.previous_versions.values())))} -> {p.version}"
+            )
         case StepStarted() | StepSucceeded() | StepFailed():
             return _step_details(p)
         case ComponentFailed():

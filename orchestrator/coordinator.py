@@ -187,4 +187,3 @@ class Coordinator:
             id=uuid.uuid4().hex, at=datetime.now(UTC), reason=reason, raw=raw, source=source
         )
         self._store.add_dead_letter(letter)
-

@@ -13,7 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import redis
-from kombu import Queue
+from kombu.entity import Queue
 
 if TYPE_CHECKING:
     from orchestrator.runtime import Parts
@@ -51,8 +51,12 @@ def _redis_depths(url: str, queues: list[Queue]) -> list[dict[str, Any]]:
             ]
             ready = sum(int(client.llen(name)) for name in names)
             rows.append(
-                {"name": queue.name, "ready": ready, "unacked": unacked.get(queue.name, 0),
-                 "consumers": None}
+                {
+                    "name": queue.name,
+                    "ready": ready,
+                    "unacked": unacked.get(queue.name, 0),
+                    "consumers": None,
+                }
             )
         return rows
     finally:

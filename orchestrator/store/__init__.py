@@ -97,8 +97,9 @@ class Store(Protocol):
         """The version recorded per host; hosts never deployed by Drover are absent."""
         ...
 
-    def record_host_version(self, environment: str, service: str, host: str, version: str) -> None:
-        ...
+    def record_host_version(
+        self, environment: str, service: str, host: str, version: str
+    ) -> None: ...
 
     def count_effect(
         self, release_id: str, environment: str, service: str, host: str, step: str
