@@ -1,0 +1,71 @@
+"""The command line as a user meets it: help, the schema, and logs that tools can read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.contract import MESSAGE_TYPES
+from tests.e2e.scenarios import FLEET, MIDDLE_FAILURE, clean_env, drover
+
+COMMANDS = [
+    [],
+    ["demo"],
+    ["run"],
+    ["coordinator"],
+    ["worker"],
+    ["release"],
+    ["release", "submit"],
+    ["release", "show"],
+    ["releases"],
+    ["fleet"],
+    ["queues"],
+    ["schema"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "drover")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = drover(*command, "--help", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_schema_describes_every_message(tmp_path: Path) -> None:
+    result = drover("schema", env=clean_env())
+    schemas = json.loads(result.stdout)
+    assert set(schemas) == set(MESSAGE_TYPES)
+    submit = schemas["SubmitRelease"]
+    assert submit["properties"]["type"] == {"const": "SubmitRelease", "title": "Type"}
+    assert "components" in submit["properties"]["payload"]["properties"]
+
+    written = drover("schema", "--out", str(tmp_path / "schemas"), env=clean_env())
+    assert written.returncode == 0
+    assert {p.stem for p in (tmp_path / "schemas").glob("*.json")} == set(MESSAGE_TYPES)
+
+
+def test_logs_are_json_lines_bound_to_release_service_and_step(tmp_path: Path) -> None:
+    env = clean_env(store_url=f"sqlite:///{tmp_path}/store.db", fleet=str(FLEET))
+    result = drover("run", str(MIDDLE_FAILURE.write(tmp_path)), "--json", "--verbose", env=env)
+    release_id = json.loads(result.stdout)["id"]
+
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+
+    steps = [line for line in lines if line["event"] in ("step started", "step failed")]
+    assert steps, result.stderr
+    for line in steps:
+        assert line["release_id"] == release_id
+        assert line["service"] in MIDDLE_FAILURE.versions
+        assert line["step"] in ("drain", "deploy", "verify", "undrain")
+    failed = [line for line in lines if line["event"] == "step failed"]
+    assert failed[0]["service"] == "api"
+    assert failed[0]["host"] == "api-3"
+    assert all("level" in line and "timestamp" in line for line in lines)
+
+
+def test_fleet_without_a_fleet_file_says_how_to_give_one() -> None:
+    result = drover("fleet", env=clean_env())
+    assert result.returncode == 2
+    assert "DROVER_FLEET" in result.stderr
