@@ -6,8 +6,8 @@ Topology, for a namespace ``ns`` (``drover`` unless configured):
 * ``ns.svc.<service>`` — one queue per service, consumed by that service's Celery
   workers: ``DeployComponent`` and ``RollbackComponent`` as Celery tasks.
 * ``ns.events`` — a topic exchange every event is published to with the routing key
-  ``<Type>.<release id>``; ``ns.coordinator`` binds all of it, and a watcher binds what
-  it wants with a queue of its own that goes away when it does.
+  ``<Type>.<release id>``; ``ns.coordinator`` binds all of it, and any other listener
+  can bind what it wants with a queue of its own.
 
 Every body is the JSON of one :class:`~orchestrator.contract.Envelope`.
 """
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
@@ -33,8 +35,17 @@ from orchestrator.contract import (
     SubmitRelease,
 )
 from orchestrator.observability import get_logger
+from orchestrator.settings import redacted
 
-__all__ = ["DEPLOY_TASK", "ROLLBACK_TASK", "Bus", "Delivery", "Topology", "transport_options"]
+__all__ = [
+    "DEPLOY_TASK",
+    "ROLLBACK_TASK",
+    "BrokerUnavailable",
+    "Bus",
+    "Delivery",
+    "Topology",
+    "transport_options",
+]
 
 log = get_logger(__name__)
 
@@ -87,14 +98,19 @@ class Topology:
         name = f"{self.namespace}.svc.{service}"
         return Queue(name, exchange=Exchange(name, type="direct"), routing_key=name, durable=True)
 
-    def watch_queue(self, release_id: str | None = None) -> Queue:
-        """A private queue for one watcher, gone when the watcher disconnects."""
-        return Queue(
-            exchange=self.events_exchange,
-            routing_key=f"*.{release_id}" if release_id else "#",
-            exclusive=True,
-            auto_delete=True,
-        )
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached (after retrying); nothing was published."""
+
+
+@contextmanager
+def _broker_errors(broker_url: str) -> Iterator[None]:
+    # kombu and py-amqp/redis raise their own errors; callers above the bus only need to
+    # know that the broker is away.
+    try:
+        yield
+    except (KombuOperationalError, OSError) as exc:
+        raise BrokerUnavailable(f"{redacted(broker_url)}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -124,20 +140,26 @@ class Bus:
         with self._declare_lock:
             if self._declared:
                 return
-            with self._connection.clone() as connection:
+            with _broker_errors(self.broker_url), self._connection.clone() as connection:
                 channel = connection.default_channel
                 for queue in (self.topology.commands_queue, self.topology.coordinator_queue):
                     queue(channel).declare()
             self._declared = True
 
     def publish(self, message: Envelope) -> None:
-        """Send one message to where its type goes; retries while the broker is away."""
-        payload = message.payload
-        if isinstance(payload, DeployComponent | RollbackComponent):
-            self._send_task(message, payload.service)
-            return
+        """Send one message to where its type goes.
+
+        Retries while the broker is away, then raises :class:`BrokerUnavailable`.
+        """
+        with _broker_errors(self.broker_url):
+            if isinstance(message.payload, DeployComponent | RollbackComponent):
+                self._send_task(message, message.payload.service)
+            else:
+                self._publish(message)
+
+    def _publish(self, message: Envelope) -> None:
         self.declare()
-        if isinstance(payload, SubmitRelease):
+        if isinstance(message.payload, SubmitRelease):
             exchange, routing_key = self.topology.commands_exchange, "commands"
         else:
             exchange, routing_key = self.topology.events_exchange, _event_key(message)
@@ -201,15 +223,17 @@ class Bus:
     def queue_depths(self, queues: list[Queue]) -> list[dict[str, Any]]:
         """Ready messages and consumers per queue, by passive declare (no queue is created)."""
         rows = []
-        with self._connection.clone() as connection:
+        with _broker_errors(self.broker_url), self._connection.clone() as connection:
             for queue in queues:
                 try:
                     channel = connection.channel()
                     _, ready, consumers = queue.bind(channel).queue_declare(passive=True)
                     channel.close()
-                except connection.channel_errors:
+                except connection.channel_errors:  # not declared yet: nothing in it
                     ready, consumers = 0, 0
-                rows.append({"name": queue.name, "ready": ready, "consumers": consumers})
+                # In-flight messages are not part of a passive declare's answer.
+                row = {"name": queue.name, "ready": ready, "unacked": None, "consumers": consumers}
+                rows.append(row)
         return rows
 
     def close(self) -> None:

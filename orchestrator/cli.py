@@ -20,7 +20,8 @@ import click
 from pydantic import ValidationError
 
 from orchestrator import contract
-from orchestrator.client import Client, describe, release_view
+from orchestrator.bus import BrokerUnavailable
+from orchestrator.client import Client, describe, fleet_versions, release_view, show
 from orchestrator.contract import SubmitRelease, problems_from
 from orchestrator.observability import configure_logging
 from orchestrator.plans import Fleet, InvalidInput, load_fleet, load_release, plan_release
@@ -28,14 +29,15 @@ from orchestrator.runtime import ConfigurationError, Parts, connect, embedded
 from orchestrator.runtime import run_coordinator as _run_coordinator
 from orchestrator.runtime import run_worker as _run_worker
 from orchestrator.saga import ReleaseState, ReleaseStatus
-from orchestrator.settings import EMBEDDED_BROKER_URL, Settings
-from orchestrator.store import StoreUnavailable
+from orchestrator.settings import EMBEDDED_BROKER_URL, Settings, UnknownSetting
+from orchestrator.store import Store, StoreUnavailable, open_store
 
 __all__ = ["main"]
 
 EXIT_OK: Final = 0
 EXIT_RELEASE_FAILED: Final = 1
 EXIT_INVALID: Final = 2
+EXIT_UNAVAILABLE: Final = 3  # the broker or store could not be reached, or --timeout passed
 
 _FLEET_OPTION = click.option(
     "--fleet",
@@ -63,6 +65,12 @@ def main() -> None:
     except _Abort as abort:
         click.echo(f"drover: {abort}", err=True)
         sys.exit(abort.code)
+    except BrokerUnavailable as error:
+        click.echo(f"drover: the broker is unavailable: {error}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    except StoreUnavailable as error:
+        click.echo(f"drover: the store is unavailable: {error}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
     except click.ClickException as error:
@@ -76,8 +84,17 @@ def main() -> None:
 def cli() -> None:
     """Drover: releases across many services and hosts, driven by a message bus.
 
-    Configuration comes from DROVER_* environment variables (see the README):
-    DROVER_BROKER_URL, DROVER_STORE_URL, DROVER_FLEET, DROVER_NAMESPACE.
+    \b
+    Configuration comes from environment variables (see the README):
+      DROVER_BROKER_URL   redis://…, amqp://… or memory:// (default, one process)
+      DROVER_STORE_URL    redis://… or sqlite:///path (default sqlite:///.drover/store.db)
+      DROVER_FLEET        the fleet file
+      DROVER_NAMESPACE    prefix of every queue, exchange and store key (default drover)
+      DROVER_WORKER_CONCURRENCY, DROVER_LOG_FORMAT, DROVER_LOG_LEVEL
+
+    \b
+    Exit codes: 0 succeeded, 1 rolled back or failed, 2 invalid input or configuration,
+    3 the broker or store unreachable, or --timeout passed.
     """
 
 
@@ -86,10 +103,12 @@ def cli() -> None:
 
 def _settings(**overrides: Any) -> Settings:
     try:
-        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings.load(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:
         problems = "\n".join(f"  DROVER_{p.path.upper()}: {p.reason}" for p in problems_from(error))
         raise _Abort(f"invalid configuration:\n{problems}") from error
+    except UnknownSetting as error:
+        raise _Abort(f"invalid configuration: {error}") from error
     configure_logging(settings.log_format, settings.log_level)
     return settings
 
@@ -111,10 +130,21 @@ def _connected(settings: Settings, fleet: Fleet | None = None) -> Iterator[Parts
         raise _Abort(str(error)) from error
     try:
         yield parts
-    except StoreUnavailable as error:
-        raise _Abort(f"the store at {settings.store_url} is unavailable: {error}") from error
     finally:
         parts.close()
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[Store]:
+    """Only the store, for commands that read what Drover recorded."""
+    try:
+        store = open_store(settings.store_url, namespace=settings.namespace)
+    except ValueError as error:
+        raise _Abort(str(error)) from error
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _load_release(path: Path, fleet: Fleet) -> SubmitRelease:
@@ -157,7 +187,7 @@ def _run_release(
             if not as_json:
                 click.echo("  " + describe(message))
     except TimeoutError as error:
-        raise _Abort(str(error), EXIT_RELEASE_FAILED) from error
+        raise _Abort(f"{error}; it goes on without this command", EXIT_UNAVAILABLE) from error
     state = client.state(release_id)
     assert state is not None
     if as_json:
@@ -183,7 +213,7 @@ def run(
     fleet = _fleet(settings)
     request = _load_release(release_file, fleet)
     with _connected(settings, fleet) as parts, embedded(parts):
-        client = Client(parts.store, parts.bus, parts.fleet)
+        client = Client(parts.store, parts.bus)
         state = _run_release(client, request, _actor(), timeout_s, as_json)
     sys.exit(_exit_code(state))
 
@@ -204,23 +234,22 @@ def demo(verbose: bool) -> None:
         failing = _load_release(Path(str(files / "release-fails.yaml")), fleet)
         fixed = _load_release(Path(str(files / "release-fixed.yaml")), fleet)
         with _connected(settings, fleet) as parts, embedded(parts):
-            client = Client(parts.store, parts.bus, parts.fleet)
+            client = Client(parts.store, parts.bus)
             click.echo("== 1. checkout 3.1.0 fails verification on checkout-3 ==")
             first = _run_release(client, failing, "demo", 120, as_json=False)
-            _print_fleet(client)
+            _print_versions(fleet_versions(fleet, parts.store))
             click.echo("\n== 2. the fixed checkout 3.1.1 ==")
             second = _run_release(client, fixed, "demo", 120, as_json=False)
-            _print_fleet(client)
+            _print_versions(fleet_versions(fleet, parts.store))
     ok = first.status is ReleaseStatus.ROLLED_BACK and second.status is ReleaseStatus.SUCCEEDED
     sys.exit(EXIT_OK if ok else EXIT_RELEASE_FAILED)
 
 
-def _print_fleet(client: Client) -> None:
-    click.echo("fleet:")
-    for environment, services in client.fleet_versions().items():
+def _print_versions(versions: dict[str, dict[str, dict[str, str]]]) -> None:
+    for environment, services in versions.items():
+        click.echo(environment)
         for service, hosts in services.items():
-            versions = ", ".join(f"{h}={v}" for h, v in hosts.items())
-            click.echo(f"  {environment}/{service}: {versions}")
+            click.echo(f"  {service:<20} " + ", ".join(f"{h}={v}" for h, v in hosts.items()))
 
 
 # --- the long-running roles ---------------------------------------------------------------
@@ -245,7 +274,7 @@ def coordinator(fleet_path: Path | None) -> None:
     help="A service whose queue to consume (repeatable), or 'all'.",
 )
 def worker(fleet_path: Path | None, services: tuple[str, ...]) -> None:
-    """Run a Celery worker that deploys and rolls back these services."""
+    """Run a Celery worker that deploys and rolls back the services given by --service."""
     settings = _distributed_settings(fleet_path)
     with _connected(settings) as parts:
         chosen = parts.fleet.service_names() if "all" in services else list(services)
@@ -294,7 +323,7 @@ def release_submit(
     fleet = _fleet(settings)
     request = _load_release(release_file, fleet)
     with _connected(settings, fleet) as parts:
-        client = Client(parts.store, parts.bus, parts.fleet)
+        client = Client(parts.store, parts.bus)
         if not wait:
             release_id = client.submit(request, actor=actor or _actor())
             _emit({"id": release_id}) if as_json else click.echo(release_id)
@@ -305,20 +334,18 @@ def release_submit(
 
 @release.command("show")
 @click.argument("release_id")
-@_FLEET_OPTION
 @_JSON_OPTION
-def release_show(release_id: str, fleet_path: Path | None, as_json: bool) -> None:
+def release_show(release_id: str, as_json: bool) -> None:
     """One release: its components and its timeline."""
-    with _connected(_settings(fleet=fleet_path)) as parts:
-        client = Client(parts.store, parts.bus, parts.fleet)
-        view = client.show(release_id)
+    with _store(_settings()) as store:
+        view = show(store, release_id)
         if view is None:
-            raise _Abort(f"no release {release_id!r}", EXIT_RELEASE_FAILED)
+            raise _Abort(f"no release {release_id!r}")
         if as_json:
             _emit(view)
             return
         _print_release(view)
-        for message in parts.store.timeline(release_id):
+        for message in store.timeline(release_id):
             click.echo("  " + describe(message))
 
 
@@ -332,13 +359,12 @@ def _print_release(view: dict[str, Any]) -> None:
 
 
 @cli.command()
-@_FLEET_OPTION
 @_JSON_OPTION
 @click.option("--limit", default=50, show_default=True)
-def releases(fleet_path: Path | None, as_json: bool, limit: int) -> None:
+def releases(as_json: bool, limit: int) -> None:
     """Recent releases, newest first."""
-    with _connected(_settings(fleet=fleet_path)) as parts:
-        views = [release_view(state) for state in parts.store.releases(limit)]
+    with _store(_settings()) as store:
+        views = [release_view(state) for state in store.releases(limit)]
     if as_json:
         _emit(views)
         return
@@ -354,15 +380,14 @@ def releases(fleet_path: Path | None, as_json: bool, limit: int) -> None:
 @_JSON_OPTION
 def fleet(fleet_path: Path | None, as_json: bool) -> None:
     """The version each host runs, by environment and service."""
-    with _connected(_settings(fleet=fleet_path)) as parts:
-        versions = Client(parts.store, parts.bus, parts.fleet).fleet_versions()
+    settings = _settings(fleet=fleet_path)
+    fleet_file = _fleet(settings)
+    with _store(settings) as store:
+        versions = fleet_versions(fleet_file, store)
     if as_json:
         _emit(versions)
-        return
-    for environment, services in versions.items():
-        click.echo(environment)
-        for service, hosts in services.items():
-            click.echo(f"  {service:<20} " + ", ".join(f"{h}={v}" for h, v in hosts.items()))
+    else:
+        _print_versions(versions)
 
 
 @cli.command()
@@ -372,7 +397,7 @@ def queues(fleet_path: Path | None, as_json: bool) -> None:
     """Each Drover queue: messages ready, in flight (unacked), and consumers."""
     from orchestrator.queues import queue_depths
 
-    with _connected(_settings(fleet=fleet_path)) as parts:
+    with _connected(_distributed_settings(fleet_path)) as parts:
         rows = queue_depths(parts)
     if as_json:
         _emit(rows)

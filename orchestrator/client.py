@@ -33,7 +33,7 @@ from orchestrator.plans import Fleet
 from orchestrator.saga import ReleaseState
 from orchestrator.store import Store
 
-__all__ = ["Client", "describe", "new_release_id", "release_view"]
+__all__ = ["Client", "describe", "fleet_versions", "new_release_id", "release_view", "show"]
 
 
 def new_release_id() -> str:
@@ -41,10 +41,11 @@ def new_release_id() -> str:
 
 
 class Client:
-    def __init__(self, store: Store, bus: Bus, fleet: Fleet):
+    """Submits releases to a coordinator over the bus and follows them in the store."""
+
+    def __init__(self, store: Store, bus: Bus):
         self._store = store
         self._bus = bus
-        self._fleet = fleet
 
     def submit(self, request: SubmitRelease, actor: str, release_id: str | None = None) -> str:
         release_id = release_id or new_release_id()
@@ -70,26 +71,28 @@ class Client:
         return stored.state if stored else None
 
     def show(self, release_id: str) -> dict[str, Any] | None:
-        state = self.state(release_id)
-        if state is None:
-            return None
-        return release_view(state, self._store.timeline(release_id))
+        return show(self._store, release_id)
 
-    def releases(self, limit: int = 50) -> list[dict[str, Any]]:
-        return [release_view(state) for state in self._store.releases(limit)]
 
-    def fleet_versions(self) -> dict[str, dict[str, dict[str, str]]]:
-        """``{environment: {service: {host: version}}}``, as the store records them."""
-        view: dict[str, dict[str, dict[str, str]]] = {}
-        for env_name, environment in self._fleet.environments.items():
-            view[env_name] = {}
-            for name, service in environment.services.items():
-                recorded = self._store.host_versions(env_name, name)
-                view[env_name][name] = {
-                    host: recorded.get(host, service.driver.initial_version)
-                    for host in service.hosts
-                }
-        return view
+def show(store: Store, release_id: str) -> dict[str, Any] | None:
+    """``release show --json``: the release, its components and its timeline."""
+    stored = store.load(release_id)
+    if stored is None:
+        return None
+    return release_view(stored.state, store.timeline(release_id))
+
+
+def fleet_versions(fleet: Fleet, store: Store) -> dict[str, dict[str, dict[str, str]]]:
+    """``{environment: {service: {host: version}}}``, as the store records them."""
+    view: dict[str, dict[str, dict[str, str]]] = {}
+    for env_name, environment in fleet.environments.items():
+        view[env_name] = {}
+        for name, service in environment.services.items():
+            recorded = store.host_versions(env_name, name)
+            view[env_name][name] = {
+                host: recorded.get(host, service.driver.initial_version) for host in service.hosts
+            }
+    return view
 
 
 def release_view(state: ReleaseState, timeline: list[Envelope] | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     computed_field,
+    field_validator,
 )
 
 __all__ = [
@@ -116,7 +117,16 @@ class SubmitRelease(_Payload):
 
     environment: Name
     reason: str = Field(default="", max_length=500)
-    components: tuple[ComponentRequest, ...] = Field(min_length=1)
+    components: tuple[ComponentRequest, ...]
+
+    @field_validator("components")
+    @classmethod
+    def _not_empty(cls, components: tuple[ComponentRequest, ...]) -> tuple[ComponentRequest, ...]:
+        # A check after the items are valid, so that a bad item is not also reported as
+        # "too few items" (which is what a length constraint on the field would do).
+        if not components:
+            raise ValueError("a release needs at least one component")
+        return components
 
 
 class DeployComponent(_Payload):
@@ -390,6 +400,12 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:
             reason = "unknown field"
         elif item["type"] == "string_pattern_mismatch":
             reason = f"{item['input']!r} is not valid here ({item['msg']})"
+        elif item["type"] == "value_error":
+            reason = str(item.get("ctx", {}).get("error", reason))  # without "Value error, "
+        elif item["type"] == "string_type" and isinstance(item["input"], int | float):
+            # YAML reads 2.10 as the number 2.1: the digits the user wrote are already lost,
+            # so they are refused rather than turned back into a (wrong) string.
+            reason = f"{reason}; this was read as the number {item['input']!r}: put it in quotes"
         if "[key]" in item["loc"]:
             reason = f"key: {reason}"
         problems.append(Problem(path=path, reason=reason))

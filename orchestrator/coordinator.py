@@ -17,7 +17,13 @@ from datetime import UTC, datetime
 from typing import Final
 
 from orchestrator.bus import Bus, Delivery
-from orchestrator.contract import Envelope, MessageDecodeError, decode, envelope
+from orchestrator.contract import (
+    Envelope,
+    MessageDecodeError,
+    SubmitRelease,
+    decode,
+    envelope,
+)
 from orchestrator.observability import get_logger, message_context
 from orchestrator.plans import Fleet
 from orchestrator.saga import Decision, ReleaseState, decide, refuse_submission
@@ -95,6 +101,9 @@ class Coordinator:
         """Decide on one message and commit the result; safe to call twice for one message."""
         for _ in range(_MAX_CONFLICT_RETRIES):
             stored = self._store.load(message.release_id)
+            if stored is not None and isinstance(message.payload, SubmitRelease):
+                self._refuse_reused_id(message)
+                return
             before = stored.state if stored else None
             decision = decide(before, message, self._fleet)
             if decision.state is None:
@@ -106,6 +115,21 @@ class Coordinator:
                     log.info("release advanced", state=decision.state.status)
                 return
         raise RuntimeError(f"release {message.release_id}: gave up after repeated conflicts")
+
+    def _refuse_reused_id(self, message: Envelope) -> None:
+        # A redelivery of the submission that created the release is a duplicate and
+        # changes nothing; a different submission under the same id is kept for on-call.
+        result = self._store.commit(
+            message.release_id,
+            message_id=message.id,
+            expected_revision=0,
+            state=None,
+            outbox=[],
+            timeline=[],
+        )
+        if result is CommitResult.COMMITTED:
+            log.warning("submission reuses an existing release id; dead-lettered")
+            self._dead_letter_raw(message.encode(), "release id already in use", "commands")
 
     def _commit(
         self,

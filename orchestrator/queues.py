@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 from kombu.entity import Queue
 
+from orchestrator.bus import BrokerUnavailable
+from orchestrator.settings import redacted
+
 if TYPE_CHECKING:
     from orchestrator.runtime import Parts
 
@@ -37,30 +40,36 @@ def queue_depths(parts: Parts) -> list[dict[str, Any]]:
     url = parts.settings.broker_url
     if url.startswith(("redis://", "rediss://")):
         return _redis_depths(url, queues)
-    return [{**row, "unacked": None} for row in parts.bus.queue_depths(queues)]
+    return parts.bus.queue_depths(queues)
 
 
 def _redis_depths(url: str, queues: list[Queue]) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(url)
     try:
-        unacked = _unacked_per_queue(client, queues)
-        rows = []
-        for queue in queues:
-            names = [queue.name] + [
-                f"{queue.name}{_KOMBU_PRIORITY_SEP}{p}" for p in _KOMBU_PRIORITY_STEPS if p
-            ]
-            ready = sum(int(client.llen(name)) for name in names)
-            rows.append(
-                {
-                    "name": queue.name,
-                    "ready": ready,
-                    "unacked": unacked.get(queue.name, 0),
-                    "consumers": None,
-                }
-            )
-        return rows
+        return _read_redis_depths(client, queues)
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"{redacted(url)}: {exc}") from exc
     finally:
         client.close()
+
+
+def _read_redis_depths(client: redis.Redis, queues: list[Queue]) -> list[dict[str, Any]]:
+    unacked = _unacked_per_queue(client, queues)
+    rows = []
+    for queue in queues:
+        names = [queue.name] + [
+            f"{queue.name}{_KOMBU_PRIORITY_SEP}{p}" for p in _KOMBU_PRIORITY_STEPS if p
+        ]
+        ready = sum(int(client.llen(name)) for name in names)
+        rows.append(
+            {
+                "name": queue.name,
+                "ready": ready,
+                "unacked": unacked.get(queue.name, 0),
+                "consumers": None,
+            }
+        )
+    return rows
 
 
 def _unacked_per_queue(client: redis.Redis, queues: list[Queue]) -> dict[str, int]:

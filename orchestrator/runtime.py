@@ -8,6 +8,7 @@ in-memory transport.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -73,16 +74,23 @@ def run_worker(parts: Parts, services: Sequence[str]) -> None:
     """The ``worker`` process: a Celery worker on the queues of ``services``."""
     queues = _prepare_worker(parts, services)
     worker = parts.celery.Worker(
-        hostname=f"drover-{'-'.join(services)[:40]}@{socket.gethostname()}",
+        # Unique per process, so that several workers on one machine stay apart.
+        hostname=f"drover-{os.getpid()}@{socket.gethostname()}",
         pool="threads",
         concurrency=parts.settings.worker_concurrency,
         queues=queues,
-        loglevel=parts.settings.log_level.upper(),
+        loglevel=_library_log_level(parts.settings.log_level),
         without_mingle=True,
         without_gossip=True,
         quiet=True,
     )
     worker.start()
+
+
+def _library_log_level(level: str) -> str:
+    # Celery logs every task at INFO, outside Drover's log context; Drover's own lines
+    # already say what each task did. Celery speaks at INFO only when debugging.
+    return "DEBUG" if level == "debug" else "WARNING"
 
 
 def _prepare_worker(parts: Parts, services: Sequence[str]) -> list[str]:
@@ -138,7 +146,7 @@ def embedded(parts: Parts) -> Iterator[Parts]:
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,
-        loglevel=parts.settings.log_level.upper(),
+        loglevel=_library_log_level(parts.settings.log_level),
     )
     worker_thread = threading.Thread(target=worker.start, name="drover-worker", daemon=True)
     worker_state.should_terminate = None  # a previous embedded run in this process set it

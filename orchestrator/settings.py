@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["EMBEDDED_BROKER_URL", "Settings", "UnknownSetting", "redacted"]
 
 EMBEDDED_BROKER_URL = "memory://localhost/"
 
@@ -57,3 +61,34 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.broker_url.startswith("memory://")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
+        """Settings from ``DROVER_*`` variables; a variable Drover does not know is an error.
+
+        A misspelt variable would otherwise be silently ignored and its default used,
+        which for a broker or store URL means talking to the wrong place.
+        """
+        known = {f"DROVER_{name.upper()}" for name in cls.model_fields}
+        unknown = sorted(k for k in environ if k.startswith("DROVER_") and k not in known)
+        if unknown:
+            raise UnknownSetting(unknown, sorted(known))
+        return cls(**overrides)
+
+
+class UnknownSetting(Exception):
+    def __init__(self, unknown: list[str], known: list[str]):
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        super().__init__("unknown variables: " + ", ".join(hints))
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

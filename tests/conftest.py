@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-REDIS_URL = os.environ.get("DROVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-AMQP_URL = os.environ.get("DROVER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def _answers(host: str, port: int) -> bool:

@@ -77,8 +77,7 @@ def roll_out(
                 done=done,
             )
             if error is not None:
-                touched = [b for b in batches[:number] if any(h in done for h in b)]
-                put_back = _put_back(undo, touched, previous, done, report)
+                put_back = _put_back(undo, batches, previous, done, report)
                 return RolloutResult(previous, error, restored=put_back.error is None)
     return RolloutResult(previous)
 
@@ -88,8 +87,7 @@ def roll_back(
 ) -> RollbackResult:
     """Return every host named in ``to_versions`` to its version, last batch first."""
     deployed = {host: list(_FORWARD) for batch in batches for host in batch if host in to_versions}
-    wanted = [[h for h in batch if h in deployed] for batch in batches]
-    return _put_back(driver, [b for b in wanted if b], to_versions, deployed, report)
+    return _put_back(driver, batches, to_versions, deployed, report)
 
 
 def _put_back(
@@ -99,9 +97,13 @@ def _put_back(
     done: Mapping[str, Sequence[Step]],
     report: Reporter,
 ) -> RollbackResult:
-    """Undo what ``done`` says happened to each host, batch by batch in reverse."""
-    remaining = [host for batch in batches for host in batch]
-    for number, batch in enumerate(reversed(batches), start=1):
+    """Undo what ``done`` says happened to each host, batch by batch in reverse.
+
+    Batches keep the numbers they had on the way out, so a timeline reads "rollback of
+    batch 2" for the hosts that were batch 2.
+    """
+    remaining = [h for batch in batches for h in batch if _undo_steps(done.get(h, ()))]
+    for number, batch in reversed(list(enumerate(batches, start=1))):
         restored: dict[str, list[Step]] = {}
         for step in _FORWARD:
             hosts = [h for h in batch if step in _undo_steps(done.get(h, ()))]

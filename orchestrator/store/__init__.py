@@ -121,7 +121,7 @@ class Store(Protocol):
 
 def open_store(url: str, namespace: str = "drover") -> Store:
     """Open the store a URL names: ``redis://host:port/db`` or ``sqlite:///path/to/file``."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://")):
         from orchestrator.store.redis import RedisStore
 
         return RedisStore(url, namespace=namespace)

@@ -245,3 +245,39 @@ def test_undecodable_message_is_dead_lettered_and_the_coordinator_goes_on(
         env=cluster.env,
     )
     assert json.loads(after.stdout)["state"] == "rolled_back"  # still deciding releases
+
+
+def test_a_second_submission_under_a_used_release_id_is_dead_lettered(
+    cluster: Cluster, store: Store
+) -> None:
+    release_id = f"R-bus-{uuid.uuid4().hex[:8]}"
+    first = _submission(FIRST_FAILURE_PAYLOAD, release_id)
+    _publish_raw(cluster, first)
+    _publish_raw(cluster, first)  # the same message again: a duplicate, not a conflict
+    ended = _wait_for_release(store, release_id)
+    assert ended["state"].status == "rolled_back"
+    other = _submission(VALID, release_id)
+
+    _publish_raw(cluster, other)
+
+    deadline = time.monotonic() + 30
+    while not any(letter.raw == _reencoded(other) for letter in store.dead_letters()):
+        assert time.monotonic() < deadline, "never dead-lettered"
+        time.sleep(0.05)
+    letters = [letter for letter in store.dead_letters() if release_id.encode() in letter.raw]
+    assert [letter.reason for letter in letters] == ["release id already in use"]
+    timeline = store.timeline(release_id)
+    assert [m.type for m in timeline].count("SubmitRelease") == 1
+    assert store.load(release_id).state.status == "rolled_back"  # type: ignore[union-attr]
+
+
+FIRST_FAILURE_PAYLOAD = {
+    "environment": "staging",
+    "components": [{"service": "db", "version": "9.0.0-broken"}],
+}
+
+
+def _reencoded(body: bytes) -> bytes:
+    from orchestrator.contract import decode
+
+    return decode(body).encode()

@@ -69,3 +69,38 @@ def test_fleet_without_a_fleet_file_says_how_to_give_one() -> None:
     result = drover("fleet", env=clean_env())
     assert result.returncode == 2
     assert "DROVER_FLEET" in result.stderr
+
+
+def test_a_misspelt_variable_is_refused_with_a_suggestion() -> None:
+    env = clean_env(fleet=str(FLEET))
+    env["DROVER_BROKER_ULR"] = "redis://127.0.0.1:6379/0"
+    result = drover("releases", env=env)
+    assert result.returncode == 2
+    assert "DROVER_BROKER_ULR (did you mean DROVER_BROKER_URL?)" in result.stderr
+
+
+def test_showing_an_unknown_release_is_an_input_error(tmp_path: Path) -> None:
+    result = drover(
+        "release", "show", "R-nope", env=clean_env(store_url=f"sqlite:///{tmp_path}/s.db")
+    )
+    assert result.returncode == 2
+    assert "no release 'R-nope'" in result.stderr
+
+
+def test_submitting_to_an_unreachable_broker_says_so_in_one_line(tmp_path: Path) -> None:
+    env = clean_env(
+        broker_url="redis://:sekrit@127.0.0.1:1/0",
+        store_url=f"sqlite:///{tmp_path}/s.db",
+        fleet=str(FLEET),
+    )
+    result = drover("release", "submit", str(MIDDLE_FAILURE.write(tmp_path)), env=env)
+    assert result.returncode == 3
+    assert "the broker is unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sekrit" not in result.stderr  # the password is never printed
+
+
+def test_queues_needs_a_real_broker() -> None:
+    result = drover("queues", env=clean_env(fleet=str(FLEET)))
+    assert result.returncode == 2
+    assert "DROVER_BROKER_URL" in result.stderr

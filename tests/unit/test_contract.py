@@ -326,7 +326,10 @@ def test_problems_from_joins_names_and_indexes_into_one_path() -> None:
 
     assert [(p.path, p.reason) for p in problems_from(caught.value, prefix="payload")] == [
         ("payload.items[1].name", "Field required"),
-        ("payload.table.k.name", "Input should be a valid string"),
+        (
+            "payload.table.k.name",
+            "Input should be a valid string; this was read as the number 1: put it in quotes",
+        ),
     ]
 
 

@@ -280,7 +280,10 @@ def test_release_version_that_yaml_reads_as_a_number_must_be_quoted(tmp_path: Pa
     text = RELEASE.replace("version: 2.0.0", "version: 2.10")
 
     assert release_problems(tmp_path, text) == [
-        ("components[1].version", "Input should be a valid string")
+        (
+            "components[1].version",
+            "Input should be a valid string; this was read as the number 2.1: put it in quotes",
+        )
     ]
 
 
@@ -294,7 +297,7 @@ def test_release_without_components_is_refused(tmp_path: Path) -> None:
     ((path, reason),) = release_problems(tmp_path, "environment: staging\ncomponents: []\n")
 
     assert path == "components"
-    assert "at least 1 item" in reason
+    assert reason == "a release needs at least one component"
 
 
 # --- files that are not YAML mappings at all ---------------------------------------------
