@@ -148,7 +148,7 @@ class RedisStore:
             ids = self._client.zrange(self._keys.outbox_pending, 0, limit - 1)
             if not ids:
                 return []
-            bodies = self._client.hmget(self._keys.outbox_bodies, ids)
+            bodies = self._client.hmget(self._keys.outbox_bodies, [_bytes(i) for i in ids])
         # a body published between the two reads is gone, and rightly skipped
         return [decode(_bytes(body)) for body in bodies if body is not None]
 
@@ -250,9 +250,12 @@ def _load_dead_letter(stored: bytes) -> DeadLetter:
     )
 
 
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
+def _bytes(value: object) -> bytes:
+    """A value as Redis sent it: bytes, since the client is told to decode nothing."""
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    return _bytes(value).decode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,6 +26,9 @@ __all__ = ["SqliteStore"]
 # How long a write waits for another process's write lock before it gives up and the
 # store reports itself unavailable. Read when a store is opened.
 _BUSY_TIMEOUT_S: Final = 30.0
+
+# How long to wait between tries to switch a file that another process is opening to WAL.
+_WAL_RETRY_S: Final = 0.01
 
 _SCHEMA: Final = (
     # one row per release: its state and the revision its commits compare and set
@@ -101,7 +105,7 @@ def _translated() -> Iterator[None]:
 class SqliteStore:
     def __init__(self, path: str) -> None:
         # One connection behind a lock rather than one per thread: SQLite lets one
-        # writer in at a time anyway, and the coordinator's load is a few steps a second,
+        # writer in at a time anyway, and the coordinator writes saga steps, not a stream,
         # so per-thread connections would buy little and cost much: connections left
         # open by threads that ended, and a close() that cannot reach them.
         self._lock = threading.Lock()
@@ -181,8 +185,8 @@ class SqliteStore:
         with self._write() as db:
             db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
-                " VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (environment, service, host) DO UPDATE SET version = excluded.version",
+                " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, host)"
+                " DO UPDATE SET version = excluded.version",
                 (environment, service, host, version),
             )
 
@@ -278,7 +282,7 @@ def _open(path: str) -> sqlite3.Connection:
 
 
 def _configure(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode = WAL")
+    _use_wal(db)
     # FULL, not WAL's usual NORMAL: a committed saga step must survive a power cut too
     db.execute("PRAGMA synchronous = FULL")
     # several processes may open a new file at once; the write lock lets one build it
@@ -290,6 +294,25 @@ def _configure(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL, once, however many processes open it at the same moment.
+
+    SQLite does not call the busy handler for a journal mode change: a process that
+    opens a new file while another is switching it fails at once with "database is
+    locked". So this waits its turn itself, for as long as the busy timeout would.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(_WAL_RETRY_S)
 
 
 def _immediately(db: sqlite3.Connection) -> None:

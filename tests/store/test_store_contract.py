@@ -6,11 +6,14 @@ open them, so the URL dispatch is covered too.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing import get_context
+from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
 
 import pytest
@@ -376,46 +379,59 @@ def test_an_unreachable_redis_is_store_unavailable() -> None:
         store.close()
 
 
+def _journal_mode(path: Path) -> str:
+    with closing(sqlite3.connect(path)) as db:
+        return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+
+
 def test_sqlite_creates_its_folder_and_uses_wal(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "drover.db"
-    store = SqliteStore(str(path))
-    try:
+    with closing(SqliteStore(str(path))) as store:
         _commit(store, message_id="m1", state=_state())
-        mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
-    finally:
-        store.close()
-    assert mode == "wal"
-    reopened = SqliteStore(str(path))  # and a second open keeps what was written
-    try:
+    assert _journal_mode(path) == "wal"
+    with closing(SqliteStore(str(path))) as reopened:  # a second open keeps what was written
         assert reopened.load("r1") is not None
-    finally:
-        reopened.close()
 
 
 def test_a_locked_sqlite_file_is_store_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_store, "_BUSY_TIMEOUT_S", 0.1)
-    path = str(tmp_path / "drover.db")
-    holder, waiter = SqliteStore(path), SqliteStore(path)
-    try:
-        holder._db.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    path = tmp_path / "drover.db"
+    with closing(SqliteStore(str(path))) as store, closing(sqlite3.connect(path)) as other:
+        other.isolation_level = None
+        other.execute("BEGIN IMMEDIATE")  # another process, holding the write lock
         with pytest.raises(StoreUnavailable):
-            _commit(waiter, message_id="m1", state=_state())
-        holder._db.execute("ROLLBACK")
-        assert _commit(waiter, message_id="m1", state=_state()) is CommitResult.COMMITTED
+            _commit(store, message_id="m1", state=_state())
+        other.execute("ROLLBACK")
+        assert _commit(store, message_id="m1", state=_state()) is CommitResult.COMMITTED
+
+
+def test_opening_a_file_another_connection_holds_waits_its_turn(tmp_path: Path) -> None:
+    path = tmp_path / "drover.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # a new file, still in rollback-journal mode, being written: SQLite's busy handler
+    # does not wait for this one, the store must
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE other (x)")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        with closing(SqliteStore(str(path))) as store:
+            assert store.load("r1") is None
     finally:
+        release.join()
         holder.close()
-        waiter.close()
 
 
-def _commit_steps(path: str, writer: str, steps: int) -> int:
+def _commit_steps(path: str, writer: str, steps: int, start: ProcessBarrier) -> None:
     """In a process of its own: commit ``steps`` messages, reloading on each conflict."""
+    start.wait()  # all open the new file at once, too
     store = SqliteStore(path)
-    conflicts = 0
     try:
         for step in range(steps):
-            while True:
+            result = None
+            while result is not CommitResult.COMMITTED:
                 stored = store.load("r1")
                 result = _commit(
                     store,
@@ -424,27 +440,34 @@ def _commit_steps(path: str, writer: str, steps: int) -> int:
                     state=_state(),
                     timeline=[_report()],
                 )
-                if result is CommitResult.COMMITTED:
-                    break
-                conflicts += 1
+                assert result is not CommitResult.DUPLICATE
     finally:
         store.close()
-    return conflicts
 
 
 def test_sqlite_processes_sharing_a_file_lose_no_step(tmp_path: Path) -> None:
-    path, steps = str(tmp_path / "shared" / "drover.db"), 25
-    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_commit_steps, path, writer, steps) for writer in ("a", "b")]
-        for future in futures:
-            future.result()
-
-    store = SqliteStore(path)
+    path, steps, writers = str(tmp_path / "shared" / "drover.db"), 25, ("a", "b", "c")
+    context = get_context("spawn")
+    start = context.Barrier(len(writers))
+    processes = [
+        context.Process(target=_commit_steps, args=(path, writer, steps, start))
+        for writer in writers
+    ]
+    for process in processes:
+        process.start()
     try:
-        stored = store.load("r1")
-        timeline = store.timeline("r1")
+        for process in processes:
+            process.join(timeout=120)
+        assert [p.exitcode for p in processes] == [0] * len(writers)
     finally:
-        store.close()
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+            process.close()
+
+    with closing(SqliteStore(path)) as store:
+        stored, timeline = store.load("r1"), store.timeline("r1")
     assert stored is not None
-    assert stored.revision == 2 * steps
-    assert len(timeline) == 2 * steps
+    assert stored.revision == len(writers) * steps
+    assert len(timeline) == len(writers) * steps
