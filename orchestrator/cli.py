@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from orchestrator import contract
 from orchestrator.bus import BrokerUnavailable
 from orchestrator.client import Client, describe, fleet_versions, release_view, show
-from orchestrator.contract import SubmitRelease, problems_from
+from orchestrator.contract import Envelope, StepStarted, SubmitRelease, problems_from
 from orchestrator.observability import configure_logging
 from orchestrator.plans import Fleet, InvalidInput, load_fleet, load_release, plan_release
 from orchestrator.runtime import ConfigurationError, Parts, connect, embedded
@@ -156,6 +156,13 @@ def _load_release(path: Path, fleet: Fleet) -> SubmitRelease:
     return request
 
 
+def _print_progress(message: Envelope) -> None:
+    # A step's end line names the step, its hosts and how long it took; its start line
+    # would only double the length of what a person reads. (--json keeps every entry.)
+    if not isinstance(message.payload, StepStarted):
+        click.echo("  " + describe(message))
+
+
 def _quiet_unless(verbose: bool) -> str:
     # The progress printed on stdout is the story; logs add to it only when asked for.
     return "info" if verbose else "warning"
@@ -185,7 +192,7 @@ def _run_release(
     try:
         for message in client.follow(release_id, timeout_s):
             if not as_json:
-                click.echo("  " + describe(message))
+                _print_progress(message)
     except TimeoutError as error:
         raise _Abort(f"{error}; it goes on without this command", EXIT_UNAVAILABLE) from error
     state = client.state(release_id)
@@ -346,7 +353,7 @@ def release_show(release_id: str, as_json: bool) -> None:
             return
         _print_release(view)
         for message in store.timeline(release_id):
-            click.echo("  " + describe(message))
+            _print_progress(message)
 
 
 def _print_release(view: dict[str, Any]) -> None:
