@@ -12,20 +12,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
-from typing import Protocol
+from enum import Enum, StrEnum
+from typing import Final, Protocol
 
 from orchestrator.contract import Envelope
 from orchestrator.saga import ReleaseState
 
 __all__ = [
+    "KEEP_WAKE",
     "CommitResult",
     "DeadLetter",
+    "KeepWake",
     "Store",
     "StoreUnavailable",
     "StoredRelease",
     "open_store",
 ]
+
+
+class KeepWake(Enum):
+    """The type of :data:`KEEP_WAKE`: leave a release's wake-up time as it is."""
+
+    KEEP = "keep"
+
+
+KEEP_WAKE: Final = KeepWake.KEEP
 
 
 class StoreUnavailable(Exception):
@@ -68,14 +79,25 @@ class Store(Protocol):
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
+        wake_at: datetime | None | KeepWake = KEEP_WAKE,
     ) -> CommitResult:
         """Apply one saga step atomically.
 
         Refused as DUPLICATE if ``message_id`` was already committed for this release,
         and as CONFLICT if ``state`` is given and the stored revision is not
         ``expected_revision``. ``state=None`` leaves the state alone (a step report that
-        only adds to the timeline) and skips the revision check.
+        only adds to the timeline) and skips the revision check. Outbox ids are marked
+        seen under their own envelope's release.
+
+        ``wake_at`` sets when the release next needs the coordinator's attention even
+        if no message comes (a deadline): a time sets it, ``None`` clears it, and
+        ``KEEP_WAKE`` (the default) leaves it as it is. It is written in the same atomic
+        step as the state.
         """
+        ...
+
+    def due(self, now: datetime, limit: int = 100) -> list[str]:
+        """Releases whose ``wake_at`` is at or before ``now``, earliest first."""
         ...
 
     def pending_outbox(self, limit: int = 500) -> list[Envelope]:
@@ -111,10 +133,84 @@ class Store(Protocol):
         """``(environment, service, host, step) -> count`` for every effect of a release."""
         ...
 
+    def drained_hosts(self, environment: str, service: str) -> set[str]:
+        """Hosts the simulator has out of service."""
+        ...
+
+    def set_drained(self, environment: str, service: str, host: str, drained: bool) -> bool:
+        """Put a host out of (or back into) service; True if that changed anything."""
+        ...
+
+    # --- workers: one owner per component, and what each command did ----------------------
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take the lease if it is free, expired, or already ``owner``'s (then renew it)."""
+        ...
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Extend ``owner``'s lease; False if it has expired or someone else holds it."""
+        ...
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it; otherwise do nothing."""
+        ...
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease now (None if it is free or has expired)."""
+        ...
+
+    def record_progress(self, command_id: str, host: str, step: str) -> None:
+        """Note that a step of a command is done on a host."""
+        ...
+
+    def progress(self, command_id: str) -> dict[str, list[str]]:
+        """``host -> steps done`` for a command, in the order they were recorded."""
+        ...
+
+    def record_outcome(self, command_id: str, outcome: Envelope) -> None:
+        """Keep the event that ended a command, so a redelivered copy can replay it."""
+        ...
+
+    def outcome(self, command_id: str) -> Envelope | None: ...
+
+    def count_delivery(self, message_id: str) -> int:
+        """Add one to how often a message was delivered, and return the new count."""
+        ...
+
+    # --- locks: one release at a time per (environment, service) ---------------------------
+    def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
+        """Queue the release behind each key (once; safe to repeat) and report whether it
+        is now first in every one of those queues, i.e. holds all its locks.
+
+        Queues are first come, first served and a release joins all of its queues in
+        one atomic step, so two releases can never each wait for the other.
+        """
+        ...
+
+    def release_locks(self, release_id: str) -> list[str]:
+        """Leave every queue the release is in; return the releases that, as a result,
+        are now first in all of their queues (in the order they were queued)."""
+        ...
+
+    def lock_queue(self, key: str) -> list[str]:
+        """The releases queued for a key, the holder first."""
+        ...
+
+    def locks_of(self, release_id: str) -> list[str]:
+        """The keys a release queued for (empty once it released them)."""
+        ...
+
     # --- messages nobody could use --------------------------------------------------------
     def add_dead_letter(self, letter: DeadLetter) -> None: ...
 
-    def dead_letters(self) -> list[DeadLetter]: ...
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Oldest first."""
+        ...
+
+    def dead_letter(self, letter_id: str) -> DeadLetter | None: ...
+
+    def remove_dead_letter(self, letter_id: str) -> bool:
+        """Forget a dead letter; False if there was none with that id."""
+        ...
 
     def close(self) -> None: ...
 
