@@ -29,6 +29,7 @@ from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
 from orchestrator.contract import (
+    AbortRelease,
     DeployComponent,
     Envelope,
     RollbackComponent,
@@ -159,7 +160,7 @@ class Bus:
 
     def _publish(self, message: Envelope) -> None:
         self.declare()
-        if isinstance(message.payload, SubmitRelease):
+        if isinstance(message.payload, SubmitRelease | AbortRelease):
             exchange, routing_key = self.topology.commands_exchange, "commands"
         else:
             exchange, routing_key = self.topology.events_exchange, _event_key(message)

@@ -22,7 +22,16 @@ from pydantic import ValidationError
 from orchestrator import contract
 from orchestrator.bus import BrokerUnavailable
 from orchestrator.client import Client, describe, fleet_versions, release_view, show
-from orchestrator.contract import Envelope, StepStarted, SubmitRelease, problems_from
+from orchestrator.contract import (
+    AbortRelease,
+    Envelope,
+    MessageDecodeError,
+    StepStarted,
+    SubmitRelease,
+    decode,
+    envelope,
+    problems_from,
+)
 from orchestrator.observability import configure_logging
 from orchestrator.plans import Fleet, InvalidInput, load_fleet, load_release, plan_release
 from orchestrator.runtime import ConfigurationError, Parts, connect, embedded
@@ -30,7 +39,7 @@ from orchestrator.runtime import run_coordinator as _run_coordinator
 from orchestrator.runtime import run_worker as _run_worker
 from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.settings import EMBEDDED_BROKER_URL, Settings, UnknownSetting
-from orchestrator.store import Store, StoreUnavailable, open_store
+from orchestrator.store import DeadLetter, Store, StoreUnavailable, open_store
 
 __all__ = ["main"]
 
@@ -414,6 +423,82 @@ def queues(fleet_path: Path | None, as_json: bool) -> None:
         unacked = "?" if row["unacked"] is None else row["unacked"]
         consumers = "?" if row["consumers"] is None else row["consumers"]
         click.echo(f"{row['name']:<40} {row['ready']:>7} {unacked:>8} {consumers:>10}")
+
+
+@cli.command()
+@click.argument("release_id")
+@click.option("--reason", default="", help="Why, for the timeline.")
+@click.option("--actor", default=None, help="Who is aborting (default: the login name).")
+@_FLEET_OPTION
+def abort(release_id: str, reason: str, actor: str | None, fleet_path: Path | None) -> None:
+    """Stop a release: nothing new starts, and what was done is rolled back."""
+    with _connected(_distributed_settings(fleet_path)) as parts:
+        state = Client(parts.store, parts.bus).state(release_id)
+        if state is None:
+            raise _Abort(f"no release {release_id!r}")
+        if state.status.is_terminal:
+            raise _Abort(f"release {release_id} has already ended: {state.status}")
+        abort_command = AbortRelease(reason=reason)
+        parts.bus.publish(envelope(abort_command, release_id=release_id, actor=actor or _actor()))
+    click.echo(f"abort of {release_id} sent; `drover release show {release_id}` follows it")
+
+
+@cli.group("dead-letters", invoke_without_command=True)
+@_JSON_OPTION
+@click.pass_context
+def dead_letters(context: click.Context, as_json: bool) -> None:
+    """Messages nobody could use: list them, or requeue or drop one."""
+    if context.invoked_subcommand is not None:
+        return
+    with _store(_settings()) as store:
+        letters = store.dead_letters()
+    if as_json:
+        _emit([_letter_view(letter) for letter in letters])
+        return
+    for letter in letters:
+        click.echo(
+            f"{letter.id}  {letter.at:%Y-%m-%d %H:%M:%S}  {letter.source:<12} {letter.reason}"
+        )
+
+
+def _letter_view(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.id,
+        "at": letter.at.isoformat(),
+        "source": letter.source,
+        "reason": letter.reason,
+        "body": letter.raw.decode("utf-8", errors="replace"),
+    }
+
+
+@dead_letters.command("requeue")
+@click.argument("letter_id")
+@_FLEET_OPTION
+def dead_letters_requeue(letter_id: str, fleet_path: Path | None) -> None:
+    """Publish a dead letter again, where its type goes, and forget it."""
+    with _connected(_distributed_settings(fleet_path)) as parts:
+        letter = parts.store.dead_letter(letter_id)
+        if letter is None:
+            raise _Abort(f"no dead letter {letter_id!r}")
+        try:
+            message = decode(letter.raw)
+        except MessageDecodeError as error:
+            raise _Abort(
+                f"{letter_id} is not a message Drover can read ({error}); drop it"
+            ) from error
+        parts.bus.publish(message)
+        parts.store.remove_dead_letter(letter_id)
+    click.echo(f"{letter_id} requeued as {message.type} of {message.release_id}")
+
+
+@dead_letters.command("drop")
+@click.argument("letter_id")
+def dead_letters_drop(letter_id: str) -> None:
+    """Forget a dead letter for good."""
+    with _store(_settings()) as store:
+        if not store.remove_dead_letter(letter_id):
+            raise _Abort(f"no dead letter {letter_id!r}")
+    click.echo(f"{letter_id} dropped")
 
 
 @cli.command()

@@ -27,6 +27,8 @@ from pydantic import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AbortRelease",
+    "CheckDeadlines",
     "Command",
     "ComponentDeployed",
     "ComponentFailed",
@@ -34,6 +36,7 @@ __all__ = [
     "ComponentRollbackFailed",
     "ComponentRolledBack",
     "ComponentStarted",
+    "DeadlinePassed",
     "DeployComponent",
     "Envelope",
     "Event",
@@ -44,10 +47,12 @@ __all__ = [
     "Problem",
     "ReleaseAccepted",
     "ReleaseFailed",
+    "ReleaseQueued",
     "ReleaseRejected",
     "ReleaseRolledBack",
     "ReleaseSucceeded",
     "RollbackComponent",
+    "StartRelease",
     "Step",
     "StepFailed",
     "StepStarted",
@@ -146,6 +151,22 @@ class RollbackComponent(_Payload):
     to_versions: dict[HostName, Version]
 
 
+class AbortRelease(_Payload):
+    """Stop starting anything new and put back what was done; the envelope's actor aborts."""
+
+    reason: str = Field(default="", max_length=500)
+
+
+class StartRelease(_Payload):
+    """The coordinator's own: the release now holds the locks of all its services."""
+
+
+class CheckDeadlines(_Payload):
+    """The coordinator's own: look at the release's deadlines as of ``now``."""
+
+    now: datetime
+
+
 # --- events: past tense, anyone may listen ----------------------------------------------
 
 
@@ -157,6 +178,21 @@ class ReleaseAccepted(_Payload):
 
 class ReleaseRejected(_Payload):
     problems: tuple[Problem, ...]
+
+
+class ReleaseQueued(_Payload):
+    """The release waits for these releases, which hold services it needs."""
+
+    behind: tuple[str, ...]
+
+
+class DeadlinePassed(_Payload):
+    """A component did not report in time; whatever it says later is ignored."""
+
+    environment: Name
+    service: Name
+    deadline: datetime
+    waited_for: str  # what the coordinator was waiting for, in words
 
 
 class ComponentStarted(_Payload):
@@ -235,10 +271,19 @@ class ReleaseFailed(_Payload):
     needs_attention: tuple[str, ...]
 
 
-Command = SubmitRelease | DeployComponent | RollbackComponent
+Command = (
+    SubmitRelease
+    | AbortRelease
+    | StartRelease
+    | CheckDeadlines
+    | DeployComponent
+    | RollbackComponent
+)
 Event = (
     ReleaseAccepted
     | ReleaseRejected
+    | ReleaseQueued
+    | DeadlinePassed
     | ComponentStarted
     | StepStarted
     | StepSucceeded
@@ -253,10 +298,19 @@ Event = (
 )
 Message = Command | Event
 
-_COMMANDS: Final[tuple[type[_Payload], ...]] = (SubmitRelease, DeployComponent, RollbackComponent)
+_COMMANDS: Final[tuple[type[_Payload], ...]] = (
+    SubmitRelease,
+    AbortRelease,
+    StartRelease,
+    CheckDeadlines,
+    DeployComponent,
+    RollbackComponent,
+)
 _EVENTS: Final[tuple[type[_Payload], ...]] = (
     ReleaseAccepted,
     ReleaseRejected,
+    ReleaseQueued,
+    DeadlinePassed,
     ComponentStarted,
     StepStarted,
     StepSucceeded,

@@ -18,24 +18,47 @@ from typing import Final
 
 from orchestrator.bus import Bus, Delivery
 from orchestrator.contract import (
+    CheckDeadlines,
     Envelope,
+    Message,
     MessageDecodeError,
+    ReleaseQueued,
+    StartRelease,
     SubmitRelease,
     decode,
     envelope,
 )
 from orchestrator.observability import get_logger, message_context
 from orchestrator.plans import Fleet
-from orchestrator.saga import Decision, ReleaseState, decide, refuse_submission
-from orchestrator.store import CommitResult, DeadLetter, Store, StoreUnavailable
+from orchestrator.saga import Decision, ReleaseState, ReleaseStatus, decide, refuse_submission
+from orchestrator.store import KEEP_WAKE, CommitResult, DeadLetter, Store, StoreUnavailable
 
-__all__ = ["COORDINATOR_ACTOR", "Coordinator"]
+__all__ = ["COORDINATOR_ACTOR", "Coordinator", "lock_key"]
 
 log = get_logger(__name__)
 
 COORDINATOR_ACTOR: Final = "drover-coordinator"
 _MAX_CONFLICT_RETRIES: Final = 20
 _STORE_RETRY_S: Final = 1.0
+
+
+def lock_key(environment: str, service: str) -> str:
+    """What two releases must not hold at once: one service in one environment."""
+    return f"{environment}/{service}"
+
+
+def _own_id(release_id: str, purpose: str) -> str:
+    # The same id for the same purpose, so that doing it twice is recognised as a repeat.
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"{release_id}/{purpose}").hex
+
+
+def _wake_time(state: ReleaseState) -> datetime | None:
+    """When the coordinator must look at a release even if no message comes."""
+    if state.status.is_terminal:
+        return state.finished_at  # at once: its locks are to be freed (again, after a crash)
+    if state.status is ReleaseStatus.QUEUED:
+        return state.updated_at  # every tick until it starts: retry its locks
+    return state.next_deadline
 
 
 class Coordinator:
@@ -54,7 +77,7 @@ class Coordinator:
             self.handle,
             stop,
             on_ready=on_ready,
-            tick=self._relay_safely,
+            tick=self._tick,
         )
 
     def handle(self, delivery: Delivery) -> None:
@@ -99,22 +122,98 @@ class Coordinator:
 
     def process(self, message: Envelope) -> None:
         """Decide on one message and commit the result; safe to call twice for one message."""
+        committed = self._decide_and_commit(message)
+        if committed is None:
+            return
+        if committed.status is ReleaseStatus.QUEUED and isinstance(message.payload, SubmitRelease):
+            self._try_to_start(committed)
+        elif committed.status.is_terminal:
+            self._free_locks(committed.id)
+
+    def _decide_and_commit(self, message: Envelope) -> ReleaseState | None:
+        """The release as committed after ``message``; None if nothing was committed."""
         for _ in range(_MAX_CONFLICT_RETRIES):
             stored = self._store.load(message.release_id)
             if stored is not None and isinstance(message.payload, SubmitRelease):
                 self._refuse_reused_id(message)
-                return
+                return None
             before = stored.state if stored else None
             decision = decide(before, message, self._fleet)
             if decision.state is None:
                 log.warning("message for a release this store does not know; ignored")
-                return
+                return None
             result = self._commit(message, decision, stored.revision if stored else 0, before)
-            if result is not CommitResult.CONFLICT:
-                if result is CommitResult.COMMITTED and decision.state != before:
-                    log.info("release advanced", state=decision.state.status)
-                return
+            if result is CommitResult.CONFLICT:
+                continue
+            if result is CommitResult.DUPLICATE or decision.state == before:
+                return None
+            log.info("release advanced", state=decision.state.status)
+            return decision.state
         raise RuntimeError(f"release {message.release_id}: gave up after repeated conflicts")
+
+    # --- locks and wake-ups: what no message asks for ------------------------------------
+
+    def _tick(self) -> None:
+        """About once a second: publish what is pending, and wake releases that are due."""
+        self._relay_safely()
+        try:
+            for release_id in self._store.due(datetime.now(UTC)):
+                self._wake(release_id)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable; wake-ups wait", error=str(exc))
+
+    def _wake(self, release_id: str) -> None:
+        stored = self._store.load(release_id)
+        if stored is None:
+            return
+        state = stored.state
+        with message_context(release_id=release_id):
+            if state.status.is_terminal:
+                self._free_locks(release_id)  # a crash came between its end and this
+            elif state.status is ReleaseStatus.QUEUED:
+                self._try_to_start(state)
+            else:
+                now = datetime.now(UTC)
+                self.process(self._own(CheckDeadlines(now=now), release_id, f"check@{now}"))
+
+    def _try_to_start(self, state: ReleaseState) -> None:
+        """Start the release if it holds all its locks; otherwise say what it waits for."""
+        keys = [lock_key(state.environment, service) for service in state.components]
+        if self._store.acquire_locks(state.id, keys):
+            self.process(self._own(StartRelease(), state.id, "start"))
+            return
+        behind = sorted({self._store.lock_queue(key)[0] for key in keys} - {state.id})
+        note = self._own(ReleaseQueued(behind=tuple(behind)), state.id, "queued")
+        self._store.commit(
+            state.id,
+            message_id=note.id,
+            expected_revision=0,
+            state=None,
+            outbox=[note],
+            timeline=[note],
+        )
+
+    def _free_locks(self, release_id: str) -> None:
+        for waiting in self._store.release_locks(release_id):
+            self.process(self._own(StartRelease(), waiting, "start"))
+        self._store.commit(
+            release_id,
+            message_id=_own_id(release_id, "locks-freed"),
+            expected_revision=0,
+            state=None,
+            outbox=[],
+            timeline=[],
+            wake_at=None,
+        )
+
+    def _own(self, payload: Message, release_id: str, purpose: str) -> Envelope:
+        """A message the coordinator gives itself, with an id that repeats for the same purpose."""
+        return envelope(
+            payload,
+            release_id=release_id,
+            actor=COORDINATOR_ACTOR,
+            message_id=_own_id(release_id, purpose),
+        )
 
     def _refuse_reused_id(self, message: Envelope) -> None:
         # A redelivery of the submission that created the release is a duplicate and
@@ -150,13 +249,15 @@ class Coordinator:
             )
             for index, payload in enumerate(decision.outgoing)
         ]
+        changed = decision.state != before
         return self._store.commit(
             message.release_id,
             message_id=message.id,
             expected_revision=revision,
-            state=decision.state if decision.state != before else None,
+            state=decision.state if changed else None,
             outbox=outgoing,
             timeline=[message, *outgoing],
+            wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
         )
 
     def relay(self) -> None:

@@ -94,6 +94,10 @@ class ServiceConfig(_Config):
     hosts: tuple[HostName, ...] = Field(min_length=1)
     batch_size: int = Field(default=1, ge=1)
     driver: DriverConfig
+    # How long the coordinator waits for word from the worker before it treats the
+    # component as failed: between two reports, and for the whole component.
+    step_timeout_s: float = Field(default=300, gt=0, le=86_400)
+    component_timeout_s: float = Field(default=3600, gt=0, le=7 * 86_400)
 
     # Field validators, not a model validator, so each problem carries its field's path.
     @field_validator("hosts")

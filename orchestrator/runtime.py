@@ -28,7 +28,7 @@ from orchestrator.plans import Fleet, load_fleet
 from orchestrator.settings import Settings
 from orchestrator.store import Store, open_store
 from workers.app import create_celery
-from workers.tasks import ComponentRunner, register_tasks
+from workers.tasks import ComponentRunner, WorkerLimits, register_tasks
 
 __all__ = ["Parts", "connect", "embedded", "run_coordinator", "run_worker"]
 
@@ -58,7 +58,9 @@ def connect(settings: Settings, fleet: Fleet | None = None) -> Parts:
             raise ConfigurationError("no fleet file: set DROVER_FLEET or pass --fleet")
         fleet = load_fleet(settings.fleet)
     store = open_store(settings.store_url, namespace=settings.namespace)
-    celery = create_celery(settings.broker_url, settings.namespace)
+    celery = create_celery(
+        settings.broker_url, settings.namespace, settings.redis_visibility_timeout_s
+    )
     bus = Bus(settings.broker_url, Topology(settings.namespace), celery)
     return Parts(settings, fleet, store, celery, bus)
 
@@ -97,7 +99,10 @@ def _prepare_worker(parts: Parts, services: Sequence[str]) -> list[str]:
     unknown = sorted(set(services) - set(parts.fleet.service_names()))
     if unknown:
         raise ConfigurationError(f"--service: not in the fleet file: {', '.join(unknown)}")
-    runner = ComponentRunner(parts.fleet, parts.store, parts.bus)
+    limits = WorkerLimits(
+        lease_ttl_s=parts.settings.lease_ttl_s, delivery_limit=parts.settings.delivery_limit
+    )
+    runner = ComponentRunner(parts.fleet, parts.store, parts.bus, limits)
     register_tasks(parts.celery, runner)
     queues = [parts.bus.topology.service_queue(s) for s in services]
     parts.celery.conf.task_queues = queues

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.contract import (
+    AbortRelease,
+    CheckDeadlines,
     ComponentDeployed,
     ComponentFailed,
     ComponentRequest,
     ComponentRollbackFailed,
     ComponentRolledBack,
     ComponentStarted,
+    DeadlinePassed,
     DeployComponent,
     Envelope,
     Message,
@@ -44,6 +47,10 @@ from orchestrator.contract import (
     ReleaseRolledBack,
     ReleaseSucceeded,
     RollbackComponent,
+    StartRelease,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
     SubmitRelease,
 )
 from orchestrator.plans import Fleet, InvalidInput, plan_release
@@ -60,6 +67,7 @@ __all__ = [
 
 
 class ReleaseStatus(StrEnum):
+    QUEUED = "queued"  # accepted, waiting for releases that hold its services
     RUNNING = "running"
     COMPENSATING = "compensating"
     SUCCEEDED = "succeeded"
@@ -87,6 +95,7 @@ class ComponentStatus(StrEnum):
     DEPLOYING = "deploying"
     DEPLOYED = "deployed"
     FAILED = "failed"  # its worker reported failure (and put its own hosts back)
+    TIMED_OUT = "timed_out"  # no word from its worker in time: it is put back like a deployed one
     SKIPPED = "skipped"  # never started: the release failed first
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
@@ -96,8 +105,11 @@ class ComponentStatus(StrEnum):
 # The only moves a component may make; anything else is a duplicate or late message.
 COMPONENT_TRANSITIONS: Final[Mapping[ComponentStatus, frozenset[ComponentStatus]]] = {
     ComponentStatus.PENDING: frozenset({ComponentStatus.DEPLOYING, ComponentStatus.SKIPPED}),
-    ComponentStatus.DEPLOYING: frozenset({ComponentStatus.DEPLOYED, ComponentStatus.FAILED}),
+    ComponentStatus.DEPLOYING: frozenset(
+        {ComponentStatus.DEPLOYED, ComponentStatus.FAILED, ComponentStatus.TIMED_OUT}
+    ),
     ComponentStatus.DEPLOYED: frozenset({ComponentStatus.ROLLING_BACK}),
+    ComponentStatus.TIMED_OUT: frozenset({ComponentStatus.ROLLING_BACK}),
     ComponentStatus.ROLLING_BACK: frozenset(
         {ComponentStatus.ROLLED_BACK, ComponentStatus.ROLLBACK_FAILED}
     ),
@@ -118,6 +130,10 @@ class ComponentState(BaseModel):
     previous_versions: dict[str, str] = {}
     restored: bool = True  # for a FAILED component: did its worker put its hosts back?
     reason: str = ""
+    # When the coordinator gives up waiting for the worker (set while it is sent and
+    # working; see _deadline): a report after it is ignored.
+    deadline: datetime | None = None
+    sent_at: datetime | None = None
 
     @property
     def previous_version(self) -> str | None:
@@ -141,9 +157,16 @@ class ReleaseState(BaseModel):
     status: ReleaseStatus
     components: dict[str, ComponentState] = {}
     failure: str = ""  # the first thing that went wrong, in words
+    aborted_by: str | None = None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None = None
+
+    @property
+    def next_deadline(self) -> datetime | None:
+        """The earliest moment a component in flight must have reported by."""
+        deadlines = [c.deadline for c in self.components.values() if c.deadline is not None]
+        return min(deadlines, default=None)
 
 
 @dataclass(frozen=True)
@@ -166,8 +189,17 @@ def decide(state: ReleaseState | None, message: Envelope, fleet: Fleet) -> Decis
         return Decision(None)  # an event for a release this store never accepted
     if state.status.is_terminal:
         return Decision(state)  # no transition ever leaves a terminal state
+    at = message.occurred_at
     try:
-        return _advance(state, payload, message.occurred_at)
+        match payload:
+            case StartRelease() if state.status is ReleaseStatus.QUEUED:
+                running = state.model_copy(update={"status": ReleaseStatus.RUNNING})
+                return _continue_forward(running, at, fleet)
+            case AbortRelease(reason=reason):
+                return _aborted(state, message.actor, reason, at, fleet)
+            case CheckDeadlines(now=now):
+                return _check_deadlines(state, now, fleet)
+        return _advance(state, payload, at, fleet)
     except _IllegalTransition:
         return Decision(state)  # a duplicate or late report: it changes nothing
 
@@ -184,8 +216,8 @@ def _submitted(request: SubmitRelease, message: Envelope, fleet: Fleet) -> Decis
     accepted = ReleaseAccepted(
         environment=request.environment, reason=request.reason, components=request.components
     )
-    started, commands = _start_ready(created.model_copy(update={"components": components}))
-    return Decision(started, (accepted, *commands))
+    # Queued until the coordinator holds the locks of all its services: StartRelease.
+    return Decision(created.model_copy(update={"components": components}), (accepted,))
 
 
 def refuse_submission(
@@ -203,7 +235,7 @@ def _new_release(
         environment=environment,
         reason=reason,
         requested_by=actor,
-        status=ReleaseStatus.RUNNING,
+        status=ReleaseStatus.QUEUED,
         created_at=at,
         updated_at=at,
     )
@@ -226,32 +258,101 @@ def _component(request: ComponentRequest) -> ComponentState:
     )
 
 
-def _advance(state: ReleaseState, payload: Message, at: datetime) -> Decision:
+def _aborted(state: ReleaseState, actor: str, reason: str, at: datetime, fleet: Fleet) -> Decision:
+    why = f"aborted by {actor}" + (f": {reason}" if reason else "")
+    if state.status is ReleaseStatus.QUEUED:
+        aborted = _begin_compensating(state, why, actor)
+        return _end_compensation(aborted, at)
+    if state.status is ReleaseStatus.RUNNING:
+        return _continue_compensating(_begin_compensating(state, why, actor), at, fleet)
+    if state.aborted_by is None:
+        # Already undoing a failure: workers still in flight now stop at their next batch.
+        return Decision(state.model_copy(update={"aborted_by": actor, "updated_at": at}))
+    return Decision(state)
+
+
+def _check_deadlines(state: ReleaseState, now: datetime, fleet: Fleet) -> Decision:
+    late = [c for c in state.components.values() if c.deadline is not None and c.deadline <= now]
+    if not late:
+        return Decision(state)
+    notices: list[Message] = []
+    for component in late:
+        assert component.deadline is not None
+        deploying = component.status is ComponentStatus.DEPLOYING
+        waited_for = f"{'deploy' if deploying else 'rollback'} of {component.service}"
+        reason = f"no word from the worker by {component.deadline.isoformat()} ({waited_for})"
+        status = ComponentStatus.TIMED_OUT if deploying else ComponentStatus.ROLLBACK_FAILED
+        state = _with(state, component.moved_to(status, reason=reason, deadline=None), now)
+        notices.append(
+            DeadlinePassed(
+                environment=state.environment,
+                service=component.service,
+                deadline=component.deadline,
+                waited_for=waited_for,
+            )
+        )
+    if state.status is ReleaseStatus.RUNNING:
+        first = late[0]
+        state = _begin_compensating(
+            state, f"{first.service}: {state.components[first.service].reason}"
+        )
+    decision = _continue(state, now, fleet)
+    return Decision(decision.state, (*notices, *decision.outgoing))
+
+
+def _advance(state: ReleaseState, payload: Message, at: datetime, fleet: Fleet) -> Decision:
     component = state.components.get(getattr(payload, "service", ""))
     if component is None:
-        return Decision(state)  # release-level events, step reports: nothing to decide
+        return Decision(state)  # release-level events: nothing to decide
     match payload:
         case ComponentStarted(previous_versions=previous) if component.status is (
             ComponentStatus.DEPLOYING
         ):
-            updated = component.model_copy(update={"previous_versions": previous})
+            updated = component.model_copy(
+                update={
+                    "previous_versions": previous,
+                    "deadline": _deadline(component, at, state.environment, fleet),
+                }
+            )
             return Decision(_with(state, updated, at))
+        case StepStarted() | StepSucceeded() | StepFailed() if component.deadline is not None:
+            # Word from the worker: it is alive, the next report is due a step later.
+            deadline = _deadline(component, at, state.environment, fleet)
+            return Decision(_with(state, component.model_copy(update={"deadline": deadline}), at))
         case ComponentDeployed(previous_versions=previous):
-            updated = component.moved_to(ComponentStatus.DEPLOYED, previous_versions=previous)
+            updated = component.moved_to(
+                ComponentStatus.DEPLOYED, previous_versions=previous, deadline=None
+            )
         case ComponentFailed(reason=reason, restored=restored):
-            updated = component.moved_to(ComponentStatus.FAILED, reason=reason, restored=restored)
+            updated = component.moved_to(
+                ComponentStatus.FAILED, reason=reason, restored=restored, deadline=None
+            )
         case ComponentRolledBack():
-            updated = component.moved_to(ComponentStatus.ROLLED_BACK)
+            updated = component.moved_to(ComponentStatus.ROLLED_BACK, deadline=None)
         case ComponentRollbackFailed(reason=reason):
-            updated = component.moved_to(ComponentStatus.ROLLBACK_FAILED, reason=reason)
+            updated = component.moved_to(
+                ComponentStatus.ROLLBACK_FAILED, reason=reason, deadline=None
+            )
         case _:
             return Decision(state)
     state = _with(state, updated, at)
     if updated.status is ComponentStatus.FAILED and state.status is ReleaseStatus.RUNNING:
         state = _begin_compensating(state, f"{updated.service}: {updated.reason}")
+    return _continue(state, at, fleet)
+
+
+def _continue(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     if state.status is ReleaseStatus.RUNNING:
-        return _continue_forward(state, at)
-    return _continue_compensating(state, at)
+        return _continue_forward(state, at, fleet)
+    return _continue_compensating(state, at, fleet)
+
+
+def _deadline(component: ComponentState, at: datetime, environment: str, fleet: Fleet) -> datetime:
+    """One step's time from the last word, but never past the component's own limit."""
+    service = fleet.service(environment, component.service)
+    sent_at = component.sent_at or at
+    whole = sent_at + timedelta(seconds=service.component_timeout_s)
+    return min(whole, at + timedelta(seconds=service.step_timeout_s))
 
 
 def _with(state: ReleaseState, component: ComponentState, at: datetime) -> ReleaseState:
@@ -259,31 +360,46 @@ def _with(state: ReleaseState, component: ComponentState, at: datetime) -> Relea
     return state.model_copy(update={"components": components, "updated_at": at})
 
 
-def _continue_forward(state: ReleaseState, at: datetime) -> Decision:
+def _continue_forward(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     if all(c.status is ComponentStatus.DEPLOYED for c in state.components.values()):
         done = _finish(state, ReleaseStatus.SUCCEEDED, at)
         return Decision(done, (ReleaseSucceeded(),))
-    started, commands = _start_ready(state)
+    started, commands = _start_ready(state, at, fleet)
     return Decision(started, commands)
 
 
-def _start_ready(state: ReleaseState) -> tuple[ReleaseState, tuple[Message, ...]]:
+def _start_ready(
+    state: ReleaseState, at: datetime, fleet: Fleet
+) -> tuple[ReleaseState, tuple[Message, ...]]:
     """Send every pending component whose dependencies are all deployed."""
     deployed = {s for s, c in state.components.items() if c.status is ComponentStatus.DEPLOYED}
     components = dict(state.components)
     commands: list[Message] = []
     for service, component in state.components.items():
         if component.status is ComponentStatus.PENDING and set(component.depends_on) <= deployed:
-            components[service] = component.moved_to(ComponentStatus.DEPLOYING)
+            components[service] = _sent(component, ComponentStatus.DEPLOYING, at, state, fleet)
             commands.append(
                 DeployComponent(
                     environment=state.environment, service=service, version=component.version
                 )
             )
-    return state.model_copy(update={"components": components}), tuple(commands)
+    return state.model_copy(update={"components": components, "updated_at": at}), tuple(commands)
 
 
-def _begin_compensating(state: ReleaseState, failure: str) -> ReleaseState:
+def _sent(
+    component: ComponentState,
+    status: ComponentStatus,
+    at: datetime,
+    state: ReleaseState,
+    fleet: Fleet,
+) -> ComponentState:
+    fresh = component.model_copy(update={"sent_at": at})
+    return fresh.moved_to(status, deadline=_deadline(fresh, at, state.environment, fleet))
+
+
+def _begin_compensating(
+    state: ReleaseState, failure: str, aborted_by: str | None = None
+) -> ReleaseState:
     components = {
         service: (
             component.moved_to(ComponentStatus.SKIPPED)
@@ -296,19 +412,22 @@ def _begin_compensating(state: ReleaseState, failure: str) -> ReleaseState:
         update={
             "status": ReleaseStatus.COMPENSATING,
             "failure": failure,
+            "aborted_by": aborted_by,
             "components": components,
         }
     )
 
 
-def _continue_compensating(state: ReleaseState, at: datetime) -> Decision:
+def _continue_compensating(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     statuses = [c.status for c in state.components.values()]
     if ComponentStatus.DEPLOYING in statuses:
         return Decision(state)  # those in flight finish before anything is undone
     components = dict(state.components)
     commands: list[Message] = []
     for component in _ready_to_roll_back(state):
-        components[component.service] = component.moved_to(ComponentStatus.ROLLING_BACK)
+        components[component.service] = _sent(
+            component, ComponentStatus.ROLLING_BACK, at, state, fleet
+        )
         commands.append(
             RollbackComponent(
                 environment=state.environment,
@@ -324,11 +443,12 @@ def _continue_compensating(state: ReleaseState, at: datetime) -> Decision:
 
 
 def _ready_to_roll_back(state: ReleaseState) -> Iterable[ComponentState]:
-    """Deployed components none of whose dependents is still deployed or being undone."""
-    holding = {ComponentStatus.DEPLOYED, ComponentStatus.ROLLING_BACK}
+    """Deployed (or timed-out) components none of whose dependents still holds them."""
+    to_undo = {ComponentStatus.DEPLOYED, ComponentStatus.TIMED_OUT}
+    holding = {*to_undo, ComponentStatus.ROLLING_BACK}
     pinned = _pinned_by_failed_rollback(state)
     for component in state.components.values():
-        if component.status is not ComponentStatus.DEPLOYED or component.service in pinned:
+        if component.status not in to_undo or component.service in pinned:
             continue
         dependents = (c for c in state.components.values() if component.service in c.depends_on)
         if not any(d.status in holding and d.service not in pinned for d in dependents):
@@ -360,7 +480,8 @@ def _end_compensation(state: ReleaseState, at: datetime) -> Decision:
     stuck = [
         c
         for c in state.components.values()
-        if c.status in (ComponentStatus.ROLLBACK_FAILED, ComponentStatus.DEPLOYED)
+        if c.status
+        in (ComponentStatus.ROLLBACK_FAILED, ComponentStatus.DEPLOYED, ComponentStatus.TIMED_OUT)
         or (c.status is ComponentStatus.FAILED and not c.restored)
     ]
     if not stuck:

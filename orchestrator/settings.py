@@ -39,6 +39,22 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=4, ge=1, le=256, description="Components one worker process runs at once."
     )
+    lease_ttl_s: float = Field(
+        default=15.0,
+        gt=0.5,
+        le=3600,
+        description="A worker's hold on a component; a dead worker's is taken over after it.",
+    )
+    delivery_limit: int = Field(
+        default=5, ge=1, le=1000, description="Deliveries of a command before it is dead-lettered."
+    )
+    redis_visibility_timeout_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=86_400,
+        description="Redis broker: when a message a worker took but did not ack is handed out "
+        "again (the lease keeps the copy from running beside a live original).",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )

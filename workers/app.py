@@ -13,7 +13,7 @@ from orchestrator.bus import transport_options
 __all__ = ["create_celery"]
 
 
-def create_celery(broker_url: str, namespace: str) -> Celery:
+def create_celery(broker_url: str, namespace: str, visibility_timeout_s: float = 60.0) -> Celery:
     app = Celery(f"{namespace}-workers", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -33,5 +33,11 @@ def create_celery(broker_url: str, namespace: str) -> Celery:
         worker_send_task_events=False,
         enable_utc=True,
     )
-    app.conf.broker_transport_options = transport_options(broker_url)
+    options = transport_options(broker_url)
+    if broker_url.startswith(("redis://", "rediss://")):
+        # How long a message taken but not acknowledged stays with its worker before
+        # Redis hands it out again: the bound on how late a dead worker's component is
+        # taken over. (kombu's default is an hour.)
+        options["visibility_timeout"] = visibility_timeout_s
+    app.conf.broker_transport_options = options
     return app

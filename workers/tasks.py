@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -40,22 +41,30 @@ from orchestrator.plans import Fleet, ServiceConfig
 from orchestrator.store import DeadLetter, Store
 from workers.drivers import Driver, StepError
 from workers.drivers.simulated import SimulatedDriver
-from workers.strategies import roll_back, roll_out
+from workers.leases import Lease, LeaseLost, held
+from workers.strategies import Run, roll_back, roll_out
 
-__all__ = ["ComponentRunner", "register_tasks"]
+__all__ = ["ComponentRunner", "WorkerLimits", "register_tasks"]
 
 log = get_logger(__name__)
 
 _C = TypeVar("_C", DeployComponent, RollbackComponent)
 
 
+@dataclass(frozen=True)
+class WorkerLimits:
+    lease_ttl_s: float = 15.0  # how soon a dead worker's component is taken over
+    delivery_limit: int = 5  # deliveries of one command before it is dead-lettered
+
+
 class ComponentRunner:
     """Carries out components for the services of one fleet file."""
 
-    def __init__(self, fleet: Fleet, store: Store, bus: Bus):
+    def __init__(self, fleet: Fleet, store: Store, bus: Bus, limits: WorkerLimits):
         self._fleet = fleet
         self._store = store
         self._bus = bus
+        self._limits = limits
         self.actor = f"drover-worker@{socket.gethostname()}"
 
     def deploy(self, wire: dict[str, Any]) -> None:
@@ -68,7 +77,7 @@ class ComponentRunner:
         self,
         wire: dict[str, Any],
         kind: type[_C],
-        body: Callable[[Envelope, _C, _BusReporter], None],
+        body: Callable[[Envelope, _C, _Context], Event],
     ) -> None:
         command = self._accept(wire)
         if command is None:
@@ -80,64 +89,125 @@ class ComponentRunner:
         with message_context(
             release_id=command.release_id, service=payload.service, message_id=command.id
         ):
-            report = _BusReporter(self, command, payload.environment, payload.service)
+            self._once(command, payload, body)
+
+    def _once(
+        self, command: Envelope, payload: _C, body: Callable[[Envelope, _C, _Context], Event]
+    ) -> None:
+        """Carry out a command whose every delivery after the first changes nothing."""
+        deliveries = self._store.count_delivery(command.id)
+        if self._replayed(command):
+            return
+        if deliveries > self._limits.delivery_limit:
+            reason = f"delivered {deliveries} times without finishing; dead-lettered"
+            self._dead_letter(command.encode(), reason)
+            self._finish(command, _crashed(payload, reason))
+            return
+        with held(
+            self._store,
+            f"component/{command.release_id}/{payload.service}",
+            owner_prefix=self.actor,
+            ttl_s=self._limits.lease_ttl_s,
+            finished=lambda: self._store.outcome(command.id) is not None,
+        ) as lease:
+            if lease is None or self._replayed(command):
+                self._replayed(command)
+                return
+            context = _Context(self, command, payload.environment, payload.service, lease)
             try:
-                body(command, payload, report)
+                outcome = body(command, payload, context)
+            except LeaseLost:
+                log.error("lease lost mid-component; the worker that took over finishes it")
+                return
             except Exception as exc:  # report the failure rather than leave the saga waiting
                 log.exception("component crashed")
-                report.outcome(_crashed(payload, f"worker error: {exc!r}"))
+                outcome = _crashed(payload, f"worker error: {exc!r}")
+            self._finish(command, outcome)
 
-    def _deploy(self, command: Envelope, payload: DeployComponent, report: _BusReporter) -> None:
+    def _replayed(self, command: Envelope) -> bool:
+        """If the command was finished before, say again how it ended, and nothing more."""
+        recorded = self._store.outcome(command.id)
+        if recorded is None:
+            return False
+        log.info("command already finished; its outcome is published again")
+        self._bus.publish(recorded)
+        return True
+
+    def _finish(self, command: Envelope, outcome: Event) -> None:
+        # Recorded before it is published, under an id derived from the command: after a
+        # crash in between, a redelivered copy publishes this very message again, which
+        # the coordinator recognises as one it has seen.
+        message = self.message(outcome, command, purpose="outcome")
+        self._store.record_outcome(command.id, message)
+        self._bus.publish(message)
+
+    def _deploy(self, command: Envelope, payload: DeployComponent, context: _Context) -> Event:
         service = self._fleet.service(payload.environment, payload.service)
         driver = self._driver(service, command, payload.environment, payload.service, False)
-        previous = {host: driver.current_version(host) for host in service.hosts}
-        report.outcome(
-            ComponentStarted(
+        started = self._started(command, payload, driver, service)
+        undo = self._driver(service, command, payload.environment, payload.service, True)
+        previous = started.previous_versions
+        result = roll_out(
+            driver, service.batches(), payload.version, previous, context.run(), undo=undo
+        )
+        if result.failure is None:
+            return ComponentDeployed(
                 environment=payload.environment,
                 service=payload.service,
                 version=payload.version,
                 previous_versions=previous,
             )
+        return ComponentFailed(
+            environment=payload.environment,
+            service=payload.service,
+            version=payload.version,
+            reason=result.failure,
+            restored=result.restored,
         )
-        undo = self._driver(service, command, payload.environment, payload.service, True)
-        result = roll_out(driver, service.batches(), payload.version, report, undo=undo)
-        if result.error is None:
-            outcome: Event = ComponentDeployed(
-                environment=payload.environment,
-                service=payload.service,
-                version=payload.version,
-                previous_versions=result.previous_versions,
-            )
-        else:
-            outcome = ComponentFailed(
-                environment=payload.environment,
-                service=payload.service,
-                version=payload.version,
-                reason=str(result.error),
-                restored=result.restored,
-            )
-        report.outcome(outcome)
 
-    def _rollback(
-        self, command: Envelope, payload: RollbackComponent, report: _BusReporter
-    ) -> None:
+    def _started(
+        self, command: Envelope, payload: DeployComponent, driver: Driver, service: ServiceConfig
+    ) -> ComponentStarted:
+        """What the hosts ran before this command touched them, recorded once.
+
+        A worker taking over reads the first worker's record: asking the hosts again
+        would find some of them already on the new version.
+        """
+        key = f"{command.id}/started"
+        recorded = self._store.outcome(key)
+        if recorded is None:
+            started = ComponentStarted(
+                environment=payload.environment,
+                service=payload.service,
+                version=payload.version,
+                previous_versions={h: driver.current_version(h) for h in service.hosts},
+            )
+            self._store.record_outcome(key, self.message(started, command, purpose="started"))
+            recorded = self._store.outcome(key)  # first write wins: read what was kept
+        assert recorded is not None and isinstance(recorded.payload, ComponentStarted)
+        self._bus.publish(recorded)
+        return recorded.payload
+
+    def _rollback(self, command: Envelope, payload: RollbackComponent, context: _Context) -> Event:
         service = self._fleet.service(payload.environment, payload.service)
         driver = self._driver(service, command, payload.environment, payload.service, True)
-        result = roll_back(driver, service.batches(), payload.to_versions, report)
+        result = roll_back(driver, service.batches(), payload.to_versions, context.run())
         if result.error is None:
-            outcome: Event = ComponentRolledBack(
+            return ComponentRolledBack(
                 environment=payload.environment,
                 service=payload.service,
                 to_versions=payload.to_versions,
             )
-        else:
-            outcome = ComponentRollbackFailed(
-                environment=payload.environment,
-                service=payload.service,
-                reason=str(result.error),
-                hosts=result.hosts_left,
-            )
-        report.outcome(outcome)
+        return ComponentRollbackFailed(
+            environment=payload.environment,
+            service=payload.service,
+            reason=str(result.error),
+            hosts=result.hosts_left,
+        )
+
+    def aborted_by(self, release_id: str) -> str | None:
+        stored = self._store.load(release_id)
+        return stored.state.aborted_by if stored else None
 
     def _driver(
         self,
@@ -183,22 +253,54 @@ class ComponentRunner:
             )
         )
 
-    def publish(self, event: Event, command: Envelope) -> None:
-        self._bus.publish(
-            envelope(event, release_id=command.release_id, actor=self.actor, causation=command)
+    def message(self, event: Event, command: Envelope, purpose: str | None = None) -> Envelope:
+        """An event caused by ``command``; with a ``purpose``, its id repeats for it."""
+        return envelope(
+            event,
+            release_id=command.release_id,
+            actor=self.actor,
+            causation=command,
+            message_id=uuid.uuid5(uuid.NAMESPACE_OID, f"{command.id}/{purpose}").hex
+            if purpose
+            else None,
         )
 
+    def publish(self, event: Event, command: Envelope) -> None:
+        self._bus.publish(self.message(event, command))
 
-class _BusReporter:
-    """Turns a strategy's progress into events on the bus."""
 
-    def __init__(self, runner: ComponentRunner, command: Envelope, environment: str, service: str):
+class _Context:
+    """One command being carried out: where its steps are reported and journaled."""
+
+    def __init__(
+        self,
+        runner: ComponentRunner,
+        command: Envelope,
+        environment: str,
+        service: str,
+        lease: Lease,
+    ):
         self._runner = runner
         self._command = command
         self._environment = environment
         self._service = service
+        self._lease = lease
+
+    def run(self) -> Run:
+        store = self._runner._store
+        return Run(
+            report=self,
+            journal=_StoreJournal(store, self._command.id, self._lease),
+            undo_journal=_StoreJournal(store, f"{self._command.id}/undo", self._lease),
+            should_stop=self._should_stop,
+        )
+
+    def _should_stop(self) -> str | None:
+        actor = self._runner.aborted_by(self._command.release_id)
+        return f"release aborted by {actor}" if actor else None
 
     def outcome(self, event: Event) -> None:
+        self._lease.check()
         self._runner.publish(event, self._command)
 
     def step_started(self, step: Step, batch: int, hosts: Sequence[str], rollback: bool) -> None:
@@ -235,6 +337,26 @@ class _BusReporter:
             "hosts": tuple(hosts),
             "rollback": rollback,
         }
+
+
+class _StoreJournal:
+    """The steps of one command, in the store, for whoever carries it on after a crash."""
+
+    def __init__(self, store: Store, command_key: str, lease: Lease):
+        self._store = store
+        self._key = command_key
+        self._lease = lease
+        self._steps = {
+            h: [Step(s) for s in done] for h, done in store.progress(command_key).items()
+        }
+
+    def done(self, host: str) -> Sequence[Step]:
+        return self._steps.get(host, [])
+
+    def mark(self, host: str, step: Step) -> None:
+        self._lease.check()
+        self._store.record_progress(self._key, host, step)
+        self._steps.setdefault(host, []).append(step)
 
 
 def _crashed(payload: DeployComponent | RollbackComponent, reason: str) -> Event:

@@ -79,7 +79,7 @@ class Store(Protocol):
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
-        wake_at: datetime | None | KeepWake = KEEP_WAKE,
+        wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         """Apply one saga step atomically.
 

@@ -3,6 +3,12 @@
 All keys start with the namespace, so several Drover installations (or test runs) can
 share one Redis. The parts after it are release ids, environment and service names that
 the contract already holds to patterns without ``:``, so keys cannot run into each other.
+Free-form parts (message and command ids, lease names, lock keys) may hold anything, so
+each comes last, after a prefix that no other key starts with.
+
+Two key families are named by the lock scripts themselves, from a prefix and a release
+id or lock key, because which keys a lock change touches is only known once the script
+has read the queues: :attr:`Keys.lock_queue_prefix` and :attr:`Keys.locks_of_prefix`.
 """
 
 from __future__ import annotations
@@ -57,12 +63,78 @@ class Keys:
         return f"{self.namespace}:outbox:bodies"
 
     @property
-    def dead_letters(self) -> str:
-        # LIST: JSON {id, at, reason, raw (base64), source}, newest last
-        return f"{self.namespace}:dead-letters"
+    def wake_index(self) -> str:
+        # ZSET: release id scored by when it next needs the coordinator (epoch seconds);
+        # a release without a wake-up time is absent
+        return f"{self.namespace}:wakes"
+
+    @property
+    def dead_letter_sequence(self) -> str:
+        # STRING: INCR counter giving every dead letter its place in the order they came
+        return f"{self.namespace}:dead-letters:seq"
+
+    @property
+    def dead_letter_order(self) -> str:
+        # ZSET: dead letter id scored by dead_letter_sequence, oldest first
+        return f"{self.namespace}:dead-letters:order"
+
+    @property
+    def dead_letter_bodies(self) -> str:
+        # HASH: dead letter id -> JSON {id, at, reason, raw (base64), source}
+        return f"{self.namespace}:dead-letters:bodies"
+
+    # --- locks: FIFO queues of releases ----------------------------------------------------
+
+    @property
+    def lock_sequence(self) -> str:
+        # STRING: INCR counter; a release takes one number each time it joins queues
+        return f"{self.namespace}:lock-seq"
+
+    @property
+    def lock_queue_prefix(self) -> str:
+        # prefix of every lock_queue key; the lock scripts append the lock key
+        return f"{self.namespace}:lock:"
+
+    def lock_queue(self, key: str) -> str:
+        # ZSET: release ids queued for this lock, scored by the lock_sequence number they
+        # joined with; the lowest holds the lock. Absent when nobody is queued.
+        return self.lock_queue_prefix + key
+
+    @property
+    def locks_of_prefix(self) -> str:
+        # prefix of every locks_of key; the lock scripts append the release id
+        return f"{self.namespace}:locks-of:"
+
+    def locks_of(self, release_id: str) -> str:
+        # ZSET: the lock keys a release is queued for, scored like its lock_queue entries
+        return self.locks_of_prefix + release_id
 
     # --- the fleet -----------------------------------------------------------------------
 
     def host_versions(self, environment: str, service: str) -> str:
         # HASH: host -> the version Drover last recorded for it
         return f"{self.namespace}:hosts:{environment}:{service}"
+
+    def drained(self, environment: str, service: str) -> str:
+        # SET: hosts the simulator has out of service
+        return f"{self.namespace}:drained:{environment}:{service}"
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def lease(self, name: str) -> str:
+        # STRING: the owner holding the lease, with a PX expiry set on Redis's own clock
+        return f"{self.namespace}:lease:{name}"
+
+    def progress(self, command_id: str) -> str:
+        # ZSET: JSON [host, step] of each step done for a command, scored by the order
+        # they were recorded (the set's size when each was added)
+        return f"{self.namespace}:progress:{command_id}"
+
+    def outcome(self, command_id: str) -> str:
+        # STRING: the Envelope JSON of the event that ended a command; written once
+        return f"{self.namespace}:outcome:{command_id}"
+
+    def deliveries(self, message_id: str) -> str:
+        # STRING: INCR count of a message's deliveries; expires DELIVERY_COUNT_TTL_S
+        # (orchestrator.store.shared) after the last one
+        return f"{self.namespace}:deliveries:{message_id}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,7 +21,15 @@ from redis.exceptions import RedisError
 
 from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ReleaseState
-from orchestrator.store import CommitResult, DeadLetter, StoredRelease, StoreUnavailable
+from orchestrator.store import (
+    KEEP_WAKE,
+    CommitResult,
+    DeadLetter,
+    KeepWake,
+    StoredRelease,
+    StoreUnavailable,
+    shared,
+)
 from orchestrator.store.keys import Keys
 
 __all__ = ["RedisStore"]
@@ -30,10 +39,11 @@ _SOCKET_TIMEOUT_S: Final = 5.0
 _CONNECT_TIMEOUT_S: Final = 5.0
 
 # KEYS: 1 release hash, 2 its seen set, 3 its timeline, 4 release index, 5 outbox sequence,
-#       6 pending outbox ids, 7 outbox bodies, then the seen set of each outbox envelope.
+#       6 pending outbox ids, 7 outbox bodies, 8 wake index, then the seen set of each
+#       outbox envelope.
 # ARGV: 1 message id, 2 expected revision, 3 "1" when a state is given, 4 state JSON,
-#       5 created_at score, 6 release id, 7 outbox count n, then n (id, body) pairs,
-#       then the timeline bodies.
+#       5 created_at score, 6 release id, 7 outbox count n, 8 wake action ("keep", "set"
+#       or "clear"), 9 wake score, then n (id, body) pairs, then the timeline bodies.
 _COMMIT_LUA: Final = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'
@@ -51,20 +61,123 @@ if has_state then
   redis.call('HINCRBY', KEYS[1], 'revision', 1)
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
 end
+if ARGV[8] == 'set' then
+  redis.call('ZADD', KEYS[8], ARGV[9], ARGV[6])
+elseif ARGV[8] == 'clear' then
+  redis.call('ZREM', KEYS[8], ARGV[6])
+end
 redis.call('SADD', KEYS[2], ARGV[1])
 local outbox_count = tonumber(ARGV[7])
 for i = 1, outbox_count do
-  local id = ARGV[6 + 2 * i]
+  local id = ARGV[8 + 2 * i]
   local sequence = redis.call('INCR', KEYS[5])
   redis.call('ZADD', KEYS[6], sequence, id)
-  redis.call('HSET', KEYS[7], id, ARGV[7 + 2 * i])
-  redis.call('SADD', KEYS[7 + i], id)
+  redis.call('HSET', KEYS[7], id, ARGV[9 + 2 * i])
+  redis.call('SADD', KEYS[8 + i], id)
 end
-for i = 8 + 2 * outbox_count, #ARGV do
+for i = 10 + 2 * outbox_count, #ARGV do
   redis.call('RPUSH', KEYS[3], ARGV[i])
 end
 return 'committed'
 """
+
+# Acquiring and renewing a lease read the holder and then write: in one script, so no other
+# owner can take the lease in between. The expiry is a PX on Redis's own clock, which
+# every machine shares, so no two machines can disagree on whether a lease has expired.
+# KEYS: 1 the lease. ARGV: 1 owner, 2 TTL in ms, 3 "1" when a free lease may be taken.
+_LEASE_LUA: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or (holder == false and ARGV[3] == '1') then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Compare and delete in one step: between a GET and a DEL the lease could expire and be
+# taken by another owner, whose lease a plain DEL would then remove.
+# KEYS: 1 the lease. ARGV: 1 owner.
+_RELEASE_LEASE_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# The size of the set is the next step's place: read and add in one step, so two steps
+# recorded at once cannot take the same place (ties would sort by name, not by order).
+# KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
+_PROGRESS_LUA: Final = """
+redis.call('ZADD', KEYS[1], 'NX', redis.call('ZCARD', KEYS[1]), ARGV[1])
+"""
+
+# The lock scripts read and change many queues at once, and must: a release that joined
+# some of its queues but not yet others, or a release released from half of them, is how
+# two releases come to wait for each other, or one to start while another holds its lock.
+# A script runs alone on Redis, so nobody sees a change half done.
+#
+# Which queues a release is in, and which releases become holders when it leaves, is known
+# only inside the script, so the scripts name those keys themselves from the prefixes the
+# caller passes (Keys.lock_queue_prefix, Keys.locks_of_prefix). A single Redis allows it;
+# Redis Cluster, which needs every key in KEYS, would not.
+# ARGV of every lock script: 1 lock queue prefix, 2 locks-of prefix, 3 release id.
+_LOCK_FUNCTIONS_LUA: Final = """
+local function queue_of(key) return ARGV[1] .. key end
+local function keys_of(release) return ARGV[2] .. release end
+local function head(key) return redis.call('ZRANGE', queue_of(key), 0, 0)[1] end
+local function holds_all(release)
+  for _, key in ipairs(redis.call('ZRANGE', keys_of(release), 0, -1)) do
+    if head(key) ~= release then return false end
+  end
+  return true
+end
+"""
+
+# KEYS: 1 lock sequence. ARGV: 1-3 as above, then the lock keys. One number per call, so a
+# release's entries in the queues it joins together sort alike against everyone else's.
+_ACQUIRE_LOCKS_LUA: Final = (
+    _LOCK_FUNCTIONS_LUA
+    + """
+local release, number = ARGV[3], nil
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', queue_of(ARGV[i]), release) == false then
+    number = number or redis.call('INCR', KEYS[1])
+    redis.call('ZADD', queue_of(ARGV[i]), number, release)
+    redis.call('ZADD', keys_of(release), number, ARGV[i])
+  end
+end
+return holds_all(release) and 1 or 0
+"""
+)
+
+# ARGV: 1-3 as above. Only the next release in a queue the leaving one headed can become a
+# holder; it is returned if it now heads all its queues, ordered by when it first queued.
+_RELEASE_LOCKS_LUA: Final = (
+    _LOCK_FUNCTIONS_LUA
+    + """
+local release, freed = ARGV[3], {}
+for _, key in ipairs(redis.call('ZRANGE', keys_of(release), 0, -1)) do
+  if head(key) == release then table.insert(freed, key) end
+  redis.call('ZREM', queue_of(key), release)
+end
+redis.call('DEL', keys_of(release))
+local starting, considered = {}, {}
+for _, key in ipairs(freed) do
+  local successor = head(key)
+  if successor and not considered[successor] then
+    considered[successor] = true
+    if holds_all(successor) then
+      local first = redis.call('ZRANGE', keys_of(successor), 0, 0, 'WITHSCORES')[2]
+      table.insert(starting, {tonumber(first), successor})
+    end
+  end
+end
+table.sort(starting, function(a, b) return a[1] < b[1] end)
+local ids = {}
+for i, entry in ipairs(starting) do ids[i] = entry[2] end
+return ids
+"""
+)
 
 
 @contextmanager
@@ -94,6 +207,13 @@ class RedisStore:
         )
         # Registered once: later calls send only the script's SHA (EVALSHA).
         self._commit_script = self._client.register_script(_COMMIT_LUA)
+        self._lease_script = self._client.register_script(_LEASE_LUA)
+        self._release_lease_script = self._client.register_script(_RELEASE_LEASE_LUA)
+        self._progress_script = self._client.register_script(_PROGRESS_LUA)
+        self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
+        self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
+        self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
+        self._delivery_ttl_ms = math.ceil(shared.DELIVERY_COUNT_TTL_S * 1000)
 
     # --- the saga ---------------------------------------------------------------------
 
@@ -115,6 +235,7 @@ class RedisStore:
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
+        wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         keys = [
             self._keys.release(release_id),
@@ -124,6 +245,7 @@ class RedisStore:
             self._keys.outbox_sequence,
             self._keys.outbox_pending,
             self._keys.outbox_bodies,
+            self._keys.wake_index,
             # an outbox message is seen by the release it names, where it will come back
             *(self._keys.seen(message.release_id) for message in outbox),
         ]
@@ -133,6 +255,7 @@ class RedisStore:
             *_state_args(state),
             release_id,
             len(outbox),
+            *_wake_args(wake_at),
         ]
         for message in outbox:
             args += [message.id, message.encode()]
@@ -140,6 +263,15 @@ class RedisStore:
         with _translated():
             result = self._commit_script(keys=keys, args=args)
         return CommitResult(_text(result))
+
+    def due(self, now: datetime, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        with _translated():
+            ids = self._client.zrangebyscore(
+                self._keys.wake_index, "-inf", shared.epoch_s(now), start=0, num=limit
+            )
+        return [_text(release_id) for release_id in ids]
 
     def pending_outbox(self, limit: int = 500) -> list[Envelope]:
         if limit <= 0:
@@ -199,16 +331,126 @@ class RedisStore:
             counts = self._client.hgetall(self._keys.effects(release_id))
         return {_effect_key(field): int(count) for field, count in counts.items()}
 
+    def drained_hosts(self, environment: str, service: str) -> set[str]:
+        with _translated():
+            hosts = self._client.smembers(self._keys.drained(environment, service))
+        return {_text(host) for host in hosts}
+
+    def set_drained(self, environment: str, service: str, host: str, drained: bool) -> bool:
+        key = self._keys.drained(environment, service)
+        with _translated():
+            changed = self._client.sadd(key, host) if drained else self._client.srem(key, host)
+        return bool(changed)
+
+    # --- workers: one owner per component, and what each command did ----------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return self._lease(name, owner, ttl_s, may_take=True)
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return self._lease(name, owner, ttl_s, may_take=False)
+
+    def _lease(self, name: str, owner: str, ttl_s: float, *, may_take: bool) -> bool:
+        ttl_ms = math.ceil(shared.lease_ttl_s(ttl_s) * 1000)
+        args: list[str | int] = [owner, ttl_ms, "1" if may_take else "0"]
+        with _translated():
+            return bool(self._lease_script(keys=[self._keys.lease(name)], args=args))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with _translated():
+            self._release_lease_script(keys=[self._keys.lease(name)], args=[owner])
+
+    def lease_holder(self, name: str) -> str | None:
+        with _translated():
+            holder = self._client.get(self._keys.lease(name))
+        return None if holder is None else _text(holder)
+
+    def record_progress(self, command_id: str, host: str, step: str) -> None:
+        done = json.dumps([host, step])
+        with _translated():
+            self._progress_script(keys=[self._keys.progress(command_id)], args=[done])
+
+    def progress(self, command_id: str) -> dict[str, list[str]]:
+        with _translated():
+            done = self._client.zrange(self._keys.progress(command_id), 0, -1)
+        return shared.steps_by_host(_host_step(entry) for entry in done)
+
+    def record_outcome(self, command_id: str, outcome: Envelope) -> None:
+        # NX: the first outcome recorded is the one kept; a later one is ignored, so every
+        # redelivered copy of the command replays the same event
+        with _translated():
+            self._client.set(self._keys.outcome(command_id), outcome.encode(), nx=True)
+
+    def outcome(self, command_id: str) -> Envelope | None:
+        with _translated():
+            body = self._client.get(self._keys.outcome(command_id))
+        return None if body is None else decode(_bytes(body))
+
+    def count_delivery(self, message_id: str) -> int:
+        key = self._keys.deliveries(message_id)
+        with _translated(), self._client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, self._delivery_ttl_ms)
+            count, _ = pipe.execute()
+        return int(count)
+
+    # --- locks: one release at a time per (environment, service) ---------------------------
+
+    def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
+        args = [*self._lock_prefixes, release_id, *keys]
+        with _translated():
+            holds = self._acquire_locks_script(keys=[self._keys.lock_sequence], args=args)
+        return bool(holds)
+
+    def release_locks(self, release_id: str) -> list[str]:
+        args = [*self._lock_prefixes, release_id]
+        with _translated():
+            starting = self._release_locks_script(keys=[], args=args)
+        return [_text(release) for release in starting]
+
+    def lock_queue(self, key: str) -> list[str]:
+        with _translated():
+            releases = self._client.zrange(self._keys.lock_queue(key), 0, -1)
+        return [_text(release) for release in releases]
+
+    def locks_of(self, release_id: str) -> list[str]:
+        with _translated():
+            keys = self._client.zrange(self._keys.locks_of(release_id), 0, -1)
+        return [_text(key) for key in keys]
+
     # --- messages nobody could use --------------------------------------------------------
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         with _translated():
-            self._client.rpush(self._keys.dead_letters, _dump_dead_letter(letter))
+            number = self._client.incr(self._keys.dead_letter_sequence)
+            # NX on both: a letter added again keeps its first body and its place
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._keys.dead_letter_order, {letter.id: number}, nx=True)
+                pipe.hsetnx(self._keys.dead_letter_bodies, letter.id, _dump_dead_letter(letter))
+                pipe.execute()
 
-    def dead_letters(self) -> list[DeadLetter]:
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
         with _translated():
-            letters = self._client.lrange(self._keys.dead_letters, 0, -1)
-        return [_load_dead_letter(_bytes(letter)) for letter in letters]
+            ids = self._client.zrange(self._keys.dead_letter_order, 0, limit - 1)
+            if not ids:
+                return []
+            letters = self._client.hmget(self._keys.dead_letter_bodies, [_bytes(i) for i in ids])
+        # a letter removed between the two reads is gone, and rightly skipped
+        return [_load_dead_letter(_bytes(letter)) for letter in letters if letter is not None]
+
+    def dead_letter(self, letter_id: str) -> DeadLetter | None:
+        with _translated():
+            letter = self._client.hget(self._keys.dead_letter_bodies, letter_id)
+        return None if letter is None else _load_dead_letter(_bytes(letter))
+
+    def remove_dead_letter(self, letter_id: str) -> bool:
+        with _translated(), self._client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._keys.dead_letter_order, letter_id)
+            pipe.hdel(self._keys.dead_letter_bodies, letter_id)
+            _, removed = pipe.execute()
+        return bool(removed)
 
     def close(self) -> None:
         self._client.close()
@@ -219,6 +461,20 @@ def _state_args(state: ReleaseState | None) -> list[str | float]:
     if state is None:
         return ["0", "", 0.0]
     return ["1", state.model_dump_json(), state.created_at.timestamp()]
+
+
+def _wake_args(wake_at: datetime | KeepWake | None) -> list[str | float]:
+    """The script's wake action and score arguments."""
+    if wake_at is KEEP_WAKE:
+        return ["keep", 0.0]
+    if wake_at is None:
+        return ["clear", 0.0]
+    return ["set", shared.epoch_s(wake_at)]
+
+
+def _host_step(entry: object) -> tuple[str, str]:
+    host, step = json.loads(_bytes(entry))
+    return str(host), str(step)
 
 
 def _effect_key(field: bytes | str) -> tuple[str, str, str, str]:

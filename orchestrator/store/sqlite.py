@@ -19,7 +19,15 @@ from typing import Final
 
 from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ReleaseState
-from orchestrator.store import CommitResult, DeadLetter, StoredRelease, StoreUnavailable
+from orchestrator.store import (
+    KEEP_WAKE,
+    CommitResult,
+    DeadLetter,
+    KeepWake,
+    StoredRelease,
+    StoreUnavailable,
+    shared,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -84,6 +92,52 @@ _SCHEMA: Final = (
         raw BLOB NOT NULL,
         source TEXT NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS dead_letters_by_id ON dead_letters (id)",
+    # when a release next needs the coordinator; a release without a wake-up has no row
+    """CREATE TABLE IF NOT EXISTS wakes (
+        release_id TEXT PRIMARY KEY,
+        at REAL NOT NULL  -- epoch seconds, as in Redis's wake index
+    )""",
+    "CREATE INDEX IF NOT EXISTS wakes_earliest ON wakes (at, release_id)",
+    """CREATE TABLE IF NOT EXISTS drained (
+        environment TEXT NOT NULL,
+        service TEXT NOT NULL,
+        host TEXT NOT NULL,
+        PRIMARY KEY (environment, service, host)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL  -- epoch seconds on this machine's clock
+    )""",
+    # steps done per command and host; the rowid is the order they were recorded in
+    """CREATE TABLE IF NOT EXISTS progress (
+        seq INTEGER PRIMARY KEY,
+        command_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        step TEXT NOT NULL,
+        UNIQUE (command_id, host, step)
+    )""",
+    """CREATE TABLE IF NOT EXISTS outcomes (
+        command_id TEXT PRIMARY KEY,
+        body BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        message_id TEXT PRIMARY KEY,
+        count INTEGER NOT NULL,
+        expires_at REAL NOT NULL  -- forgotten then, as Redis expires its counter
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_expiring ON deliveries (expires_at)",
+    # one row per release in each lock's queue; the lowest seq in a queue holds the lock.
+    # A release takes one seq per call that queues it, one higher than any in use.
+    """CREATE TABLE IF NOT EXISTS lock_queue (
+        key TEXT NOT NULL,
+        release_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (key, release_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS lock_queue_order ON lock_queue (key, seq)",
+    "CREATE INDEX IF NOT EXISTS lock_queue_by_release ON lock_queue (release_id, seq)",
 )
 
 
@@ -110,6 +164,7 @@ class SqliteStore:
         # open by threads that ended, and a close() that cannot reach them.
         self._lock = threading.Lock()
         self._db = _open(path)
+        self._delivery_ttl_s = shared.DELIVERY_COUNT_TTL_S
 
     # --- the saga ---------------------------------------------------------------------
 
@@ -131,6 +186,7 @@ class SqliteStore:
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
+        wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         with self._write() as db:
             if _is_seen(db, release_id, message_id):
@@ -140,7 +196,18 @@ class SqliteStore:
                     return CommitResult.CONFLICT
                 _save_state(db, release_id, state, expected_revision + 1)
             _append(db, release_id, message_id, outbox, timeline)
+            _set_wake(db, release_id, wake_at)
         return CommitResult.COMMITTED
+
+    def due(self, now: datetime, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT release_id FROM wakes WHERE at <= ? ORDER BY at, release_id LIMIT ?",
+                (shared.epoch_s(now), limit),
+            ).fetchall()
+        return [release_id for (release_id,) in rows]
 
     def pending_outbox(self, limit: int = 500) -> list[Envelope]:
         if limit <= 0:
@@ -218,24 +285,174 @@ class SqliteStore:
             ).fetchall()
         return {(env, service, host, step): count for env, service, host, step, count in rows}
 
+    def drained_hosts(self, environment: str, service: str) -> set[str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT host FROM drained WHERE environment = ? AND service = ?",
+                (environment, service),
+            ).fetchall()
+        return {host for (host,) in rows}
+
+    def set_drained(self, environment: str, service: str, host: str, drained: bool) -> bool:
+        statement = (
+            "INSERT OR IGNORE INTO drained (environment, service, host) VALUES (?, ?, ?)"
+            if drained
+            else "DELETE FROM drained WHERE environment = ? AND service = ? AND host = ?"
+        )
+        with self._write() as db:
+            return db.execute(statement, (environment, service, host)).rowcount > 0
+
+    # --- workers: one owner per component, and what each command did ----------------------
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        ttl_s = shared.lease_ttl_s(ttl_s)
+        # one upsert: a new lease, or the row taken over if it is owner's or has expired
+        with self._write() as db:
+            now = time.time()  # once the write lock is ours: waiting for it takes time
+            taken = db.execute(
+                "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET"
+                " owner = excluded.owner, expires_at = excluded.expires_at"
+                " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+                (name, owner, now + ttl_s, now),
+            )
+            return taken.rowcount > 0
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        ttl_s = shared.lease_ttl_s(ttl_s)
+        with self._write() as db:
+            now = time.time()
+            renewed = db.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ? AND expires_at > ?",
+                (now + ttl_s, name, owner, now),
+            )
+            return renewed.rowcount > 0
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def lease_holder(self, name: str) -> str | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT owner FROM leases WHERE name = ? AND expires_at > ?", (name, time.time())
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_progress(self, command_id: str, host: str, step: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO progress (command_id, host, step) VALUES (?, ?, ?)",
+                (command_id, host, step),
+            )
+
+    def progress(self, command_id: str) -> dict[str, list[str]]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT host, step FROM progress WHERE command_id = ? ORDER BY seq", (command_id,)
+            ).fetchall()
+        return shared.steps_by_host(rows)
+
+    def record_outcome(self, command_id: str, outcome: Envelope) -> None:
+        # OR IGNORE: the first outcome recorded is the one kept; a later one is ignored, so
+        # every redelivered copy of the command replays the same event
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO outcomes (command_id, body) VALUES (?, ?)",
+                (command_id, outcome.encode()),
+            )
+
+    def outcome(self, command_id: str) -> Envelope | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT body FROM outcomes WHERE command_id = ?", (command_id,)
+            ).fetchone()
+        return None if row is None else decode(row[0])
+
+    def count_delivery(self, message_id: str) -> int:
+        # as on Redis: a count not touched for the TTL is forgotten, and starts again at 1
+        with self._write() as db:
+            now = time.time()
+            db.execute("DELETE FROM deliveries WHERE expires_at <= ?", (now,))
+            db.execute(
+                "INSERT INTO deliveries (message_id, count, expires_at) VALUES (?, 1, ?)"
+                " ON CONFLICT (message_id) DO UPDATE SET"
+                " count = count + 1, expires_at = excluded.expires_at",
+                (message_id, now + self._delivery_ttl_s),
+            )
+            (count,) = db.execute(
+                "SELECT count FROM deliveries WHERE message_id = ?", (message_id,)
+            ).fetchone()
+        return int(count)
+
+    # --- locks: one release at a time per (environment, service) ---------------------------
+
+    def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
+        # one write transaction: the release joins all its queues with nobody in between
+        with self._write() as db:
+            _queue(db, release_id, keys)
+            return _holds_all(db, release_id)
+
+    def release_locks(self, release_id: str) -> list[str]:
+        with self._write() as db:
+            freed = _headed_by(db, release_id)
+            db.execute("DELETE FROM lock_queue WHERE release_id = ?", (release_id,))
+            successors = dict.fromkeys(_head(db, key) for key in freed)
+            starting = [r for r in successors if r is not None and _holds_all(db, r)]
+            return sorted(starting, key=lambda r: _first_queued(db, r))
+
+    def lock_queue(self, key: str) -> list[str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT release_id FROM lock_queue WHERE key = ? ORDER BY seq", (key,)
+            ).fetchall()
+        return [release_id for (release_id,) in rows]
+
+    def locks_of(self, release_id: str) -> list[str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT key FROM lock_queue WHERE release_id = ? ORDER BY seq, key", (release_id,)
+            ).fetchall()
+        return [key for (key,) in rows]
+
     # --- messages nobody could use --------------------------------------------------------
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
+        # a letter added again keeps its first row and its place, as on Redis
         with self._write() as db:
             db.execute(
-                "INSERT INTO dead_letters (id, at, reason, raw, source) VALUES (?, ?, ?, ?, ?)",
-                (letter.id, letter.at.isoformat(), letter.reason, letter.raw, letter.source),
+                f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT ?, ?, ?, ?, ?"
+                " WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE id = ?)",
+                (
+                    letter.id,
+                    letter.at.isoformat(),
+                    letter.reason,
+                    letter.raw,
+                    letter.source,
+                    letter.id,
+                ),
             )
 
-    def dead_letters(self) -> list[DeadLetter]:
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
         with self._read() as db:
             rows = db.execute(
-                "SELECT id, at, reason, raw, source FROM dead_letters ORDER BY seq"
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
-        return [
-            DeadLetter(id=i, at=datetime.fromisoformat(at), reason=reason, raw=raw, source=src)
-            for i, at, reason, raw, src in rows
-        ]
+        return [_dead_letter(row) for row in rows]
+
+    def dead_letter(self, letter_id: str) -> DeadLetter | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ? ORDER BY seq",
+                (letter_id,),
+            ).fetchone()
+        return None if row is None else _dead_letter(row)
+
+    def remove_dead_letter(self, letter_id: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,)).rowcount > 0
 
     def close(self) -> None:
         with self._lock:
@@ -260,6 +477,16 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+
+_DEAD_LETTER_COLUMNS: Final = "id, at, reason, raw, source"
+
+
+def _dead_letter(row: tuple[str, str, str, bytes, str]) -> DeadLetter:
+    letter_id, at, reason, raw, source = row
+    return DeadLetter(
+        id=letter_id, at=datetime.fromisoformat(at), reason=reason, raw=raw, source=source
+    )
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -367,3 +594,60 @@ def _append(
         "INSERT INTO timeline (release_id, body) VALUES (?, ?)",
         [(release_id, m.encode()) for m in timeline],
     )
+
+
+def _set_wake(db: sqlite3.Connection, release_id: str, wake_at: datetime | KeepWake | None) -> None:
+    if wake_at is KEEP_WAKE:
+        return
+    if wake_at is None:
+        db.execute("DELETE FROM wakes WHERE release_id = ?", (release_id,))
+        return
+    db.execute(
+        "INSERT INTO wakes (release_id, at) VALUES (?, ?)"
+        " ON CONFLICT (release_id) DO UPDATE SET at = excluded.at",
+        (release_id, shared.epoch_s(wake_at)),
+    )
+
+
+# --- locks: the lowest seq in a key's queue holds the key -----------------------------------
+
+
+def _queue(db: sqlite3.Connection, release_id: str, keys: Sequence[str]) -> None:
+    """Put the release at the end of each queue of ``keys`` it is not in yet."""
+    queued = set(_locks_of(db, release_id))
+    joining = [key for key in dict.fromkeys(keys) if key not in queued]
+    if not joining:
+        return
+    (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM lock_queue").fetchone()
+    db.executemany(
+        "INSERT INTO lock_queue (key, release_id, seq) VALUES (?, ?, ?)",
+        [(key, release_id, seq) for key in joining],
+    )
+
+
+def _locks_of(db: sqlite3.Connection, release_id: str) -> list[str]:
+    rows = db.execute("SELECT key FROM lock_queue WHERE release_id = ?", (release_id,))
+    return [key for (key,) in rows]
+
+
+def _head(db: sqlite3.Connection, key: str) -> str | None:
+    row = db.execute(
+        "SELECT release_id FROM lock_queue WHERE key = ? ORDER BY seq LIMIT 1", (key,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _headed_by(db: sqlite3.Connection, release_id: str) -> list[str]:
+    """The keys whose queue the release heads, i.e. the locks it holds."""
+    return [key for key in _locks_of(db, release_id) if _head(db, key) == release_id]
+
+
+def _holds_all(db: sqlite3.Connection, release_id: str) -> bool:
+    return len(_headed_by(db, release_id)) == len(_locks_of(db, release_id))
+
+
+def _first_queued(db: sqlite3.Connection, release_id: str) -> int:
+    (seq,) = db.execute(
+        "SELECT MIN(seq) FROM lock_queue WHERE release_id = ?", (release_id,)
+    ).fetchone()
+    return int(seq)

@@ -6,8 +6,10 @@ open them, so the URL dispatch is covered too.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -17,6 +19,7 @@ from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
 
 import pytest
+import redis
 
 from orchestrator.contract import (
     DeployComponent,
@@ -26,8 +29,18 @@ from orchestrator.contract import (
     envelope,
 )
 from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus
-from orchestrator.store import CommitResult, DeadLetter, Store, StoreUnavailable, open_store
+from orchestrator.store import (
+    KEEP_WAKE,
+    CommitResult,
+    DeadLetter,
+    KeepWake,
+    Store,
+    StoreUnavailable,
+    open_store,
+    shared,
+)
 from orchestrator.store import sqlite as sqlite_store
+from orchestrator.store.keys import Keys
 from orchestrator.store.redis import RedisStore
 from orchestrator.store.sqlite import SqliteStore
 
@@ -106,6 +119,7 @@ def _commit(
     state: ReleaseState | None = None,
     outbox: Sequence[Envelope] = (),
     timeline: Sequence[Envelope] = (),
+    wake_at: datetime | KeepWake | None = KEEP_WAKE,
 ) -> CommitResult:
     return store.commit(
         release_id,
@@ -114,11 +128,20 @@ def _commit(
         state=state,
         outbox=outbox,
         timeline=timeline,
+        wake_at=wake_at,
     )
 
 
 def _ids(messages: Sequence[Envelope]) -> list[str]:
     return [m.id for m in messages]
+
+
+def _eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, polling; fail if it does not within the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
 
 
 # --- the saga ---------------------------------------------------------------------------
@@ -272,6 +295,56 @@ def test_releases_lists_the_newest_first(store: Store) -> None:
     assert store.releases(limit=0) == []
 
 
+# --- wake-up times ------------------------------------------------------------------------
+
+
+def test_a_release_is_due_from_its_wake_time_on_earliest_first(store: Store) -> None:
+    wakes = {"late": T0 + timedelta(minutes=5), "early": T0, "never": None}
+    for release_id, at in wakes.items():
+        _commit(store, release_id, message_id="m1", state=_state(release_id), wake_at=at)
+
+    assert store.due(T0 - timedelta(seconds=1)) == []
+    assert store.due(T0) == ["early"]  # at the wake time itself, it is due
+    assert store.due(T0 + timedelta(hours=1)) == ["early", "late"]
+    assert store.due(T0 + timedelta(hours=1), limit=1) == ["early"]
+    assert store.due(T0 + timedelta(hours=1), limit=0) == []
+
+
+def test_the_wake_time_is_kept_moved_or_cleared_by_later_commits(store: Store) -> None:
+    later = T0 + timedelta(minutes=10)
+    _commit(store, message_id="m1", state=_state(), wake_at=T0)
+
+    _commit(store, message_id="m2", expected=1, state=_state())  # KEEP_WAKE by default
+    assert store.due(T0) == ["r1"]
+    _commit(store, message_id="m3", state=None, wake_at=later)  # a report may move it
+    assert store.due(T0) == []
+    assert store.due(later) == ["r1"]
+    _commit(store, message_id="m4", expected=2, state=_state(), wake_at=None)
+    assert store.due(later + timedelta(days=1)) == []
+
+
+def test_a_duplicate_or_a_conflict_leaves_the_wake_time_alone(store: Store) -> None:
+    _commit(store, message_id="m1", state=_state(), wake_at=T0)
+
+    duplicate = _commit(store, message_id="m1", state=None, wake_at=None)
+    conflict = _commit(store, message_id="m2", expected=0, state=_state(), wake_at=None)
+    assert (duplicate, conflict) == (CommitResult.DUPLICATE, CommitResult.CONFLICT)
+    assert store.due(T0) == ["r1"]
+    _commit(store, message_id="m3", state=None, wake_at=T0 + timedelta(days=1))
+    assert _commit(store, message_id="m3", state=None, wake_at=T0) is CommitResult.DUPLICATE
+    assert store.due(T0) == []
+
+
+def test_a_naive_wake_time_is_refused_and_writes_nothing(store: Store) -> None:
+    naive = datetime(2026, 3, 1, 12, 0)
+    with pytest.raises(ValueError, match="time zone"):
+        _commit(store, message_id="m1", state=_state(), wake_at=naive)
+    assert store.load("r1") is None
+    assert _commit(store, message_id="m1", state=_state()) is CommitResult.COMMITTED
+    with pytest.raises(ValueError, match="time zone"):
+        store.due(naive)
+
+
 # --- the fleet's record -----------------------------------------------------------------
 
 
@@ -301,6 +374,241 @@ def test_count_effect_counts_each_effect_of_a_release(store: Store) -> None:
     }
 
 
+def test_drained_hosts_are_kept_per_environment_and_service(store: Store) -> None:
+    assert store.drained_hosts("prod", "api") == set()
+    assert store.set_drained("prod", "api", "web-1", True) is True
+    assert store.set_drained("prod", "api", "web-1", True) is False  # already drained
+    assert store.set_drained("prod", "api", "web-2", True) is True
+    assert store.set_drained("staging", "api", "web-3", True) is True
+
+    assert store.drained_hosts("prod", "api") == {"web-1", "web-2"}
+    assert store.set_drained("prod", "api", "web-1", False) is True
+    assert store.set_drained("prod", "api", "web-1", False) is False  # already in service
+    assert store.set_drained("prod", "db", "web-2", False) is False  # never drained there
+    assert store.drained_hosts("prod", "api") == {"web-2"}
+    assert store.drained_hosts("staging", "api") == {"web-3"}
+
+
+# --- workers: leases ----------------------------------------------------------------------
+
+
+def test_a_lease_has_one_owner_at_a_time(store: Store) -> None:
+    assert store.lease_holder("api") is None
+    assert store.acquire_lease("api", "worker-a", 60) is True
+    assert store.acquire_lease("api", "worker-b", 60) is False
+    assert store.renew_lease("api", "worker-b", 60) is False
+    assert store.acquire_lease("db", "worker-b", 60) is True  # leases are per name
+    assert store.lease_holder("api") == "worker-a"
+    assert store.lease_holder("db") == "worker-b"
+
+
+def test_the_owner_acquiring_or_renewing_sets_a_new_expiry(store: Store) -> None:
+    assert store.acquire_lease("api", "worker-a", 60) is True
+    assert store.acquire_lease("api", "worker-a", 0.05) is True  # its own: renewed, shorter
+    _eventually(lambda: store.lease_holder("api") is None)
+
+    assert store.acquire_lease("api", "worker-a", 60) is True
+    assert store.renew_lease("api", "worker-a", 0.05) is True
+    _eventually(lambda: store.lease_holder("api") is None)
+
+
+def test_an_expired_lease_is_free_for_anyone_but_not_renewable(store: Store) -> None:
+    store.acquire_lease("api", "worker-a", 0.05)
+    _eventually(lambda: store.lease_holder("api") is None)
+
+    assert store.renew_lease("api", "worker-a", 60) is False
+    assert store.acquire_lease("api", "worker-b", 60) is True
+    assert store.lease_holder("api") == "worker-b"
+
+
+def test_only_the_owner_releases_a_lease(store: Store) -> None:
+    store.release_lease("api", "worker-a")  # nobody holds it: nothing to do
+    store.acquire_lease("api", "worker-a", 60)
+
+    store.release_lease("api", "worker-b")
+    assert store.lease_holder("api") == "worker-a"
+    store.release_lease("api", "worker-a")
+    assert store.lease_holder("api") is None
+    assert store.renew_lease("api", "worker-a", 60) is False
+    assert store.acquire_lease("api", "worker-b", 60) is True
+
+
+def test_a_lease_needs_a_positive_ttl(store: Store) -> None:
+    for ttl_s in (0, -1.0):
+        with pytest.raises(ValueError, match="positive TTL"):
+            store.acquire_lease("api", "worker-a", ttl_s)
+        with pytest.raises(ValueError, match="positive TTL"):
+            store.renew_lease("api", "worker-a", ttl_s)
+    assert store.lease_holder("api") is None
+
+
+def test_stores_racing_for_a_lease_leave_one_owner(new_store: OpenStore) -> None:
+    stores = [new_store(), new_store()]
+    contenders = 8
+    start = threading.Barrier(contenders)
+
+    def attempt(index: int) -> bool:
+        start.wait()
+        return stores[index % 2].acquire_lease("api", f"worker-{index}", 60)
+
+    with ThreadPoolExecutor(max_workers=contenders) as pool:
+        won = list(pool.map(attempt, range(contenders)))
+
+    assert won.count(True) == 1
+    assert stores[1].lease_holder("api") == f"worker-{won.index(True)}"
+
+
+# --- workers: what each command did -------------------------------------------------------
+
+
+def test_progress_keeps_each_step_once_per_host_in_order(store: Store) -> None:
+    assert store.progress("c1") == {}
+    for host, step in [
+        ("web-1", "drain"),
+        ("web-2", "drain"),
+        ("web-1", "deploy"),
+        ("web-1", "drain"),  # a redelivered command reports a step again
+        ("web-1", "undrain"),
+    ]:
+        store.record_progress("c1", host, step)
+    store.record_progress("c2", "web-1", "deploy")
+
+    assert store.progress("c1") == {"web-1": ["drain", "deploy", "undrain"], "web-2": ["drain"]}
+    assert store.progress("c2") == {"web-1": ["deploy"]}
+
+
+def test_the_first_outcome_of_a_command_is_the_one_kept(store: Store) -> None:
+    first, second = _report(), _report()
+    assert store.outcome("c1") is None
+
+    store.record_outcome("c1", first)
+    store.record_outcome("c1", second)
+    store.record_outcome("c2", second)
+
+    assert store.outcome("c1") == first
+    assert store.outcome("c2") == second
+
+
+def test_deliveries_are_counted_per_message(store: Store) -> None:
+    assert [store.count_delivery("m1") for _ in range(3)] == [1, 2, 3]
+    assert store.count_delivery("m2") == 1
+
+
+def test_a_delivery_count_is_forgotten_a_ttl_after_the_last_delivery(
+    new_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared, "DELIVERY_COUNT_TTL_S", 0.2)
+    store = new_store()
+    assert [store.count_delivery("m1") for _ in range(2)] == [1, 2]
+    time.sleep(0.4)  # waits past the TTL: expiry must have come by then
+    assert store.count_delivery("m1") == 1
+
+
+# --- locks --------------------------------------------------------------------------------
+
+
+def test_the_first_release_holds_and_the_next_ones_start_when_it_releases(
+    store: Store,
+) -> None:
+    assert store.acquire_locks("A", ["s1", "s2"]) is True
+    assert store.acquire_locks("B", ["s2"]) is False
+    assert store.acquire_locks("C", ["s1"]) is False
+    assert (store.lock_queue("s1"), store.lock_queue("s2")) == (["A", "C"], ["A", "B"])
+    assert (store.locks_of("A"), store.locks_of("B")) == (["s1", "s2"], ["s2"])
+
+    assert store.release_locks("A") == ["B", "C"]  # in the order they queued
+
+    assert (store.lock_queue("s1"), store.lock_queue("s2")) == (["C"], ["B"])
+    assert store.locks_of("A") == []
+    assert (store.acquire_locks("B", ["s2"]), store.acquire_locks("C", ["s1"])) == (True, True)
+    assert store.release_locks("B") == []
+    assert store.release_locks("C") == []
+    assert (store.lock_queue("s1"), store.lock_queue("s2")) == ([], [])
+
+
+def test_a_release_queued_earlier_goes_first_on_the_keys_it_shares(store: Store) -> None:
+    store.acquire_locks("A", ["s1", "s2"])
+    assert store.acquire_locks("D", ["s1", "s2"]) is False
+    store.acquire_locks("B", ["s2"])
+    store.acquire_locks("C", ["s1"])
+
+    assert store.release_locks("A") == ["D"]  # B and C wait behind D, not just A
+    assert store.acquire_locks("D", ["s1", "s2"]) is True
+    assert store.release_locks("D") == ["B", "C"]
+
+
+def test_releases_naming_their_keys_in_opposite_orders_do_not_deadlock(store: Store) -> None:
+    assert store.acquire_locks("A", ["s1", "s2"]) is True
+    assert store.acquire_locks("B", ["s2", "s1"]) is False
+    assert (store.lock_queue("s1"), store.lock_queue("s2")) == (["A", "B"], ["A", "B"])
+    assert store.release_locks("A") == ["B"]
+
+
+def test_a_release_starts_only_once_it_heads_every_one_of_its_queues(store: Store) -> None:
+    assert store.acquire_locks("A", ["s1"]) is True
+    assert store.acquire_locks("B", ["s2"]) is True
+    assert store.acquire_locks("C", ["s1", "s2"]) is False
+    assert store.acquire_locks("D", ["s2"]) is False  # behind C, though B will go first
+
+    assert store.release_locks("B") == []  # C heads s2 now, but still waits for A on s1
+    assert store.lock_queue("s2") == ["C", "D"]
+    assert store.release_locks("A") == ["C"]
+    assert store.release_locks("C") == ["D"]
+
+
+def test_acquiring_again_is_safe_and_keeps_the_release_in_its_place(store: Store) -> None:
+    store.acquire_locks("A", ["s1"])
+    store.acquire_locks("B", ["s1", "s1"])  # a key named twice is queued for once
+    store.acquire_locks("C", ["s1"])
+
+    assert store.acquire_locks("B", ["s1"]) is False
+    assert store.acquire_locks("A", ["s1"]) is True
+    assert store.lock_queue("s1") == ["A", "B", "C"]
+    assert store.locks_of("B") == ["s1"]
+    assert store.release_locks("A") == ["B"]
+    assert store.release_locks("A") == []  # already released: nothing changes
+    assert store.lock_queue("s1") == ["B", "C"]
+
+
+def test_a_release_without_keys_holds_at_once_and_queues_nowhere(store: Store) -> None:
+    assert store.acquire_locks("A", []) is True
+    assert store.locks_of("A") == []
+    assert store.release_locks("A") == []
+    assert store.release_locks("never-queued") == []
+    assert store.lock_queue("s1") == []
+
+
+def _holders(store: Store, releases: Sequence[str]) -> set[str]:
+    queued = [r for r in releases if store.locks_of(r)]
+    return {r for r in queued if all(store.lock_queue(k)[0] == r for k in store.locks_of(r))}
+
+
+def test_releases_queued_all_at_once_each_get_their_turn(new_store: OpenStore) -> None:
+    stores, pick = [new_store(), new_store()], random.Random(7)
+    wanted = {f"R{i}": pick.sample(["s1", "s2", "s3", "s4"], pick.randint(1, 3)) for i in range(12)}
+    start = threading.Barrier(len(wanted))
+
+    def queue(index_and_release: tuple[int, str]) -> None:
+        index, release = index_and_release
+        start.wait()
+        stores[index % 2].acquire_locks(release, wanted[release])
+
+    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        list(pool.map(queue, enumerate(wanted)))
+
+    done: list[str] = []
+    holders = _holders(stores[0], list(wanted))
+    while holders:
+        held = [k for r in holders for k in wanted[r]]
+        assert len(held) == len(set(held)), "two holders share a lock"
+        release = min(holders)
+        started = stores[len(done) % 2].release_locks(release)
+        done.append(release)
+        assert set(started) == _holders(stores[0], list(wanted)) - (holders - {release})
+        holders = _holders(stores[0], list(wanted))
+    assert sorted(done) == sorted(wanted)  # nobody was left waiting: no deadlock
+
+
 # --- messages nobody could use ----------------------------------------------------------
 
 
@@ -321,6 +629,43 @@ def test_dead_letters_round_trip_newest_last(store: Store) -> None:
         store.add_dead_letter(letter)
 
     assert store.dead_letters() == letters
+
+
+def _letter(letter_id: str, minute: int = 0) -> DeadLetter:
+    at = T0 + timedelta(minutes=minute)
+    return DeadLetter(id=letter_id, at=at, reason="bad", raw=b"{", source="events")
+
+
+def test_dead_letters_are_listed_oldest_first_up_to_a_limit(store: Store) -> None:
+    letters = [_letter(f"d{i}", minute=i) for i in range(5)]
+    for letter in letters:
+        store.add_dead_letter(letter)
+
+    assert store.dead_letters(limit=3) == letters[:3]
+    assert store.dead_letters(limit=0) == []
+    assert store.dead_letters() == letters
+
+
+def test_a_dead_letter_is_found_by_id_and_removed_once(store: Store) -> None:
+    first, second = _letter("d1"), _letter("d2", minute=1)
+    store.add_dead_letter(first)
+    store.add_dead_letter(second)
+    assert store.dead_letter("nope") is None
+    assert store.dead_letter("d2") == second
+
+    assert store.remove_dead_letter("d1") is True
+    assert store.remove_dead_letter("d1") is False
+    assert store.remove_dead_letter("nope") is False
+    assert store.dead_letter("d1") is None
+    assert store.dead_letters() == [second]
+
+
+def test_a_dead_letter_added_again_keeps_its_first_body_and_place(store: Store) -> None:
+    store.add_dead_letter(_letter("d1"))
+    store.add_dead_letter(_letter("d2", minute=1))
+    store.add_dead_letter(_letter("d1", minute=2))
+
+    assert store.dead_letters() == [_letter("d1"), _letter("d2", minute=1)]
 
 
 # --- many writers -----------------------------------------------------------------------
@@ -377,6 +722,23 @@ def test_an_unreachable_redis_is_store_unavailable() -> None:
             store.pending_outbox()
     finally:
         store.close()
+
+
+@pytest.mark.broker
+def test_redis_keeps_wake_times_as_epoch_seconds_and_delivery_counts_with_a_ttl(
+    redis_url: str, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    with (
+        closing(RedisStore(redis_url, namespace=namespace)) as store,
+        closing(redis.Redis.from_url(redis_url)) as client,
+    ):
+        _commit(store, message_id="m1", state=_state(), wake_at=T0)
+        store.count_delivery("m1")
+
+        assert client.zscore(keys.wake_index, "r1") == T0.timestamp()
+        ttl_ms = client.pttl(keys.deliveries("m1"))
+        assert 0 < ttl_ms <= shared.DELIVERY_COUNT_TTL_S * 1000
 
 
 def _journal_mode(path: Path) -> str:
