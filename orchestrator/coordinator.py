@@ -28,6 +28,7 @@ from orchestrator.contract import (
     decode,
     envelope,
 )
+from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger, message_context
 from orchestrator.plans import Fleet
 from orchestrator.saga import Decision, ReleaseState, ReleaseStatus, decide, refuse_submission
@@ -62,10 +63,13 @@ def _wake_time(state: ReleaseState) -> datetime | None:
 
 
 class Coordinator:
-    def __init__(self, store: Store, bus: Bus, fleet: Fleet):
+    def __init__(
+        self, store: Store, bus: Bus, fleet: Fleet, crash_points: CrashPoints | None = None
+    ):
         self._store = store
         self._bus = bus
         self._fleet = fleet
+        self._crash = crash_points or CrashPoints()
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Consume commands and events until ``stop`` is set."""
@@ -147,6 +151,7 @@ class Coordinator:
                 continue
             if result is CommitResult.DUPLICATE or decision.state == before:
                 return None
+            self._crash.reached("coordinator.after_commit", decision.state.status)
             log.info("release advanced", state=decision.state.status)
             return decision.state
         raise RuntimeError(f"release {message.release_id}: gave up after repeated conflicts")
@@ -268,6 +273,7 @@ class Coordinator:
                 return
             for message in pending:
                 self._bus.publish(message)
+                self._crash.reached("coordinator.after_publish")
                 self._store.mark_published([message.id])
 
     def _refuse(self, delivery: Delivery, error: MessageDecodeError) -> None:

@@ -24,6 +24,7 @@ from celery.worker import state as worker_state
 
 from orchestrator.bus import Bus, Topology
 from orchestrator.coordinator import Coordinator
+from orchestrator.drills import CrashPoints
 from orchestrator.plans import Fleet, load_fleet
 from orchestrator.settings import Settings
 from orchestrator.store import Store, open_store
@@ -69,7 +70,8 @@ def run_coordinator(parts: Parts) -> None:
     """The ``coordinator`` process: runs until SIGTERM or SIGINT."""
     stop = threading.Event()
     _stop_on_signals(stop)
-    Coordinator(parts.store, parts.bus, parts.fleet).run(stop)
+    crash_points = CrashPoints.parse(parts.settings.crash_at)
+    Coordinator(parts.store, parts.bus, parts.fleet, crash_points).run(stop)
 
 
 def run_worker(parts: Parts, services: Sequence[str]) -> None:
@@ -102,7 +104,8 @@ def _prepare_worker(parts: Parts, services: Sequence[str]) -> list[str]:
     limits = WorkerLimits(
         lease_ttl_s=parts.settings.lease_ttl_s, delivery_limit=parts.settings.delivery_limit
     )
-    runner = ComponentRunner(parts.fleet, parts.store, parts.bus, limits)
+    crash_points = CrashPoints.parse(parts.settings.crash_at)
+    runner = ComponentRunner(parts.fleet, parts.store, parts.bus, limits, crash_points)
     register_tasks(parts.celery, runner)
     queues = [parts.bus.topology.service_queue(s) for s in services]
     parts.celery.conf.task_queues = queues

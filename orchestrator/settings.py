@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Redis broker: when a message a worker took but did not ack is handed out "
         "again (the lease keeps the copy from running beside a live original).",
     )
+    crash_at: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_.@]+(:[0-9]+)?(,[a-z_.@]+(:[0-9]+)?)*$",
+        description="Drills only: SIGKILL this process at these points (orchestrator/drills.py).",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )

@@ -36,6 +36,7 @@ from orchestrator.contract import (
     decode,
     envelope,
 )
+from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger, message_context
 from orchestrator.plans import Fleet, ServiceConfig
 from orchestrator.store import DeadLetter, Store
@@ -60,11 +61,19 @@ class WorkerLimits:
 class ComponentRunner:
     """Carries out components for the services of one fleet file."""
 
-    def __init__(self, fleet: Fleet, store: Store, bus: Bus, limits: WorkerLimits):
+    def __init__(
+        self,
+        fleet: Fleet,
+        store: Store,
+        bus: Bus,
+        limits: WorkerLimits,
+        crash_points: CrashPoints | None = None,
+    ):
         self._fleet = fleet
         self._store = store
         self._bus = bus
         self._limits = limits
+        self.crash = crash_points or CrashPoints()
         self.actor = f"drover-worker@{socket.gethostname()}"
 
     def deploy(self, wire: dict[str, Any]) -> None:
@@ -140,6 +149,7 @@ class ComponentRunner:
         message = self.message(outcome, command, purpose="outcome")
         self._store.record_outcome(command.id, message)
         self._bus.publish(message)
+        self.crash.reached("worker.before_ack")
 
     def _deploy(self, command: Envelope, payload: DeployComponent, context: _Context) -> Event:
         service = self._fleet.service(payload.environment, payload.service)
@@ -290,8 +300,10 @@ class _Context:
         store = self._runner._store
         return Run(
             report=self,
-            journal=_StoreJournal(store, self._command.id, self._lease),
-            undo_journal=_StoreJournal(store, f"{self._command.id}/undo", self._lease),
+            journal=_StoreJournal(store, self._command.id, self._lease, self._runner.crash),
+            undo_journal=_StoreJournal(
+                store, f"{self._command.id}/undo", self._lease, self._runner.crash
+            ),
             should_stop=self._should_stop,
         )
 
@@ -342,10 +354,11 @@ class _Context:
 class _StoreJournal:
     """The steps of one command, in the store, for whoever carries it on after a crash."""
 
-    def __init__(self, store: Store, command_key: str, lease: Lease):
+    def __init__(self, store: Store, command_key: str, lease: Lease, crash: CrashPoints):
         self._store = store
         self._key = command_key
         self._lease = lease
+        self._crash = crash
         self._steps = {
             h: [Step(s) for s in done] for h, done in store.progress(command_key).items()
         }
@@ -354,6 +367,7 @@ class _StoreJournal:
         return self._steps.get(host, [])
 
     def mark(self, host: str, step: Step) -> None:
+        self._crash.reached("worker.after_effect")
         self._lease.check()
         self._store.record_progress(self._key, host, step)
         self._steps.setdefault(host, []).append(step)
