@@ -127,10 +127,11 @@ class Delivery:
 class Bus:
     """Publishes envelopes where they belong and runs consumers; safe to share by threads."""
 
-    def __init__(self, broker_url: str, topology: Topology, celery: Celery):
+    def __init__(self, broker_url: str, topology: Topology, celery: Celery, *, copies: int = 1):
         self.broker_url = broker_url
         self.topology = topology
         self._celery = celery
+        self._copies = copies  # more than one only in a drill: every consumer sees duplicates
         self._connection = Connection(broker_url, transport_options=transport_options(broker_url))
         self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
         self._declared = False
@@ -153,10 +154,11 @@ class Bus:
         Retries while the broker is away, then raises :class:`BrokerUnavailable`.
         """
         with _broker_errors(self.broker_url):
-            if isinstance(message.payload, DeployComponent | RollbackComponent):
-                self._send_task(message, message.payload.service)
-            else:
-                self._publish(message)
+            for _ in range(self._copies):
+                if isinstance(message.payload, DeployComponent | RollbackComponent):
+                    self._send_task(message, message.payload.service)
+                else:
+                    self._publish(message)
 
     def _publish(self, message: Envelope) -> None:
         self.declare()

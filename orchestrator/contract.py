@@ -36,6 +36,7 @@ __all__ = [
     "ComponentRollbackFailed",
     "ComponentRolledBack",
     "ComponentStarted",
+    "ComponentWaiting",
     "DeadlinePassed",
     "DeployComponent",
     "Envelope",
@@ -204,6 +205,14 @@ class ComponentStarted(_Payload):
     previous_versions: dict[HostName, Version]
 
 
+class ComponentWaiting(_Payload):
+    """A worker has the command but waits for the one still holding the component."""
+
+    environment: Name
+    service: Name
+    holder: str
+
+
 class _StepReport(_Payload):
     environment: Name
     service: Name
@@ -285,6 +294,7 @@ Event = (
     | ReleaseQueued
     | DeadlinePassed
     | ComponentStarted
+    | ComponentWaiting
     | StepStarted
     | StepSucceeded
     | StepFailed
@@ -312,6 +322,7 @@ _EVENTS: Final[tuple[type[_Payload], ...]] = (
     ReleaseQueued,
     DeadlinePassed,
     ComponentStarted,
+    ComponentWaiting,
     StepStarted,
     StepSucceeded,
     StepFailed,

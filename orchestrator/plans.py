@@ -65,14 +65,16 @@ class _Config(BaseModel):
 
 
 class FailureInjection(_Config):
-    """Make the simulator fail a step, for demos, tests and drills.
+    """Make the simulator fail a step, or stall in it, for demos, tests and drills.
 
-    Every field given must match; ``version`` and ``host`` left out match any.
+    Every field given must match; ``version`` and ``host`` left out match any. With
+    ``stall_ms`` the step does not fail: it goes silent that long, then succeeds.
     """
 
     step: Step
     version: Version | None = None
     host: HostName | None = None
+    stall_ms: int | None = Field(default=None, ge=1, le=3_600_000)
 
     def matches(self, step: Step, version: str, host: str) -> bool:
         return self.step == step and self.version in (None, version) and self.host in (None, host)

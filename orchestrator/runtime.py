@@ -62,7 +62,8 @@ def connect(settings: Settings, fleet: Fleet | None = None) -> Parts:
     celery = create_celery(
         settings.broker_url, settings.namespace, settings.redis_visibility_timeout_s
     )
-    bus = Bus(settings.broker_url, Topology(settings.namespace), celery)
+    copies = 2 if settings.drill_duplicate_publishes else 1
+    bus = Bus(settings.broker_url, Topology(settings.namespace), celery, copies=copies)
     return Parts(settings, fleet, store, celery, bus)
 
 

@@ -36,6 +36,7 @@ from orchestrator.contract import (
     ComponentRollbackFailed,
     ComponentRolledBack,
     ComponentStarted,
+    ComponentWaiting,
     DeadlinePassed,
     DeployComponent,
     Envelope,
@@ -264,7 +265,8 @@ def _aborted(state: ReleaseState, actor: str, reason: str, at: datetime, fleet: 
         aborted = _begin_compensating(state, why, actor)
         return _end_compensation(aborted, at)
     if state.status is ReleaseStatus.RUNNING:
-        return _continue_compensating(_begin_compensating(state, why, actor), at, fleet)
+        compensating = _begin_compensating(state, why, actor).model_copy(update={"updated_at": at})
+        return _continue_compensating(compensating, at, fleet)
     if state.aborted_by is None:
         # Already undoing a failure: workers still in flight now stop at their next batch.
         return Decision(state.model_copy(update={"aborted_by": actor, "updated_at": at}))
@@ -315,10 +317,14 @@ def _advance(state: ReleaseState, payload: Message, at: datetime, fleet: Fleet) 
                 }
             )
             return Decision(_with(state, updated, at))
+        case ComponentWaiting() if component.deadline is not None:
+            return _heard_from(state, component, at, fleet)
         case StepStarted() | StepSucceeded() | StepFailed() if component.deadline is not None:
-            # Word from the worker: it is alive, the next report is due a step later.
-            deadline = _deadline(component, at, state.environment, fleet)
-            return Decision(_with(state, component.model_copy(update={"deadline": deadline}), at))
+            # Only word from the command in flight counts: a late step of a deploy that
+            # timed out must not hold off the deadline of its rollback.
+            if payload.rollback != (component.status is ComponentStatus.ROLLING_BACK):
+                return Decision(state)
+            return _heard_from(state, component, at, fleet)
         case ComponentDeployed(previous_versions=previous):
             updated = component.moved_to(
                 ComponentStatus.DEPLOYED, previous_versions=previous, deadline=None
@@ -339,6 +345,14 @@ def _advance(state: ReleaseState, payload: Message, at: datetime, fleet: Fleet) 
     if updated.status is ComponentStatus.FAILED and state.status is ReleaseStatus.RUNNING:
         state = _begin_compensating(state, f"{updated.service}: {updated.reason}")
     return _continue(state, at, fleet)
+
+
+def _heard_from(
+    state: ReleaseState, component: ComponentState, at: datetime, fleet: Fleet
+) -> Decision:
+    """Word from the worker: it is alive, and the next report is due a step later."""
+    deadline = _deadline(component, at, state.environment, fleet)
+    return Decision(_with(state, component.model_copy(update={"deadline": deadline}), at))
 
 
 def _continue(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_.@]+(:[0-9]+)?(,[a-z_.@]+(:[0-9]+)?)*$",
         description="Drills only: SIGKILL this process at these points (orchestrator/drills.py).",
     )
+    drill_duplicate_publishes: bool = Field(
+        default=False,
+        description="Drills only: publish every message twice, to prove duplicates change nothing.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )

@@ -1,18 +1,46 @@
-"""Small builders for unit tests: a fleet, a release request and an envelope, in one line each."""
+"""Small builders for unit tests: a fleet, a release request and an envelope, in one line each.
+
+Also what workers report, ways to read what the saga sent, and :class:`Release`, which
+drives one release through the saga as the coordinator would.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator.contract import ComponentRequest, Envelope, Message, SubmitRelease, envelope
+from orchestrator.contract import (
+    AbortRelease,
+    CheckDeadlines,
+    ComponentDeployed,
+    ComponentFailed,
+    ComponentRequest,
+    ComponentRollbackFailed,
+    ComponentRolledBack,
+    ComponentStarted,
+    ComponentWaiting,
+    DeadlinePassed,
+    DeployComponent,
+    Envelope,
+    Message,
+    RollbackComponent,
+    StartRelease,
+    Step,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
+    SubmitRelease,
+    envelope,
+)
 from orchestrator.plans import Fleet
+from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus, decide
 
 ENVIRONMENT = "prod"
 RELEASE_ID = "R-1"
 ACTOR = "ci"
+OPERATOR = "alice"  # a person who aborts a release
 HOSTS = ("h1", "h2")
 OLD_VERSION = "1.0.0"
 NEW_VERSION = "2.0.0"
@@ -28,15 +56,15 @@ def service_config(hosts: Sequence[str] = HOSTS, **changes: Any) -> dict[str, An
     }
 
 
-def fleet_data(*services: str, environment: str = ENVIRONMENT) -> dict[str, Any]:
-    """A fleet file's content with one environment holding ``services``."""
-    return {
-        "environments": {environment: {"services": {name: service_config() for name in services}}}
-    }
+def fleet_data(*services: str, environment: str = ENVIRONMENT, **changes: Any) -> dict[str, Any]:
+    """A fleet file's content with one environment holding ``services``, each with ``changes``."""
+    services_data = {name: service_config(**changes) for name in services}
+    return {"environments": {environment: {"services": services_data}}}
 
 
-def fleet(*services: str, environment: str = ENVIRONMENT) -> Fleet:
-    return Fleet.model_validate(fleet_data(*services, environment=environment))
+def fleet(*services: str, environment: str = ENVIRONMENT, **changes: Any) -> Fleet:
+    """A fleet of ``services``; ``changes`` (``step_timeout_s=60``, ...) apply to each."""
+    return Fleet.model_validate(fleet_data(*services, environment=environment, **changes))
 
 
 def component(service: str, *depends_on: str, version: str = NEW_VERSION) -> ComponentRequest:
@@ -55,15 +83,204 @@ def event(
     release_id: str = RELEASE_ID,
     at: datetime = T0,
     message_id: str | None = None,
+    actor: str = ACTOR,
 ) -> Envelope:
     """Wrap a payload as it would arrive off the bus: fixed clock, deterministic id."""
-    text = f"{at.isoformat()} {payload.model_dump_json()}"
+    text = f"{at.isoformat()} {actor} {payload.model_dump_json()}"
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     identity = message_id or f"{type(payload).__name__}-{digest}"
     return envelope(
-        payload, release_id=release_id, actor=ACTOR, message_id=identity, occurred_at=at
+        payload, release_id=release_id, actor=actor, message_id=identity, occurred_at=at
     )
 
 
-def later(seconds: int) -> datetime:
+def opening(
+    *components: ComponentRequest, at: datetime = T0, environment: str = ENVIRONMENT
+) -> tuple[Envelope, Envelope]:
+    """How every release that runs begins: its submission, then ``StartRelease``.
+
+    The coordinator sends ``StartRelease`` once the release holds the locks of all its
+    services; until then the release is queued and starts nothing.
+    """
+    return (
+        event(submit(*components, environment=environment), at=at),
+        event(StartRelease(), at=at),
+    )
+
+
+def later(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+# --- what workers report ------------------------------------------------------------------
+
+PREVIOUS = {"h1": OLD_VERSION, "h2": "1.0.1"}  # hosts may have run different versions
+
+
+def started(service: str) -> ComponentStarted:
+    return ComponentStarted(
+        environment=ENVIRONMENT, service=service, version=NEW_VERSION, previous_versions=PREVIOUS
+    )
+
+
+def waiting(service: str) -> ComponentWaiting:
+    """The worker has the command but another holds the component still."""
+    return ComponentWaiting(environment=ENVIRONMENT, service=service, holder="R-0")
+
+
+def deployed(service: str, previous: dict[str, str] | None = None) -> ComponentDeployed:
+    return ComponentDeployed(
+        environment=ENVIRONMENT,
+        service=service,
+        version=NEW_VERSION,
+        previous_versions=PREVIOUS if previous is None else previous,
+    )
+
+
+def failed(service: str, *, restored: bool = True) -> ComponentFailed:
+    return ComponentFailed(
+        environment=ENVIRONMENT,
+        service=service,
+        version=NEW_VERSION,
+        reason="verify failed on h2",
+        restored=restored,
+    )
+
+
+def rolled_back(service: str) -> ComponentRolledBack:
+    return ComponentRolledBack(environment=ENVIRONMENT, service=service, to_versions=PREVIOUS)
+
+
+def rollback_failed(service: str) -> ComponentRollbackFailed:
+    return ComponentRollbackFailed(
+        environment=ENVIRONMENT, service=service, reason="h2 did not come back", hosts=("h2",)
+    )
+
+
+def step_started(service: str, *, rollback: bool = False) -> StepStarted:
+    return StepStarted(
+        environment=ENVIRONMENT,
+        service=service,
+        step=Step.DRAIN,
+        batch=1,
+        hosts=HOSTS,
+        rollback=rollback,
+    )
+
+
+def step_succeeded(service: str, *, rollback: bool = False) -> StepSucceeded:
+    return StepSucceeded(
+        environment=ENVIRONMENT,
+        service=service,
+        step=Step.DEPLOY,
+        batch=1,
+        hosts=HOSTS,
+        rollback=rollback,
+        duration_ms=1500,
+    )
+
+
+def step_failed(service: str, *, rollback: bool = False) -> StepFailed:
+    return StepFailed(
+        environment=ENVIRONMENT,
+        service=service,
+        step=Step.VERIFY,
+        batch=1,
+        hosts=HOSTS,
+        rollback=rollback,
+        host="h1",
+        reason="unhealthy",
+    )
+
+
+# --- reading what the saga sent -----------------------------------------------------------
+
+
+def deploys(outgoing: Iterable[Message]) -> list[str]:
+    return [m.service for m in outgoing if isinstance(m, DeployComponent)]
+
+
+def rollbacks(outgoing: Iterable[Message]) -> list[str]:
+    return [m.service for m in outgoing if isinstance(m, RollbackComponent)]
+
+
+def timeline(outgoing: Iterable[Message]) -> list[str]:
+    """What the saga sent, one short line a message, to read a whole run at a glance."""
+    lines = []
+    for message in outgoing:
+        match message:
+            case DeployComponent(service=service):
+                lines.append(f"deploy {service}")
+            case RollbackComponent(service=service):
+                lines.append(f"rollback {service}")
+            case DeadlinePassed(waited_for=waited_for):
+                lines.append(f"late: {waited_for}")
+            case _:
+                lines.append(type(message).__name__)
+    return lines
+
+
+class Release:
+    """One release driven through ``decide``, as the coordinator would, one message at a time.
+
+    The release is submitted, then started (``start=False`` leaves it queued). Every message
+    arrives ``wait`` seconds after the one before (one, unless told); ``settings`` apply to
+    every service of the fleet (``step_timeout_s=60``, ...).
+    """
+
+    def __init__(
+        self,
+        *components: ComponentRequest,
+        services: Sequence[str] = (),
+        start: bool = True,
+        **settings: Any,
+    ) -> None:
+        names = services or [c.service for c in components]
+        self.fleet: Fleet = fleet(*names, **settings)
+        self.sent: list[Message] = []
+        self.state: ReleaseState | None = None
+        self.clock: float = 0  # seconds after T0
+        self.accepted = self.send(submit(*components))
+        self.first = self.start() if start else ()
+
+    @property
+    def now(self) -> datetime:
+        return later(self.clock)
+
+    def send(self, payload: Message, *, wait: float = 1, actor: str = ACTOR) -> tuple[Message, ...]:
+        self.clock += wait
+        decision = decide(self.state, event(payload, at=self.now, actor=actor), self.fleet)
+        self.state = decision.state
+        self.sent.extend(decision.outgoing)
+        return decision.outgoing
+
+    def start(self) -> tuple[Message, ...]:
+        """The coordinator's word that the release now holds the locks of all its services."""
+        return self.send(StartRelease())
+
+    def abort(self, reason: str = "wrong build", *, actor: str = OPERATOR) -> tuple[Message, ...]:
+        return self.send(AbortRelease(reason=reason), actor=actor)
+
+    def check_deadlines(self, at: datetime) -> tuple[Message, ...]:
+        """The coordinator's look at the deadlines, as of ``at``."""
+        return self.send(CheckDeadlines(now=at), wait=(at - self.now).total_seconds())
+
+    @property
+    def status(self) -> ReleaseStatus:
+        return self.release.status
+
+    @property
+    def release(self) -> ReleaseState:
+        assert self.state is not None
+        return self.state
+
+    def part(self, service: str) -> ComponentState:
+        return self.release.components[service]
+
+    def component(self, service: str) -> ComponentStatus:
+        return self.part(service).status
+
+    def deadline(self, service: str) -> datetime:
+        deadline = self.part(service).deadline
+        assert deadline is not None, f"{service} has no deadline"
+        return deadline

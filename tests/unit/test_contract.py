@@ -14,22 +14,28 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.contract import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
+    AbortRelease,
+    CheckDeadlines,
     ComponentDeployed,
     ComponentFailed,
     ComponentRequest,
     ComponentRollbackFailed,
     ComponentRolledBack,
     ComponentStarted,
+    ComponentWaiting,
+    DeadlinePassed,
     DeployComponent,
     Message,
     MessageDecodeError,
     Problem,
     ReleaseAccepted,
     ReleaseFailed,
+    ReleaseQueued,
     ReleaseRejected,
     ReleaseRolledBack,
     ReleaseSucceeded,
     RollbackComponent,
+    StartRelease,
     Step,
     StepFailed,
     StepStarted,
@@ -51,15 +57,23 @@ SAMPLES: dict[str, Message] = {
     "RollbackComponent": RollbackComponent(
         environment="prod", service="api", from_version="2.0.0", to_versions=BEFORE
     ),
+    "AbortRelease": AbortRelease(reason="wrong build"),
+    "StartRelease": StartRelease(),
+    "CheckDeadlines": CheckDeadlines(now=T0),
     "ReleaseAccepted": ReleaseAccepted(
         environment="prod", reason="fees", components=(component("api"),)
     ),
     "ReleaseRejected": ReleaseRejected(
         problems=(Problem(path="components[0].service", reason="unknown service"),)
     ),
+    "ReleaseQueued": ReleaseQueued(behind=("R-0", "R-00")),
+    "DeadlinePassed": DeadlinePassed(
+        environment="prod", service="api", deadline=T0, waited_for="deploy of api"
+    ),
     "ComponentStarted": ComponentStarted(
         environment="prod", service="api", version="2.0.0", previous_versions=BEFORE
     ),
+    "ComponentWaiting": ComponentWaiting(environment="prod", service="api", holder="R-0"),
     "StepStarted": StepStarted(
         environment="prod", service="api", step=Step.DRAIN, batch=1, hosts=HOSTS
     ),
@@ -97,7 +111,14 @@ SAMPLES: dict[str, Message] = {
     "ReleaseRolledBack": ReleaseRolledBack(reason="api: verify"),
     "ReleaseFailed": ReleaseFailed(reason="api: verify", needs_attention=("db: deployed",)),
 }
-COMMANDS = {"SubmitRelease", "DeployComponent", "RollbackComponent"}
+COMMANDS = {
+    "SubmitRelease",
+    "AbortRelease",
+    "StartRelease",
+    "CheckDeadlines",
+    "DeployComponent",
+    "RollbackComponent",
+}
 
 
 def wire(payload: Message, **changes: Any) -> dict[str, Any]:
@@ -201,6 +222,30 @@ def test_step_duration_must_be_a_finite_number() -> None:
             hosts=HOSTS,
             duration_ms=float("inf"),
         )
+
+
+def test_abort_reason_is_optional_and_bounded() -> None:
+    assert AbortRelease().reason == ""
+    with pytest.raises(ValidationError):
+        AbortRelease(reason="x" * 501)
+
+
+def test_who_aborts_is_the_envelope_actor_not_a_payload_field() -> None:
+    data = wire(SAMPLES["AbortRelease"], actor="alice")
+    data["payload"]["actor"] = "bob"
+
+    error = decode_error(data)
+
+    assert error.problems == (Problem(path="payload.actor", reason="unknown field"),)
+    data["payload"].pop("actor")
+    assert decode(data).actor == "alice"
+
+
+def test_check_deadlines_needs_a_moment() -> None:
+    data = wire(SAMPLES["CheckDeadlines"])
+    data["payload"] = {}
+
+    assert decode_error(data).problems == (Problem(path="payload.now", reason="Field required"),)
 
 
 def test_payloads_are_frozen() -> None:

@@ -120,6 +120,17 @@ def test_batches_split_hosts_by_batch_size_keeping_order(tmp_path: Path) -> None
     assert payments.batches() == [("pay-1", "pay-2"), ("pay-3",)]
 
 
+def test_timeouts_default_to_five_minutes_a_step_and_an_hour_a_component(
+    tmp_path: Path,
+) -> None:
+    default = load_fleet(write(tmp_path, service_yaml())).service("staging", "payments")
+    text = service_yaml(step_timeout_s="30", component_timeout_s="90.5")
+    tuned = load_fleet(write(tmp_path, text)).service("staging", "payments")
+
+    assert (default.step_timeout_s, default.component_timeout_s) == (300, 3600)
+    assert (tuned.step_timeout_s, tuned.component_timeout_s) == (30, 90.5)
+
+
 def test_failure_injection_matches_only_what_it_names() -> None:
     anywhere = FailureInjection(step=Step.DEPLOY)
     narrow = FailureInjection(step=Step.DEPLOY, version="2.0", host="h1")
@@ -194,6 +205,8 @@ def test_failure_injection_is_not_checked_against_hosts_that_are_themselves_wron
         ({"hosts": "[]"}, "hosts", "at least 1 item"),
         ({"hosts": "['bad host']"}, "hosts[0]", "'bad host' is not valid here"),
         ({"batch_size": "0"}, "batch_size", "greater than or equal to 1"),
+        ({"step_timeout_s": "0"}, "step_timeout_s", "greater than 0"),
+        ({"component_timeout_s": "700000"}, "component_timeout_s", "less than or equal to 604800"),
         ({"driver": "{kind: ssh, initial_version: 1.0.0}"}, "driver.kind", "'simulated'"),
         ({"driver": "{kind: simulated}"}, "driver.initial_version", "Field required"),
         (

@@ -1,21 +1,17 @@
-"""The release saga, decision by decision: ordering, compensation, duplicates, rejection."""
+"""The release saga, decision by decision: queueing, ordering, compensation, duplicates,
+rejection. Aborts, deadlines and the property over random runs have files of their own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from orchestrator.contract import (
-    ComponentDeployed,
-    ComponentFailed,
+    AbortRelease,
+    CheckDeadlines,
     ComponentRequest,
-    ComponentRollbackFailed,
-    ComponentRolledBack,
-    ComponentStarted,
     DeployComponent,
     Envelope,
     Message,
@@ -26,9 +22,7 @@ from orchestrator.contract import (
     ReleaseRolledBack,
     ReleaseSucceeded,
     RollbackComponent,
-    Step,
-    StepFailed,
-    StepStarted,
+    StartRelease,
     SubmitRelease,
 )
 from orchestrator.plans import Fleet
@@ -42,106 +36,112 @@ from orchestrator.saga import (
 )
 from tests.unit.builders import (
     ENVIRONMENT,
-    HOSTS,
     NEW_VERSION,
-    OLD_VERSION,
+    PREVIOUS,
     RELEASE_ID,
     T0,
+    Release,
     component,
+    deployed,
+    deploys,
     event,
+    failed,
     fleet,
     later,
+    opening,
+    rollback_failed,
+    rollbacks,
+    rolled_back,
+    started,
+    step_failed,
+    step_started,
+    step_succeeded,
     submit,
 )
 
-PREVIOUS = {"h1": OLD_VERSION, "h2": "1.0.1"}  # hosts may have run different versions
-
-# --- what workers report ------------------------------------------------------------------
+# --- queued until the coordinator starts it ----------------------------------------------
 
 
-def started(service: str) -> ComponentStarted:
-    return ComponentStarted(
-        environment=ENVIRONMENT, service=service, version=NEW_VERSION, previous_versions=PREVIOUS
+def test_valid_submission_is_queued_accepted_and_starts_nothing() -> None:
+    release = Release(component("db"), component("api", "db"), component("web"), start=False)
+
+    assert release.accepted == (
+        ReleaseAccepted(
+            environment=ENVIRONMENT,
+            reason="test",
+            components=(component("db"), component("api", "db"), component("web")),
+        ),
     )
+    assert release.status is ReleaseStatus.QUEUED
+    assert {release.component(s) for s in ("db", "api", "web")} == {ComponentStatus.PENDING}
+    assert all(c.deadline is None for c in release.release.components.values())
+    assert release.release.next_deadline is None
+    assert deploys(release.sent) == []
 
 
-def deployed(service: str, previous: dict[str, str] | None = None) -> ComponentDeployed:
-    return ComponentDeployed(
-        environment=ENVIRONMENT,
-        service=service,
-        version=NEW_VERSION,
-        previous_versions=PREVIOUS if previous is None else previous,
+@pytest.mark.parametrize(
+    "early",
+    [
+        deployed("db"),
+        failed("db"),
+        started("db"),
+        step_started("db"),
+        rolled_back("db"),
+        CheckDeadlines(now=later(10 * 86_400)),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_queued_release_ignores_reports_and_deadline_checks(early: Message) -> None:
+    release = Release(component("db"), component("api", "db"), start=False)
+    queued = release.state
+
+    assert release.send(early) == ()
+    assert release.state == queued
+    assert deploys(release.start()) == ["db"]
+
+
+def test_start_release_runs_it_and_deploys_what_is_ready() -> None:
+    release = Release(component("db"), component("api", "db"), component("web"), start=False)
+
+    assert release.start() == (
+        DeployComponent(environment=ENVIRONMENT, service="db", version=NEW_VERSION),
+        DeployComponent(environment=ENVIRONMENT, service="web", version=NEW_VERSION),
     )
+    assert release.status is ReleaseStatus.RUNNING
+    assert release.component("api") is ComponentStatus.PENDING
+    assert release.release.updated_at == later(2)
 
 
-def failed(service: str, *, restored: bool = True) -> ComponentFailed:
-    return ComponentFailed(
-        environment=ENVIRONMENT,
-        service=service,
-        version=NEW_VERSION,
-        reason="verify failed on h2",
-        restored=restored,
-    )
+def test_start_release_twice_is_harmless() -> None:
+    release = Release(component("db"), component("api", "db"))
+    running = release.state
+
+    assert release.start() == ()
+    assert release.state == running
+    release.send(deployed("db"))
+    halfway = release.state
+    assert release.start() == ()
+    assert release.state == halfway
+    assert deploys(release.sent) == ["db", "api"]
 
 
-def rolled_back(service: str) -> ComponentRolledBack:
-    return ComponentRolledBack(environment=ENVIRONMENT, service=service, to_versions=PREVIOUS)
+def test_start_release_after_the_end_changes_nothing() -> None:
+    release = Release(component("api"))
+    release.send(deployed("api"))
+    done = release.state
 
-
-def rollback_failed(service: str) -> ComponentRollbackFailed:
-    return ComponentRollbackFailed(
-        environment=ENVIRONMENT, service=service, reason="h2 did not come back", hosts=("h2",)
-    )
-
-
-# --- reading what the saga sent -----------------------------------------------------------
-
-
-def deploys(outgoing: Iterable[Message]) -> list[str]:
-    return [m.service for m in outgoing if isinstance(m, DeployComponent)]
-
-
-def rollbacks(outgoing: Iterable[Message]) -> list[str]:
-    return [m.service for m in outgoing if isinstance(m, RollbackComponent)]
-
-
-class Release:
-    """One release driven through ``decide``, as the coordinator would, one message at a time."""
-
-    def __init__(self, *components: ComponentRequest, services: Sequence[str] = ()) -> None:
-        names = services or [c.service for c in components]
-        self.fleet: Fleet = fleet(*names)
-        self.sent: list[Message] = []
-        self.state: ReleaseState | None = None
-        self.clock = 0
-        self.first = self.send(submit(*components))
-
-    def send(self, payload: Message) -> tuple[Message, ...]:
-        self.clock += 1
-        decision = decide(self.state, event(payload, at=later(self.clock)), self.fleet)
-        self.state = decision.state
-        self.sent.extend(decision.outgoing)
-        return decision.outgoing
-
-    @property
-    def status(self) -> ReleaseStatus:
-        assert self.state is not None
-        return self.state.status
-
-    def component(self, service: str) -> ComponentStatus:
-        assert self.state is not None
-        return self.state.components[service].status
+    assert release.start() == ()
+    assert release.state == done
 
 
 # --- starting in dependency order ---------------------------------------------------------
 
 
-def test_components_without_dependencies_all_start_in_the_first_decision() -> None:
+def test_components_without_dependencies_all_start_when_the_release_starts() -> None:
     release = Release(component("api"), component("web"), component("jobs"))
 
-    assert isinstance(release.first[0], ReleaseAccepted)
-    assert deploys(release.first[1:]) == ["api", "web", "jobs"]
-    assert len(release.first) == 4
+    assert deploys(release.first) == ["api", "web", "jobs"]
+    assert len(release.first) == 3
     assert release.status is ReleaseStatus.RUNNING
     assert {release.component(s) for s in ("api", "web", "jobs")} == {ComponentStatus.DEPLOYING}
 
@@ -150,28 +150,28 @@ def test_release_accepted_repeats_the_request() -> None:
     components = (component("db"), component("api", "db"))
     release = Release(*components)
 
-    assert release.first[0] == ReleaseAccepted(
-        environment=ENVIRONMENT, reason="test", components=components
+    assert release.accepted == (
+        ReleaseAccepted(environment=ENVIRONMENT, reason="test", components=components),
     )
 
 
 def test_submission_records_who_asked_when_and_why() -> None:
     release = Release(component("api"))
 
-    assert release.state is not None
-    assert release.state.id == RELEASE_ID
-    assert release.state.requested_by == "ci"
-    assert release.state.environment == ENVIRONMENT
-    assert release.state.reason == "test"
-    assert release.state.created_at == later(1)
-    assert release.state.finished_at is None
+    assert release.release.id == RELEASE_ID
+    assert release.release.requested_by == "ci"
+    assert release.release.environment == ENVIRONMENT
+    assert release.release.reason == "test"
+    assert release.release.created_at == later(1)
+    assert release.release.finished_at is None
+    assert release.release.aborted_by is None
 
 
 def test_deploy_command_names_the_environment_service_and_version() -> None:
     release = Release(component("api", version="3.1.4"))
 
-    assert release.first[1] == DeployComponent(
-        environment=ENVIRONMENT, service="api", version="3.1.4"
+    assert release.first == (
+        DeployComponent(environment=ENVIRONMENT, service="api", version="3.1.4"),
     )
 
 
@@ -186,8 +186,7 @@ def test_chain_starts_each_component_only_once_the_one_before_is_deployed() -> N
     assert deploys(release.send(deployed("api"))) == ["web"]
     assert release.send(deployed("web")) == (ReleaseSucceeded(),)
     assert release.status is ReleaseStatus.SUCCEEDED
-    assert release.state is not None
-    assert release.state.finished_at == later(4)
+    assert release.release.finished_at == later(5)
 
 
 def test_diamond_starts_both_middles_together_and_the_top_after_both() -> None:
@@ -228,33 +227,22 @@ def test_component_started_records_previous_versions_and_sends_nothing() -> None
     release = Release(component("api"))
 
     assert release.send(started("api")) == ()
-    assert release.state is not None
-    assert release.state.components["api"].previous_versions == PREVIOUS
+    assert release.part("api").previous_versions == PREVIOUS
     assert release.component("api") is ComponentStatus.DEPLOYING
 
 
-def test_step_reports_change_no_component() -> None:
+def test_step_reports_change_nothing_but_the_deadline() -> None:
     release = Release(component("api"))
-    before = release.state
-    report = StepStarted(
-        environment=ENVIRONMENT, service="api", step=Step.DRAIN, batch=1, hosts=HOSTS
-    )
-    failure = StepFailed(
-        environment=ENVIRONMENT,
-        service="api",
-        step=Step.VERIFY,
-        batch=1,
-        hosts=HOSTS,
-        host="h1",
-        reason="unhealthy",
-    )
+    before = release.part("api")
 
-    assert release.send(report) == ()
-    assert release.send(failure) == ()
-    assert release.state is not None
-    assert before is not None
-    assert release.state.components == before.components
+    assert release.send(step_started("api")) == ()
+    assert release.send(step_succeeded("api")) == ()
+    assert release.send(step_failed("api")) == ()
+    after = release.part("api")
     assert release.status is ReleaseStatus.RUNNING
+    assert after.deadline == release.now + timedelta(seconds=300)
+    assert after.deadline != before.deadline
+    assert after.model_dump(exclude={"deadline"}) == before.model_dump(exclude={"deadline"})
 
 
 def test_report_about_a_service_not_in_the_release_changes_nothing() -> None:
@@ -428,8 +416,7 @@ def test_failure_of_the_first_component_ends_rolled_back_at_once() -> None:
     assert release.send(failed("db")) == (ReleaseRolledBack(reason="db: verify failed on h2"),)
     assert release.status is ReleaseStatus.ROLLED_BACK
     assert release.component("api") is ComponentStatus.SKIPPED
-    assert release.state is not None
-    assert release.state.finished_at == later(2)
+    assert release.release.finished_at == later(3)
     assert rollbacks(release.sent) == []
 
 
@@ -559,6 +546,32 @@ SCENARIOS: dict[str, tuple[tuple[ComponentRequest, ...], tuple[Message, ...]]] =
         (component("db"), component("api", "db"), component("web")),
         (deployed("db"), deployed("api"), failed("web"), rollback_failed("api")),
     ),
+    "aborted while running": (
+        (component("db"), component("api", "db"), component("web")),
+        (
+            deployed("db"),
+            AbortRelease(reason="stop"),
+            deployed("web"),
+            failed("api"),
+            rolled_back("web"),
+            rolled_back("db"),
+        ),
+    ),
+    "deploy times out": (
+        (component("db"), component("api", "db"), component("mail")),
+        (
+            started("db"),
+            deployed("mail"),
+            CheckDeadlines(now=later(10_000)),
+            deployed("db"),
+            rolled_back("db"),
+            rolled_back("mail"),
+        ),
+    ),
+    "rollback times out": (
+        (component("db"), component("web")),
+        (deployed("db"), failed("web"), CheckDeadlines(now=later(10_000)), rolled_back("db")),
+    ),
 }
 
 
@@ -566,7 +579,7 @@ SCENARIOS: dict[str, tuple[tuple[ComponentRequest, ...], tuple[Message, ...]]] =
 def test_every_message_delivered_twice_gives_the_same_outcome(name: str) -> None:
     components, replies = SCENARIOS[name]
     fleet_ = fleet(*(c.service for c in components))
-    messages = [event(submit(*components), at=T0)]
+    messages = [*opening(*components, at=T0)]
     messages += [event(reply, at=later(i + 1)) for i, reply in enumerate(replies)]
 
     once = _run(fleet_, messages)
@@ -624,9 +637,21 @@ def test_late_reports_after_a_rollback_change_nothing(late: Message) -> None:
     assert release.state == done
 
 
-def test_events_for_a_release_never_accepted_do_nothing() -> None:
-    for payload in (deployed("api"), failed("api"), rolled_back("api"), ReleaseSucceeded()):
-        assert decide(None, event(payload), fleet("api")) == Decision(None, ())
+@pytest.mark.parametrize(
+    "stray",
+    [
+        deployed("api"),
+        failed("api"),
+        rolled_back("api"),
+        ReleaseSucceeded(),
+        StartRelease(),
+        AbortRelease(reason="never mind"),
+        CheckDeadlines(now=later(10_000)),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_messages_for_a_release_never_accepted_do_nothing(stray: Message) -> None:
+    assert decide(None, event(stray), fleet("api")) == Decision(None, ())
 
 
 # --- invalid submissions ------------------------------------------------------------------
@@ -691,11 +716,16 @@ def test_cycle_is_named_in_the_rejection() -> None:
     assert rejected.problems[0].reason == "dependency cycle: api -> web -> jobs -> api"
 
 
-def test_rejected_release_ignores_everything_after() -> None:
+@pytest.mark.parametrize(
+    "after",
+    [deployed("api"), StartRelease(), AbortRelease(), CheckDeadlines(now=later(10_000))],
+    ids=lambda m: type(m).__name__,
+)
+def test_rejected_release_ignores_everything_after(after: Message) -> None:
     request, _ = INVALID["unknown service"]
     decision = decide(None, event(request), fleet("api"))
 
-    again = decide(decision.state, event(deployed("api"), at=later(1)), fleet("api"))
+    again = decide(decision.state, event(after, at=later(1)), fleet("api"))
 
     assert again == Decision(decision.state, ())
 
@@ -720,12 +750,14 @@ def test_unreadable_submission_is_refused_as_a_rejected_release() -> None:
 
 def test_same_state_and_message_give_equal_decisions() -> None:
     fleet_ = fleet("db", "api", "web")
-    request = event(submit(component("db"), component("api", "db"), component("web", "db")))
-    first = decide(None, request, fleet_)
+    request, start = opening(component("db"), component("api", "db"), component("web", "db"))
+    queued = decide(None, request, fleet_)
+    running = decide(queued.state, start, fleet_)
     report = event(deployed("db"), at=later(1))
 
-    assert decide(None, request, fleet_) == first
-    assert decide(first.state, report, fleet_) == decide(first.state, report, fleet_)
+    assert decide(None, request, fleet_) == queued
+    assert decide(queued.state, start, fleet_) == running
+    assert decide(running.state, report, fleet_) == decide(running.state, report, fleet_)
 
 
 def test_decide_leaves_the_state_it_was_given_untouched() -> None:
@@ -743,148 +775,10 @@ def test_state_survives_a_round_trip_through_json() -> None:
     release = Release(component("db"), component("api", "db"))
     release.send(deployed("db"))
     assert release.state is not None
+    assert release.state.next_deadline is not None
 
     restored = ReleaseState.model_validate_json(release.state.model_dump_json())
 
     assert restored == release.state
     report = event(deployed("api"), at=later(9))
     assert decide(restored, report, release.fleet) == decide(release.state, report, release.fleet)
-
-
-# --- property: any DAG, any outcomes, any order -------------------------------------------
-
-
-@st.composite
-def release_graphs(draw: st.DrawFn) -> tuple[ComponentRequest, ...]:
-    """A random DAG of up to seven components, listed in a random order."""
-    size = draw(st.integers(min_value=1, max_value=7))
-    names = [f"s{i}" for i in range(size)]
-    components = [
-        component(name, *draw(st.lists(st.sampled_from(names[:i]), unique=True)) if i else ())
-        for i, name in enumerate(names)
-    ]
-    return tuple(draw(st.permutations(components)))
-
-
-class _Workers:
-    """Plays every worker: answers each command the saga sends, and checks each one."""
-
-    def __init__(self, components: Sequence[ComponentRequest]) -> None:
-        self.depends = {c.service: set(c.depends_on) for c in components}
-        self.dependents = {
-            s: {d for d, deps in self.depends.items() if s in deps} for s in self.depends
-        }
-        self.deploy_sent: set[str] = set()
-        self.rollback_sent: set[str] = set()
-        self.deployed: set[str] = set()
-        self.rolled_back: set[str] = set()
-        self.failed: set[str] = set()
-        self.stuck: set[str] = set()  # rollback failed, or a failed put-back
-        self.endings: list[Message] = []
-
-    def above(self, service: str) -> set[str]:
-        """Every component that depends on ``service``, directly or not."""
-        found: set[str] = set()
-        frontier = [service]
-        while frontier:
-            for dependent in self.dependents[frontier.pop()]:
-                if dependent not in found:
-                    found.add(dependent)
-                    frontier.append(dependent)
-        return found
-
-    def check(self, outgoing: Iterable[Message]) -> None:
-        for message in outgoing:
-            assert not self.endings, f"{message!r} sent after {self.endings[0]!r}"
-            if isinstance(message, DeployComponent):
-                assert not self.failed, f"{message.service} started after a failure"
-                assert self.depends[message.service] <= self.deployed
-                assert message.service not in self.deploy_sent
-                self.deploy_sent.add(message.service)
-            elif isinstance(message, RollbackComponent):
-                service = message.service
-                assert service in self.deployed, f"{service} rolled back, never deployed"
-                assert service not in self.rollback_sent
-                assert self.dependents[service] & self.deployed <= self.rolled_back
-                assert not self.above(service) & self.stuck, f"{service} is pinned"
-                assert message.to_versions == PREVIOUS
-                self.rollback_sent.add(service)
-            elif isinstance(message, ReleaseSucceeded | ReleaseRolledBack | ReleaseFailed):
-                self.endings.append(message)
-
-    def answer(self, command: Message, data: st.DataObject) -> list[Message]:
-        if isinstance(command, DeployComponent):
-            service = command.service
-            before = [started(service)] if data.draw(st.booleans()) else []
-            outcome = data.draw(st.sampled_from(["deployed", "failed", "unrestored"]))
-            if outcome == "deployed":
-                self.deployed.add(service)
-                return [*before, deployed(service)]
-            self.failed.add(service)
-            if outcome == "unrestored":
-                self.stuck.add(service)
-            return [*before, failed(service, restored=outcome == "failed")]
-        assert isinstance(command, RollbackComponent)
-        if data.draw(st.booleans()):
-            self.rolled_back.add(command.service)
-            return [rolled_back(command.service)]
-        self.stuck.add(command.service)
-        return [rollback_failed(command.service)]
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(components=release_graphs(), data=st.data())
-def test_any_release_runs_to_an_end_in_dependency_order(
-    components: tuple[ComponentRequest, ...], data: st.DataObject
-) -> None:
-    fleet_ = fleet(*(c.service for c in components))
-    workers = _Workers(components)
-    clock = iter(range(1, 10_000))
-
-    def deliver(
-        state: ReleaseState | None, payload: Message, at: datetime
-    ) -> tuple[ReleaseState | None, tuple[Message, ...]]:
-        decision = decide(state, event(payload, at=at), fleet_)
-        workers.check(decision.outgoing)
-        return decision.state, decision.outgoing
-
-    state, first = deliver(None, submit(*components), T0)
-    pending: list[Message] = [m for m in first if isinstance(m, DeployComponent)]
-    delivered: list[Message] = []
-    while pending:
-        command = pending.pop(data.draw(st.integers(0, len(pending) - 1), label="next"))
-        for reply in workers.answer(command, data):
-            state, outgoing = deliver(state, reply, later(next(clock)))
-            delivered.append(reply)
-            pending += [m for m in outgoing if isinstance(m, DeployComponent | RollbackComponent)]
-        if data.draw(st.booleans(), label="redeliver an old reply"):
-            old = data.draw(st.sampled_from(delivered))
-            before = state
-            state, outgoing = deliver(state, old, later(next(clock)))
-            assert outgoing == ()
-            assert state is not None
-            assert before is not None
-            assert (state.status, state.components) == (before.status, before.components)
-
-    assert state is not None
-    assert state.status.is_terminal, state.status
-    assert len(workers.endings) == 1
-    (ending,) = workers.endings
-    left = workers.deployed - workers.rolled_back
-    if state.status is ReleaseStatus.SUCCEEDED:
-        assert isinstance(ending, ReleaseSucceeded)
-        assert workers.deployed == set(workers.depends)
-        assert not workers.rollback_sent
-    elif state.status is ReleaseStatus.ROLLED_BACK:
-        assert isinstance(ending, ReleaseRolledBack)
-        assert workers.failed
-        assert not left
-        assert not workers.stuck
-    else:
-        assert state.status is ReleaseStatus.FAILED
-        assert isinstance(ending, ReleaseFailed)
-        assert workers.stuck
-        named = {entry.split(":")[0] for entry in ending.needs_attention}
-        assert left | workers.stuck <= named
-        for service in left - workers.stuck:  # left alone only because something above is stuck
-            assert workers.above(service) & workers.stuck

@@ -1,0 +1,387 @@
+"""Deadlines: when the coordinator stops waiting for a worker, and what it does then.
+
+Unless a test says otherwise the fleet's defaults hold: a step may take 300 s from the last
+word, a component 3600 s from when it was sent. Releases are submitted at ``later(1)`` and
+started, so their first components sent, at ``later(2)``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.contract import (
+    DeadlinePassed,
+    Message,
+    ReleaseFailed,
+    ReleaseRolledBack,
+    RollbackComponent,
+)
+from orchestrator.saga import ComponentStatus, ReleaseStatus
+from tests.unit.builders import (
+    ENVIRONMENT,
+    NEW_VERSION,
+    PREVIOUS,
+    Release,
+    component,
+    deployed,
+    failed,
+    later,
+    rollbacks,
+    rolled_back,
+    started,
+    step_failed,
+    step_started,
+    step_succeeded,
+    timeline,
+    waiting,
+)
+
+STEP = timedelta(seconds=300)
+
+
+def no_word(deadline_s: float, waited_for: str) -> str:
+    return f"no word from the worker by {later(deadline_s).isoformat()} ({waited_for})"
+
+
+# --- setting and moving the deadline -------------------------------------------------------
+
+
+def test_every_component_sent_gets_a_deadline_one_step_on() -> None:
+    release = Release(component("api"), component("web"), component("jobs", "api"))
+
+    for service in ("api", "web"):
+        assert release.part(service).sent_at == later(2)
+        assert release.deadline(service) == later(2) + STEP
+    assert release.part("jobs").deadline is None
+    assert release.release.next_deadline == later(2) + STEP
+
+
+def test_deadline_is_the_component_limit_when_that_comes_first() -> None:
+    release = Release(component("api"), step_timeout_s=600, component_timeout_s=120)
+
+    assert release.deadline("api") == later(2 + 120)
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        started("api"),
+        waiting("api"),
+        step_started("api"),
+        step_succeeded("api"),
+        step_failed("api"),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_word_from_the_worker_pushes_the_deadline_a_step_on(word: Message) -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+
+    assert release.send(word, wait=45) == ()
+    assert release.deadline("api") == later(47 + 60)
+    assert release.part("api").sent_at == later(2)
+    assert release.component("api") is ComponentStatus.DEPLOYING
+
+
+def test_deadline_never_passes_the_component_limit() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=100)
+    limit = later(2 + 100)
+
+    release.send(step_started("api"), wait=30)
+    assert release.deadline("api") == later(32 + 60)
+    release.send(step_succeeded("api"), wait=30)
+    assert release.deadline("api") == limit
+    release.send(step_started("api"), wait=30)
+    assert release.deadline("api") == limit
+
+
+def test_next_deadline_is_the_earliest_of_those_in_flight() -> None:
+    release = Release(component("db"), component("cache"), step_timeout_s=60)
+
+    release.send(step_started("cache"), wait=10)
+    assert release.release.next_deadline == release.deadline("db") == later(62)
+    release.send(deployed("db"))
+    assert release.release.next_deadline == release.deadline("cache") == later(12 + 60)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [deployed("api"), failed("api"), failed("api", restored=False)],
+    ids=["deployed", "failed", "failed unrestored"],
+)
+def test_reported_outcome_clears_the_deadline(outcome: Message) -> None:
+    release = Release(component("api"), component("web"))
+
+    release.send(outcome)
+
+    assert release.part("api").deadline is None
+    assert release.release.next_deadline == release.deadline("web")
+
+
+def test_rollback_sent_gets_its_own_deadline_pushed_by_its_reports() -> None:
+    release = Release(component("api"), component("web"), step_timeout_s=60)
+    release.send(deployed("api"))
+
+    assert rollbacks(release.send(failed("web"), wait=10)) == ["api"]
+    assert release.part("api").sent_at == later(13)
+    assert release.deadline("api") == later(13 + 60)
+    release.send(step_started("api", rollback=True), wait=20)
+    assert release.deadline("api") == later(33 + 60)
+    release.send(rolled_back("api"))
+    assert release.part("api").deadline is None
+    assert release.release.next_deadline is None
+
+
+# --- before the deadline ---------------------------------------------------------------------
+
+
+def test_check_before_any_deadline_changes_nothing() -> None:
+    release = Release(component("api"), component("web"))
+    release.send(started("api"))
+    before = release.state
+
+    assert release.check_deadlines(later(2) + STEP - timedelta(seconds=1)) == ()
+    assert release.state == before
+
+
+# --- a deploy that does not report in time ---------------------------------------------------
+
+
+def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
+    release = Release(component("db"), component("api", "db"), component("mail"))
+    release.send(started("db"))  # db's deadline is now later(303)
+    release.send(deployed("mail"))
+    reason = no_word(303, "deploy of db")
+
+    assert release.check_deadlines(later(303)) == (
+        DeadlinePassed(
+            environment=ENVIRONMENT, service="db", deadline=later(303), waited_for="deploy of db"
+        ),
+        RollbackComponent(
+            environment=ENVIRONMENT, service="db", from_version=NEW_VERSION, to_versions=PREVIOUS
+        ),
+        RollbackComponent(
+            environment=ENVIRONMENT, service="mail", from_version=NEW_VERSION, to_versions=PREVIOUS
+        ),
+    )
+    assert release.status is ReleaseStatus.COMPENSATING
+    assert release.release.failure == f"db: {reason}"
+    assert release.part("db").reason == reason
+    assert release.component("db") is ComponentStatus.ROLLING_BACK
+    assert release.deadline("db") == later(303) + STEP  # the rollback's own
+    assert release.component("api") is ComponentStatus.SKIPPED
+
+    assert release.check_deadlines(later(304)) == ()  # DeadlinePassed is said once
+    assert release.send(rolled_back("db")) == ()
+    assert release.send(rolled_back("mail")) == (ReleaseRolledBack(reason=f"db: {reason}"),)
+    assert release.release.status is ReleaseStatus.ROLLED_BACK
+    assert timeline(release.sent) == [
+        "ReleaseAccepted",
+        "deploy db",
+        "deploy mail",
+        "late: deploy of db",
+        "rollback db",
+        "rollback mail",
+        "ReleaseRolledBack",
+    ]
+
+
+def test_timed_out_deploy_waits_like_a_deployed_one_for_siblings_in_flight() -> None:
+    release = Release(component("db"), component("mail"), step_timeout_s=60)
+    release.send(step_started("mail"), wait=30)
+
+    assert timeline(release.check_deadlines(later(62))) == ["late: deploy of db"]
+    assert release.status is ReleaseStatus.COMPENSATING
+    assert release.component("db") is ComponentStatus.TIMED_OUT
+    assert release.part("db").deadline is None
+    assert release.component("mail") is ComponentStatus.DEPLOYING
+    assert release.release.next_deadline == release.deadline("mail")
+    assert rollbacks(release.send(deployed("mail"))) == ["db", "mail"]
+
+
+def test_timed_out_dependent_is_rolled_back_before_what_it_depends_on() -> None:
+    release = Release(component("db"), component("api", "db"))
+    release.send(deployed("db"))  # api sent at later(3)
+    release.send(started("api"))
+
+    assert timeline(release.check_deadlines(later(4) + STEP)) == [
+        "late: deploy of api",
+        "rollback api",
+    ]
+    assert release.component("db") is ComponentStatus.DEPLOYED
+    assert rollbacks(release.send(rolled_back("api"))) == ["db"]
+
+
+def test_several_late_components_are_each_named_before_any_command() -> None:
+    release = Release(component("db"), component("mail"), component("api", "db"))
+
+    assert timeline(release.check_deadlines(later(2) + STEP)) == [
+        "late: deploy of db",
+        "late: deploy of mail",
+        "rollback db",
+        "rollback mail",
+    ]
+    assert release.release.failure.startswith("db: no word from the worker")
+
+
+def test_deploy_timing_out_during_a_compensation_keeps_the_first_failure() -> None:
+    release = Release(component("api"), component("web"))
+    release.send(started("api"))
+    release.send(failed("web"))
+
+    assert timeline(release.check_deadlines(later(3) + STEP)) == [
+        "late: deploy of api",
+        "rollback api",
+    ]
+    assert release.release.failure == "web: verify failed on h2"
+
+
+# --- whatever a late component says afterwards is ignored -----------------------------------
+
+
+def _timed_out_waiting_for_mail() -> Release:
+    release = Release(component("db"), component("mail"), step_timeout_s=60)
+    release.send(started("db"))
+    release.send(step_started("mail"), wait=30)
+    release.check_deadlines(later(63))
+    assert release.component("db") is ComponentStatus.TIMED_OUT
+    return release
+
+
+LATE_WORDS = [
+    deployed("db"),
+    failed("db"),
+    failed("db", restored=False),
+    started("db"),
+    waiting("db"),
+    step_started("db"),
+    step_succeeded("db"),
+    step_failed("db"),
+]
+
+
+@pytest.mark.parametrize("late", LATE_WORDS, ids=lambda m: type(m).__name__)
+def test_late_word_from_a_timed_out_deploy_changes_nothing(late: Message) -> None:
+    release = _timed_out_waiting_for_mail()
+    before = release.state
+
+    assert release.send(late) == ()
+    assert release.state == before
+
+
+@pytest.mark.parametrize(
+    "late",
+    [deployed("db"), failed("db"), failed("db", restored=False), started("db")],
+    ids=["ComponentDeployed", "ComponentFailed", "ComponentFailed unrestored", "ComponentStarted"],
+)
+def test_late_outcome_of_a_timed_out_deploy_leaves_its_rollback_alone(late: Message) -> None:
+    release = _timed_out_waiting_for_mail()
+    assert rollbacks(release.send(deployed("mail"))) == ["db", "mail"]
+    before = release.state
+
+    assert release.send(late) == ()
+    assert release.state == before
+    assert release.send(rolled_back("db")) == ()
+    assert isinstance(release.send(rolled_back("mail"))[0], ReleaseRolledBack)
+
+
+def test_late_deploy_step_of_a_timed_out_deploy_does_not_hold_off_its_rollback() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+    release.check_deadlines(later(62))  # the deploy timed out; its rollback is sent at once
+    assert release.component("api") is ComponentStatus.ROLLING_BACK
+    rollback_due = release.deadline("api")
+
+    release.send(step_succeeded("api", rollback=False), wait=30)  # the old deploy, still going
+
+    assert release.deadline("api") == rollback_due
+    assert timeline(release.check_deadlines(rollback_due)) == [
+        "late: rollback of api",
+        "ReleaseFailed",
+    ]
+
+
+# --- a rollback that does not report in time -------------------------------------------------
+
+
+def test_rollback_that_times_out_ends_the_release_failed() -> None:
+    release = Release(component("api"), component("web"))
+    release.send(deployed("api"))
+    release.send(failed("web"))  # api's rollback sent at later(4)
+    reason = no_word(304, "rollback of api")
+
+    late, outcome = release.check_deadlines(later(4) + STEP)
+
+    assert late == DeadlinePassed(
+        environment=ENVIRONMENT, service="api", deadline=later(304), waited_for="rollback of api"
+    )
+    assert outcome == ReleaseFailed(
+        reason="web: verify failed on h2; compensation incomplete for api",
+        needs_attention=(f"api: rollback_failed ({reason})",),
+    )
+    assert release.status is ReleaseStatus.FAILED
+    assert release.component("api") is ComponentStatus.ROLLBACK_FAILED
+    assert release.part("api").deadline is None
+    done = release.state
+    assert release.send(rolled_back("api")) == ()
+    assert release.state == done
+
+
+def test_rollback_that_times_out_pins_what_it_depends_on() -> None:
+    release = Release(component("db"), component("api", "db"), component("web", "api"))
+    release.send(deployed("db"))
+    release.send(deployed("api"))
+    release.send(failed("web"))
+
+    late, outcome = release.check_deadlines(later(10_000))
+
+    assert isinstance(late, DeadlinePassed)
+    assert isinstance(outcome, ReleaseFailed)
+    assert rollbacks(release.sent) == ["api"]
+    assert release.component("db") is ComponentStatus.DEPLOYED
+    assert sorted(e.split(":")[0] for e in outcome.needs_attention) == ["api", "db"]
+
+
+def test_rollback_timing_out_while_another_rolls_back_waits_for_it() -> None:
+    release = Release(component("api"), component("mail"), component("web"))
+    release.send(deployed("api"))
+    release.send(deployed("mail"))
+    assert rollbacks(release.send(failed("web"))) == ["api", "mail"]  # at later(5)
+    release.send(step_started("mail", rollback=True), wait=100)
+
+    assert timeline(release.check_deadlines(later(5) + STEP)) == ["late: rollback of api"]
+    assert release.status is ReleaseStatus.COMPENSATING
+    (outcome,) = release.send(rolled_back("mail"))
+
+    assert isinstance(outcome, ReleaseFailed)
+    assert [e.split(":")[0] for e in outcome.needs_attention] == ["api"]
+
+
+def test_rollback_of_a_timed_out_deploy_may_time_out_too() -> None:
+    release = Release(component("api"))
+    release.check_deadlines(later(2) + STEP)  # rollback sent at later(302)
+
+    late, outcome = release.check_deadlines(later(302) + STEP)
+
+    assert late == DeadlinePassed(
+        environment=ENVIRONMENT, service="api", deadline=later(602), waited_for="rollback of api"
+    )
+    assert isinstance(outcome, ReleaseFailed)
+    assert release.component("api") is ComponentStatus.ROLLBACK_FAILED
+    assert timeline(release.sent) == [
+        "ReleaseAccepted",
+        "deploy api",
+        "late: deploy of api",
+        "rollback api",
+        "late: rollback of api",
+        "ReleaseFailed",
+    ]
+
+
+def test_deadline_check_after_the_end_changes_nothing() -> None:
+    release = Release(component("api"))
+    release.send(deployed("api"))
+    done = release.state
+
+    assert release.check_deadlines(later(10_000)) == ()
+    assert release.state == done
