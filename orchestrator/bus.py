@@ -127,12 +127,22 @@ class Delivery:
 class Bus:
     """Publishes envelopes where they belong and runs consumers; safe to share by threads."""
 
-    def __init__(self, broker_url: str, topology: Topology, celery: Celery, *, copies: int = 1):
+    def __init__(
+        self,
+        broker_url: str,
+        topology: Topology,
+        celery: Celery,
+        *,
+        visibility_timeout_s: float = 60.0,
+        copies: int = 1,
+    ):
         self.broker_url = broker_url
         self.topology = topology
         self._celery = celery
         self._copies = copies  # more than one only in a drill: every consumer sees duplicates
-        self._connection = Connection(broker_url, transport_options=transport_options(broker_url))
+        self._connection = Connection(
+            broker_url, transport_options=transport_options(broker_url, visibility_timeout_s)
+        )
         self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
         self._declared = False
         self._declare_lock = threading.Lock()
@@ -244,7 +254,7 @@ class Bus:
         self._connection.release()
 
 
-def transport_options(broker_url: str) -> dict[str, Any]:
+def transport_options(broker_url: str, visibility_timeout_s: float) -> dict[str, Any]:
     """kombu transport options for a broker, shared by Drover's own connections and Celery's."""
     if broker_url.startswith("amqp"):
         return {"confirm_publish": True}  # a publish returns only once the broker has it
@@ -252,7 +262,15 @@ def transport_options(broker_url: str) -> dict[str, Any]:
         # The in-memory transport polls; its default of once a second would put a second
         # between every step of a release.
         return {"polling_interval": 0.005}
-    return {}
+    # Redis: a message taken but not acknowledged is handed out again after the
+    # visibility timeout (kombu's default: an hour), by a sweep that kombu runs only
+    # every unacked_restore_interval x unacked_restore_throttle seconds (10 x 10 by
+    # default). Both together bound how late a dead process's message is taken over.
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1.0, visibility_timeout_s / 4),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def _event_key(message: Envelope) -> str:

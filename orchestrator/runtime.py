@@ -63,7 +63,13 @@ def connect(settings: Settings, fleet: Fleet | None = None) -> Parts:
         settings.broker_url, settings.namespace, settings.redis_visibility_timeout_s
     )
     copies = 2 if settings.drill_duplicate_publishes else 1
-    bus = Bus(settings.broker_url, Topology(settings.namespace), celery, copies=copies)
+    bus = Bus(
+        settings.broker_url,
+        Topology(settings.namespace),
+        celery,
+        visibility_timeout_s=settings.redis_visibility_timeout_s,
+        copies=copies,
+    )
     return Parts(settings, fleet, store, celery, bus)
 
 

@@ -33,11 +33,5 @@ def create_celery(broker_url: str, namespace: str, visibility_timeout_s: float =
         worker_send_task_events=False,
         enable_utc=True,
     )
-    options = transport_options(broker_url)
-    if broker_url.startswith(("redis://", "rediss://")):
-        # How long a message taken but not acknowledged stays with its worker before
-        # Redis hands it out again: the bound on how late a dead worker's component is
-        # taken over. (kombu's default is an hour.)
-        options["visibility_timeout"] = visibility_timeout_s
-    app.conf.broker_transport_options = options
+    app.conf.broker_transport_options = transport_options(broker_url, visibility_timeout_s)
     return app

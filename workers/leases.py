@@ -64,18 +64,26 @@ def held(
     owner_prefix: str,
     ttl_s: float,
     finished: Callable[[], bool],
+    waiting: Callable[[str | None], None],
+    waiting_every_s: float,
     poll_s: float = 0.25,
 ) -> Iterator[Lease | None]:
     """Hold the lease ``name`` for the block, waiting for it as long as its holder lives.
 
     Yields None, without the lease, if ``finished()`` turns true while waiting: the
     holder completed the work and there is nothing left to do but replay its outcome.
+    While it waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so
+    that whoever waits for *this* worker knows it is alive.
     """
     lease = Lease(store, name, f"{owner_prefix}/{uuid.uuid4().hex}", ttl_s)
+    next_word = 0.0
     while not store.acquire_lease(name, lease.owner, ttl_s):
         if finished():
             yield None
             return
+        if time.monotonic() >= next_word:
+            waiting(store.lease_holder(name))
+            next_word = time.monotonic() + waiting_every_s
         time.sleep(poll_s)
     heartbeat = threading.Thread(target=lease._keep_alive, name=f"lease {name}", daemon=True)
     heartbeat.start()

@@ -8,6 +8,7 @@ late-acked task would only leave the saga waiting.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from orchestrator.contract import (
     ComponentRollbackFailed,
     ComponentRolledBack,
     ComponentStarted,
+    ComponentWaiting,
     DeployComponent,
     Envelope,
     Event,
@@ -74,7 +76,8 @@ class ComponentRunner:
         self._bus = bus
         self._limits = limits
         self.crash = crash_points or CrashPoints()
-        self.actor = f"drover-worker@{socket.gethostname()}"
+        # The pid tells apart workers on one machine, in leases and in logs.
+        self.actor = f"drover-worker-{os.getpid()}@{socket.gethostname()}"
 
     def deploy(self, wire: dict[str, Any]) -> None:
         self._carry_out(wire, DeployComponent, self._deploy)
@@ -112,12 +115,23 @@ class ComponentRunner:
             self._dead_letter(command.encode(), reason)
             self._finish(command, _crashed(payload, reason))
             return
+        service = self._fleet.service(payload.environment, payload.service)
         with held(
             self._store,
             f"component/{command.release_id}/{payload.service}",
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
             finished=lambda: self._store.outcome(command.id) is not None,
+            waiting=lambda holder: self.publish(
+                ComponentWaiting(
+                    environment=payload.environment,
+                    service=payload.service,
+                    holder=holder or "?",
+                ),
+                command,
+            ),
+            # Word well within the step deadline, or the coordinator would give up on us.
+            waiting_every_s=min(service.step_timeout_s / 3, 5.0),
         ) as lease:
             if lease is None or self._replayed(command):
                 self._replayed(command)

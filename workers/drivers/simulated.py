@@ -69,8 +69,11 @@ class SimulatedDriver:
             time.sleep(self._config.latency_ms / 1000)
         running = version or self.current_version(host)
         for injection in self._config.fail:
-            if injection.matches(step, running, host):
+            if not injection.matches(step, running, host):
+                continue
+            if injection.stall_ms is None:
                 raise StepError(step, host, f"injected failure ({step} of {running})")
+            time.sleep(injection.stall_ms / 1000)
 
     def _count(self, step: Step, host: str) -> None:
         self._store.count_effect(
