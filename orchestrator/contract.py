@@ -429,6 +429,9 @@ def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:
         except (ValueError, UnicodeDecodeError) as exc:
             problem = Problem(path="", reason=f"not JSON: {exc}")
             raise MessageDecodeError(raw_bytes, [problem]) from exc
+        except RecursionError as exc:
+            problem = Problem(path="", reason="JSON nested too deeply")
+            raise MessageDecodeError(raw_bytes, [problem]) from exc
     try:
         header = _Header.model_validate(data)
     except ValidationError as exc:
@@ -445,7 +448,15 @@ def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:
     except ValidationError as exc:
         raise MessageDecodeError(raw_bytes, problems_from(exc, prefix="payload"), header) from exc
     fields = header.model_dump(exclude={"type", "payload"})
-    return Envelope(**fields, payload=payload)
+    message = Envelope(**fields, payload=payload)
+    try:
+        # JSON may carry a lone surrogate ("\ud800"), which no UTF-8 can hold: a message
+        # Drover could read but never write again (to its timeline, say) is refused here.
+        message.encode()
+    except ValueError as exc:
+        problem = Problem(path="", reason="text that is not valid Unicode (a lone surrogate)")
+        raise MessageDecodeError(raw_bytes, [problem], header) from exc
+    return message
 
 
 def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:

@@ -205,6 +205,14 @@ def _read_yaml(path: Path) -> Any:
         problem = getattr(exc, "problem", None) or str(exc)
         reason = f"malformed YAML{where}: {problem}"
         raise InvalidInput(str(path), [Problem(path="", reason=reason)]) from exc
+    except RecursionError as exc:
+        reason = "malformed YAML: nested too deeply"
+        raise InvalidInput(str(path), [Problem(path="", reason=reason)]) from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        # PyYAML's constructors raise these, not YAMLError, for scalars they cannot
+        # build (an impossible date like 2024-02-30, "0x_", "!!bool maybe").
+        reason = f"malformed YAML: a value cannot be read ({type(exc).__name__}: {exc})"
+        raise InvalidInput(str(path), [Problem(path="", reason=reason)]) from exc
 
 
 def _validate(model: type[_M], data: Any, source: str) -> _M:
