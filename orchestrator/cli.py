@@ -369,6 +369,8 @@ def _print_release(view: dict[str, Any]) -> None:
     click.echo(f"{view['id']}  {view['state']}  {view['environment']}  {view['reason']}")
     if view["failure"]:
         click.echo(f"  failure: {view['failure']}")
+    if view.get("waiting_for"):
+        click.echo(f"  waiting for: {', '.join(view['waiting_for'])} (they hold its services)")
     for c in view["components"]:
         previous = c["previous_version"] or "?"
         click.echo(f"  {c['service']:<20} {previous} -> {c['version']:<12} {c['state']}")

@@ -13,13 +13,18 @@ from typing import Any
 
 from orchestrator.bus import Bus
 from orchestrator.contract import (
+    AbortRelease,
     ComponentFailed,
     ComponentRollbackFailed,
     ComponentStarted,
+    ComponentWaiting,
+    DeadlinePassed,
     DeployComponent,
     Envelope,
+    Message,
     ReleaseAccepted,
     ReleaseFailed,
+    ReleaseQueued,
     ReleaseRejected,
     ReleaseRolledBack,
     RollbackComponent,
@@ -30,10 +35,18 @@ from orchestrator.contract import (
     envelope,
 )
 from orchestrator.plans import Fleet
-from orchestrator.saga import ReleaseState
+from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.store import Store
 
-__all__ = ["Client", "describe", "fleet_versions", "new_release_id", "release_view", "show"]
+__all__ = [
+    "Client",
+    "describe",
+    "fleet_versions",
+    "new_release_id",
+    "release_view",
+    "show",
+    "waiting_for",
+]
 
 
 def new_release_id() -> str:
@@ -79,7 +92,22 @@ def show(store: Store, release_id: str) -> dict[str, Any] | None:
     stored = store.load(release_id)
     if stored is None:
         return None
-    return release_view(stored.state, store.timeline(release_id))
+    view = release_view(stored.state, store.timeline(release_id))
+    view["waiting_for"] = waiting_for(store, stored.state)
+    return view
+
+
+def waiting_for(store: Store, state: ReleaseState) -> list[str]:
+    """The releases ahead of a queued one, for the services it needs; empty once it runs."""
+    if state.status is not ReleaseStatus.QUEUED:
+        return []
+    ahead: list[str] = []
+    for key in store.locks_of(state.id):
+        queue = store.lock_queue(key)
+        for release_id in queue[: queue.index(state.id)] if state.id in queue else []:
+            if release_id not in ahead:
+                ahead.append(release_id)
+    return ahead
 
 
 def fleet_versions(fleet: Fleet, store: Store) -> dict[str, dict[str, dict[str, str]]]:
@@ -138,6 +166,8 @@ def describe(message: Envelope) -> str:
 
 
 def _details(message: Envelope) -> str:
+    if hasattr(message.payload, "service"):
+        return _component_details(message.payload)
     p = message.payload
     match p:
         case SubmitRelease():
@@ -148,15 +178,27 @@ def _details(message: Envelope) -> str:
             return f"{p.environment}, {len(p.components)} components, by {message.actor}"
         case ReleaseRejected():
             return "; ".join(str(problem) for problem in p.problems)
+        case ReleaseQueued():
+            return f"waiting for {', '.join(p.behind)}"
+        case AbortRelease():
+            return f"by {message.actor}" + (f": {p.reason}" if p.reason else "")
+        case ReleaseRolledBack():
+            return f"because {p.reason}"
+        case ReleaseFailed():
+            return f"{p.reason}; needs attention: {'; '.join(p.needs_attention)}"
+    return ""
+
+
+def _component_details(p: Message) -> str:
+    match p:
         case DeployComponent():
             return f"{p.service} -> {p.version}"
         case RollbackComponent():
             targets = sorted(set(p.to_versions.values()))
             return f"{p.service} {p.from_version} -> {', '.join(targets) or 'nothing recorded'}"
         case ComponentStarted():
-            return (
-                f"{p.service} {', '.join(sorted(set(p.previous_versions.values())))} -> {p.version}"
-            )
+            previous = ", ".join(sorted(set(p.previous_versions.values())))
+            return f"{p.service} {previous} -> {p.version}"
         case StepStarted() | StepSucceeded() | StepFailed():
             return _step_details(p)
         case ComponentFailed():
@@ -164,10 +206,10 @@ def _details(message: Envelope) -> str:
             return f"{p.service}@{p.version}: {p.reason} ({restored})"
         case ComponentRollbackFailed():
             return f"{p.service}: {p.reason}; hosts left: {', '.join(p.hosts)}"
-        case ReleaseRolledBack():
-            return f"because {p.reason}"
-        case ReleaseFailed():
-            return f"{p.reason}; needs attention: {'; '.join(p.needs_attention)}"
+        case DeadlinePassed():
+            return f"{p.service}: no word by {p.deadline:%H:%M:%S} ({p.waited_for})"
+        case ComponentWaiting():
+            return f"{p.service}: waiting for {p.holder} to finish"
     service = getattr(p, "service", "")
     version = getattr(p, "version", "")
     return f"{service}@{version}" if version else service

@@ -25,13 +25,16 @@ from celery.worker import state as worker_state
 from orchestrator.bus import Bus, Topology
 from orchestrator.coordinator import Coordinator
 from orchestrator.drills import CrashPoints
+from orchestrator.observability import get_logger
 from orchestrator.plans import Fleet, load_fleet
 from orchestrator.settings import Settings
 from orchestrator.store import Store, open_store
 from workers.app import create_celery
 from workers.tasks import ComponentRunner, WorkerLimits, register_tasks
 
-__all__ = ["Parts", "connect", "embedded", "run_coordinator", "run_worker"]
+__all__ = ["Parts", "connect", "embedded", "run_coordinator", "run_worker", "warn_if_forgetful"]
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,15 @@ def connect(settings: Settings, fleet: Fleet | None = None) -> Parts:
     return Parts(settings, fleet, store, celery, bus)
 
 
+def warn_if_forgetful(store: Store) -> None:
+    """Say so at start-up when the store could lose saga state."""
+    for problem in store.durability_problems():
+        log.warning("the store may lose data", problem=problem)
+
+
 def run_coordinator(parts: Parts) -> None:
     """The ``coordinator`` process: runs until SIGTERM or SIGINT."""
+    warn_if_forgetful(parts.store)
     stop = threading.Event()
     _stop_on_signals(stop)
     crash_points = CrashPoints.parse(parts.settings.crash_at)
@@ -83,6 +93,7 @@ def run_coordinator(parts: Parts) -> None:
 
 def run_worker(parts: Parts, services: Sequence[str]) -> None:
     """The ``worker`` process: a Celery worker on the queues of ``services``."""
+    warn_if_forgetful(parts.store)
     queues = _prepare_worker(parts, services)
     worker = parts.celery.Worker(
         # Unique per process, so that several workers on one machine stay apart.

@@ -212,6 +212,10 @@ class Store(Protocol):
         """Forget a dead letter; False if there was none with that id."""
         ...
 
+    def durability_problems(self) -> list[str]:
+        """Why this store might lose what it was given (settings of the server), if any."""
+        ...
+
     def close(self) -> None: ...
 
 

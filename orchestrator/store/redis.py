@@ -452,6 +452,28 @@ class RedisStore:
             _, removed = pipe.execute()
         return bool(removed)
 
+    def durability_problems(self) -> list[str]:
+        with _translated():
+            raw = {
+                **self._client.config_get("appendonly"),
+                **self._client.config_get("maxmemory-policy"),
+            }
+        # CONFIG GET answers in str or bytes depending on the client's protocol version.
+        config = {_either(k): _either(v) for k, v in raw.items()}
+        found = []
+        policy = config.get("maxmemory-policy", "")
+        if policy != "noeviction":
+            found.append(
+                f"maxmemory-policy is {policy!r}: under memory pressure Redis may evict saga "
+                "state; set it to 'noeviction'"
+            )
+        if config.get("appendonly") != "yes":
+            found.append(
+                "appendonly is off: a Redis restart loses every release in flight; "
+                "set 'appendonly yes'"
+            )
+        return found
+
     def close(self) -> None:
         self._client.close()
 
@@ -511,6 +533,10 @@ def _bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")
+
+
+def _either(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _text(value: object) -> str:
