@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from orchestrator.plans import load_fleet
 from tests.conftest import AMQP_URL, REDIS_URL, require
 from tests.e2e.scenarios import FLEET, clean_env
@@ -83,7 +81,7 @@ class Cluster:
 @contextmanager
 def running_cluster(
     broker: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    logs: Path,
     *,
     fleet: Path = FLEET,
     broker_url: str | None = None,
@@ -92,6 +90,8 @@ def running_cluster(
     **settings: str,
 ) -> Iterator[Cluster]:
     """A coordinator and workers on ``broker``, stopped and cleaned up afterwards.
+
+    Each process writes its output to ``<logs>/<name>.log``.
 
     By default two workers: one for every service, one for api and db only, so that two
     processes compete for those queues. ``settings`` are more DROVER_* variables for
@@ -106,7 +106,7 @@ def running_cluster(
     env = clean_env(
         broker_url=url, store_url=REDIS_URL, fleet=str(fleet), namespace=namespace, **settings
     )
-    cluster = Cluster(env, tmp_path_factory.mktemp(f"cluster-{broker}"))
+    cluster = Cluster(env, logs)
     cluster.start("coordinator", "coordinator", **(coordinator_drills or {}))
     chosen = (
         workers if workers is not None else {"worker-all": ("all",), "worker-api-db": ("api", "db")}

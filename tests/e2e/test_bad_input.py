@@ -130,7 +130,7 @@ def test_missing_release_file(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster("redis", tmp_path_factory) as started:
+    with running_cluster("redis", tmp_path_factory.mktemp("redis")) as started:
         yield started
 
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.broker
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    with running_cluster(request.param, tmp_path_factory) as started:
+    with running_cluster(request.param, tmp_path_factory.mktemp(request.param)) as started:
         yield started
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.broker
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster("redis", tmp_path_factory, fleet=FLEET_FILE) as started:
+    with running_cluster("redis", tmp_path_factory.mktemp("redis"), fleet=FLEET_FILE) as started:
         yield started
 
 

@@ -71,7 +71,9 @@ def drover_cluster(
     broker: str, tmp_path_factory: pytest.TempPathFactory, **options: Any
 ) -> Iterator[tuple[Cluster, Store]]:
     options.setdefault("workers", TWO_WORKERS)
-    with running_cluster(broker, tmp_path_factory, fleet=FLEET_FILE, **FAST, **options) as cluster:
+    with running_cluster(
+        broker, tmp_path_factory.mktemp(broker), fleet=FLEET_FILE, **FAST, **options
+    ) as cluster:
         store = open_store(REDIS_URL, namespace=cluster.env["DROVER_NAMESPACE"])
         try:
             yield cluster, store
