@@ -133,7 +133,7 @@ class Bus:
         topology: Topology,
         celery: Celery,
         *,
-        visibility_timeout_s: float = 60.0,
+        visibility_timeout_s: float,
         copies: int = 1,
     ):
         self.broker_url = broker_url

@@ -46,10 +46,14 @@ class Settings(BaseSettings):
         description="A worker's hold on a component; a dead worker's is taken over after it.",
     )
     delivery_limit: int = Field(
-        default=5, ge=1, le=1000, description="Deliveries of a command before it is dead-lettered."
+        default=5,
+        ge=1,
+        le=1000,
+        description="Times a worker may start a command (taking its lease) before the "
+        "command is dead-lettered and its component reported failed.",
     )
     redis_visibility_timeout_s: float = Field(
-        default=60.0,
+        default=300.0,
         ge=1,
         le=86_400,
         description="Redis broker: when a message a worker took but did not ack is handed out "

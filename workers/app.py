@@ -13,7 +13,7 @@ from orchestrator.bus import transport_options
 __all__ = ["create_celery"]
 
 
-def create_celery(broker_url: str, namespace: str, visibility_timeout_s: float = 60.0) -> Celery:
+def create_celery(broker_url: str, namespace: str, visibility_timeout_s: float) -> Celery:
     app = Celery(f"{namespace}-workers", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",

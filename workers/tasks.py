@@ -57,7 +57,7 @@ _C = TypeVar("_C", DeployComponent, RollbackComponent)
 @dataclass(frozen=True)
 class WorkerLimits:
     lease_ttl_s: float = 15.0  # how soon a dead worker's component is taken over
-    delivery_limit: int = 5  # deliveries of one command before it is dead-lettered
+    delivery_limit: int = 5  # attempts at one command before it is dead-lettered
 
 
 class ComponentRunner:
@@ -107,13 +107,7 @@ class ComponentRunner:
         self, command: Envelope, payload: _C, body: Callable[[Envelope, _C, _Context], Event]
     ) -> None:
         """Carry out a command whose every delivery after the first changes nothing."""
-        deliveries = self._store.count_delivery(command.id)
         if self._replayed(command):
-            return
-        if deliveries > self._limits.delivery_limit:
-            reason = f"delivered {deliveries} times without finishing; dead-lettered"
-            self._dead_letter(command.encode(), reason)
-            self._finish(command, _crashed(payload, reason))
             return
         service = self._fleet.service(payload.environment, payload.service)
         with held(
@@ -133,8 +127,18 @@ class ComponentRunner:
             # Word well within the step deadline, or the coordinator would give up on us.
             waiting_every_s=min(service.step_timeout_s / 3, 5.0),
         ) as lease:
-            if lease is None or self._replayed(command):
-                self._replayed(command)
+            if lease is None:
+                self._replayed(command)  # finished by the holder while this copy waited
+                return
+            if self._replayed(command):
+                return
+            # Counted once the lease is ours: copies that only waited for a live holder
+            # are not attempts. A command whose every attempt kills its worker stops here.
+            attempts = self._store.count_delivery(command.id)
+            if attempts > self._limits.delivery_limit:
+                reason = f"started {attempts} times without finishing; dead-lettered"
+                self._dead_letter(command.encode(), reason)
+                self._finish(command, _crashed(payload, reason))
                 return
             context = _Context(self, command, payload.environment, payload.service, lease)
             try:

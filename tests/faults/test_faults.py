@@ -425,7 +425,7 @@ def test_poison_command_is_dead_lettered_and_workers_go_on(
     from workers.app import create_celery
 
     with drover_cluster(broker, tmp_path_factory) as (cluster, store):
-        celery = create_celery(cluster.env["DROVER_BROKER_URL"], "poison")
+        celery = create_celery(cluster.env["DROVER_BROKER_URL"], "poison", 300)
         topology = Topology(cluster.env["DROVER_NAMESPACE"])
         celery.send_task(DEPLOY_TASK, args=[argument], queue=topology.service_queue("db"))
         celery.close()
@@ -435,3 +435,29 @@ def test_poison_command_is_dead_lettered_and_workers_go_on(
         before = versions_now(fleet, store)
         release_id = submit(cluster, tmp_path, CHAIN)
         ended_correctly(store, fleet, release_id, before, ReleaseStatus.SUCCEEDED)
+
+
+# --- a command that kills every worker that starts it --------------------------------------
+
+
+def test_command_started_too_often_is_dead_lettered_and_its_component_failed(
+    broker: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with drover_cluster(broker, tmp_path_factory, workers={}, delivery_limit="1") as (
+        cluster,
+        store,
+    ):
+        cluster.start("worker-1", "worker", "--service", "all", crash_at="worker.after_effect:1")
+        release_id = submit(cluster, tmp_path, [{"service": "db", "version": "2.0.0"}])
+        wait_for(lambda: cluster.exited("worker-1"), "the first attempt to kill its worker")
+
+        cluster.restart("worker-1")  # the second attempt is one more than the limit
+
+        ended = wait_until_ended(store, release_id)
+        assert ended.state.status is ReleaseStatus.FAILED  # db-1 may be half done: a human
+        assert "started 2 times" in ended.state.components["db"].reason
+        letters = store.dead_letters()
+        assert [letter.reason for letter in letters] == [
+            "started 2 times without finishing; dead-lettered"
+        ]
+        cluster.assert_alive()
