@@ -461,3 +461,34 @@ def test_command_started_too_often_is_dead_lettered_and_its_component_failed(
             "started 2 times without finishing; dead-lettered"
         ]
         cluster.assert_alive()
+
+
+# --- a rollback that keeps failing ------------------------------------------------------------
+
+
+def test_rollback_that_keeps_failing_ends_failed_naming_what_needs_a_human(
+    broker: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with drover_cluster(broker, tmp_path_factory) as (cluster, store):
+        release_id = submit(
+            cluster,
+            tmp_path,
+            [
+                {"service": "brittle", "version": "2.0.0"},
+                {"service": "api", "version": "6.6.6-broken", "depends_on": ["brittle"]},
+            ],
+        )
+        ended = wait_until_ended(store, release_id)
+
+        assert ended.state.status is ReleaseStatus.FAILED
+        brittle = [m for m in ended.timeline if getattr(m.payload, "service", "") == "brittle"]
+        failed_tries = [
+            m for m in brittle if m.type == "StepFailed" and getattr(m.payload, "rollback", False)
+        ]
+        assert len(failed_tries) == 3  # tried again, with backoff, before giving up
+        (ending,) = [m for m in ended.timeline if m.type == "ReleaseFailed"]
+        assert any("brittle" in item for item in ending.payload.needs_attention)  # type: ignore[union-attr]
+        (gave_up,) = [m for m in brittle if m.type == "ComponentRollbackFailed"]
+        assert "brittle-2" in gave_up.payload.hosts  # type: ignore[union-attr]
+        # Nothing further is done to it: no rollback is sent again.
+        assert [m.type for m in brittle].count("RollbackComponent") == 1
