@@ -61,6 +61,7 @@ __all__ = [
     "SubmitRelease",
     "Version",
     "decode",
+    "derived_id",
     "envelope",
     "json_schema",
     "problems_from",
@@ -415,6 +416,15 @@ def envelope(
         actor=actor,
         payload=payload,
     )
+
+
+def derived_id(cause: str, purpose: str | int) -> str:
+    """A message id that is the same whenever the same cause leads to the same purpose.
+
+    Deciding or doing the same thing twice (after a crash, on a redelivery) then yields
+    messages with the same ids, which every consumer recognises as already seen.
+    """
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"{cause}/{purpose}").hex
 
 
 def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:

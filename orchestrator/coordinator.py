@@ -26,6 +26,7 @@ from orchestrator.contract import (
     StartRelease,
     SubmitRelease,
     decode,
+    derived_id,
     envelope,
 )
 from orchestrator.drills import CrashPoints
@@ -46,11 +47,6 @@ _STORE_RETRY_S: Final = 1.0
 def lock_key(environment: str, service: str) -> str:
     """What two releases must not hold at once: one service in one environment."""
     return f"{environment}/{service}"
-
-
-def _own_id(release_id: str, purpose: str) -> str:
-    # The same id for the same purpose, so that doing it twice is recognised as a repeat.
-    return uuid.uuid5(uuid.NAMESPACE_OID, f"{release_id}/{purpose}").hex
 
 
 def _wake_time(state: ReleaseState) -> datetime | None:
@@ -203,7 +199,7 @@ class Coordinator:
             self.process(self._own(StartRelease(), waiting, "start"))
         self._store.commit(
             release_id,
-            message_id=_own_id(release_id, "locks-freed"),
+            message_id=derived_id(release_id, "locks-freed"),
             expected_revision=0,
             state=None,
             outbox=[],
@@ -217,7 +213,7 @@ class Coordinator:
             payload,
             release_id=release_id,
             actor=COORDINATOR_ACTOR,
-            message_id=_own_id(release_id, purpose),
+            message_id=derived_id(release_id, purpose),
         )
 
     def _refuse_reused_id(self, message: Envelope) -> None:
@@ -248,9 +244,7 @@ class Coordinator:
                 release_id=message.release_id,
                 actor=COORDINATOR_ACTOR,
                 causation=message,
-                # Derived, not random: deciding the same message again yields the same
-                # ids, which the store and every consumer recognise as already seen.
-                message_id=uuid.uuid5(uuid.NAMESPACE_OID, f"{message.id}/{index}").hex,
+                message_id=derived_id(message.id, index),
             )
             for index, payload in enumerate(decision.outgoing)
         ]

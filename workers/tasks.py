@@ -36,6 +36,7 @@ from orchestrator.contract import (
     StepStarted,
     StepSucceeded,
     decode,
+    derived_id,
     envelope,
 )
 from orchestrator.drills import CrashPoints
@@ -288,9 +289,7 @@ class ComponentRunner:
             release_id=command.release_id,
             actor=self.actor,
             causation=command,
-            message_id=uuid.uuid5(uuid.NAMESPACE_OID, f"{command.id}/{purpose}").hex
-            if purpose
-            else None,
+            message_id=derived_id(command.id, purpose) if purpose else None,
         )
 
     def publish(self, event: Event, command: Envelope) -> None:
