@@ -14,6 +14,7 @@ Every body is the JSON of one :class:`~orchestrator.contract.Envelope`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -319,11 +320,19 @@ class _Consumer(ConsumerMixin):
             self._stop.set()
 
     def get_consumers(self, consumer_class: Any, channel: Any) -> list[Any]:
-        consumer = consumer_class(
-            queues=self._queues, on_message=self._on_message, accept=["json"], no_ack=False
-        )
-        consumer.qos(prefetch_count=self._prefetch)
-        return [consumer]
+        # One consumer per queue, so that every delivery knows which queue it came from.
+        consumers = [
+            consumer_class(
+                queues=[queue],
+                on_message=functools.partial(self._on_message, queue.name),
+                accept=["json"],
+                no_ack=False,
+            )
+            for queue in self._queues
+        ]
+        for consumer in consumers:
+            consumer.qos(prefetch_count=self._prefetch)
+        return consumers
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **_: Any) -> None:
         if self._on_ready is not None:
@@ -332,8 +341,7 @@ class _Consumer(ConsumerMixin):
     def on_connection_error(self, exc: BaseException, interval: float) -> None:
         log.warning("broker unreachable, retrying", error=str(exc), retry_in_s=interval)
 
-    def _on_message(self, message: Any) -> None:
-        queue = message.delivery_info.get("routing_key", "")
+    def _on_message(self, queue: str, message: Any) -> None:
         self._handle(
             Delivery(
                 body=message.body if isinstance(message.body, bytes) else message.body.encode(),

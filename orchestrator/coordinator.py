@@ -111,6 +111,12 @@ class Coordinator:
         except MessageDecodeError as error:
             self._refuse(delivery, error)
             return
+        if isinstance(message.payload, StartRelease | CheckDeadlines):
+            # The coordinator gives these to itself; from the bus they would let anyone
+            # start a release past its locks or time components out early.
+            log.warning("coordinator-only command arrived on the bus; dead-lettered")
+            self._dead_letter(delivery, f"{message.type} is the coordinator's own command")
+            return
         with message_context(
             release_id=message.release_id,
             message_id=message.id,

@@ -1,15 +1,17 @@
 """The worker's entry points: ``DeployComponent`` and ``RollbackComponent`` as Celery tasks.
 
 A task reads its command, finds the service in the fleet file, runs the strategy with the
-service's driver, and reports every step and the outcome as events. It never raises:
-whatever happens, the coordinator hears an outcome, because an exception escaping a
-late-acked task would only leave the saga waiting.
+service's driver, and reports every step and the outcome as events. Whatever goes wrong
+in the work itself becomes an outcome the coordinator hears. Only an unreachable store or
+broker escapes, after the task has tried again for a while (carrying out a command twice
+is harmless: see ``_once``); then the component's deadline brings the saga on.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from orchestrator.bus import DEPLOY_TASK, ROLLBACK_TASK, Bus
+from orchestrator.bus import DEPLOY_TASK, ROLLBACK_TASK, BrokerUnavailable, Bus
 from orchestrator.contract import (
     ComponentDeployed,
     ComponentFailed,
@@ -42,7 +44,8 @@ from orchestrator.contract import (
 from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger, message_context
 from orchestrator.plans import Fleet, ServiceConfig
-from orchestrator.store import DeadLetter, Store
+from orchestrator.saga import ComponentStatus
+from orchestrator.store import DeadLetter, Store, StoreUnavailable
 from workers.drivers import Driver, StepError
 from workers.drivers.simulated import SimulatedDriver
 from workers.leases import Lease, LeaseLost, held
@@ -53,6 +56,7 @@ __all__ = ["ComponentRunner", "WorkerLimits", "register_tasks"]
 log = get_logger(__name__)
 
 _C = TypeVar("_C", DeployComponent, RollbackComponent)
+_INFRASTRUCTURE_TRIES = 5  # with 1, 2, 4, 8 s between them
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,15 @@ class ComponentRunner:
         with message_context(
             release_id=command.release_id, service=payload.service, message_id=command.id
         ):
-            self._once(command, payload, body)
+            for attempt in range(_INFRASTRUCTURE_TRIES):
+                try:
+                    self._once(command, payload, body)
+                    return
+                except (StoreUnavailable, BrokerUnavailable) as exc:
+                    if attempt == _INFRASTRUCTURE_TRIES - 1:
+                        raise
+                    log.warning("store or broker unavailable; trying again", error=str(exc))
+                    time.sleep(2**attempt)
 
     def _once(
         self, command: Envelope, payload: _C, body: Callable[[Envelope, _C, _Context], Event]
@@ -133,6 +145,9 @@ class ComponentRunner:
                 return
             if self._replayed(command):
                 return
+            if not self.still_wanted(command, payload.service)[0]:
+                log.warning("the saga has moved on from this command; it is not carried out")
+                return
             # Counted once the lease is ours: copies that only waited for a live holder
             # are not attempts. A command whose every attempt kills its worker stops here.
             attempts = self._store.count_delivery(command.id)
@@ -146,6 +161,9 @@ class ComponentRunner:
                 outcome = body(command, payload, context)
             except LeaseLost:
                 log.error("lease lost mid-component; the worker that took over finishes it")
+                return
+            except Superseded:
+                log.warning("the saga moved on mid-component (timed out); its rollback owns it")
                 return
             except Exception as exc:  # report the failure rather than leave the saga waiting
                 log.exception("component crashed")
@@ -202,7 +220,7 @@ class ComponentRunner:
         A worker taking over reads the first worker's record: asking the hosts again
         would find some of them already on the new version.
         """
-        key = f"{command.id}/started"
+        key = _started_key(command.release_id, payload.service)
         recorded = self._store.outcome(key)
         if recorded is None:
             started = ComponentStarted(
@@ -220,12 +238,13 @@ class ComponentRunner:
     def _rollback(self, command: Envelope, payload: RollbackComponent, context: _Context) -> Event:
         service = self._fleet.service(payload.environment, payload.service)
         driver = self._driver(service, command, payload.environment, payload.service, True)
-        result = roll_back(driver, service.batches(), payload.to_versions, context.run())
+        to_versions = payload.to_versions or self._recorded_previous(command, payload)
+        result = roll_back(driver, service.batches(), to_versions, context.run())
         if result.error is None:
             return ComponentRolledBack(
                 environment=payload.environment,
                 service=payload.service,
-                to_versions=payload.to_versions,
+                to_versions=to_versions,
             )
         return ComponentRollbackFailed(
             environment=payload.environment,
@@ -234,9 +253,31 @@ class ComponentRunner:
             hosts=result.hosts_left,
         )
 
-    def aborted_by(self, release_id: str) -> str | None:
-        stored = self._store.load(release_id)
-        return stored.state.aborted_by if stored else None
+    def _recorded_previous(self, command: Envelope, payload: RollbackComponent) -> dict[str, str]:
+        # The saga sends no versions when the component timed out before its
+        # ComponentStarted reached it; the deploying worker recorded them all the same.
+        recorded = self._store.outcome(_started_key(command.release_id, payload.service))
+        if recorded is None or not isinstance(recorded.payload, ComponentStarted):
+            return {}  # never started: no host was touched
+        return recorded.payload.previous_versions
+
+    def still_wanted(self, command: Envelope, service: str) -> tuple[bool, str | None]:
+        """Is the command still what the saga waits for, and who (if anyone) aborted?
+
+        A deploy that timed out, or whose release has ended, is no longer wanted: its
+        rollback (or nothing) now owns the hosts, and it must not touch them again.
+        """
+        stored = self._store.load(command.release_id)
+        if stored is None:
+            return True, None
+        component = stored.state.components.get(service)
+        in_flight = (
+            ComponentStatus.DEPLOYING
+            if isinstance(command.payload, DeployComponent)
+            else ComponentStatus.ROLLING_BACK
+        )
+        wanted = component is None or component.status is in_flight
+        return wanted, stored.state.aborted_by
 
     def _driver(
         self,
@@ -325,8 +366,10 @@ class _Context:
         )
 
     def _should_stop(self) -> str | None:
-        actor = self._runner.aborted_by(self._command.release_id)
-        return f"release aborted by {actor}" if actor else None
+        wanted, aborted_by = self._runner.still_wanted(self._command, self._service)
+        if not wanted:
+            raise Superseded(self._command.id)
+        return f"release aborted by {aborted_by}" if aborted_by else None
 
     def outcome(self, event: Event) -> None:
         self._lease.check()
@@ -388,6 +431,15 @@ class _StoreJournal:
         self._lease.check()
         self._store.record_progress(self._key, host, step)
         self._steps.setdefault(host, []).append(step)
+
+
+class Superseded(Exception):
+    """The saga no longer waits for this command (its component timed out, or ended)."""
+
+
+def _started_key(release_id: str, service: str) -> str:
+    # One deploy per component per release: the record is found by either command.
+    return f"started/{release_id}/{service}"
 
 
 def _crashed(payload: DeployComponent | RollbackComponent, reason: str) -> Event:

@@ -281,3 +281,33 @@ def _reencoded(body: bytes) -> bytes:
     from orchestrator.contract import decode
 
     return decode(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [("StartRelease", {}), ("CheckDeadlines", {"now": "2999-01-01T00:00:00+00:00"})],
+)
+def test_the_coordinators_own_commands_are_refused_from_the_bus(
+    cluster: Cluster, store: Store, kind: str, payload: dict[str, Any]
+) -> None:
+    body = json.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "type": kind,
+            "schema_version": 1,
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "release_id": f"R-bus-{uuid.uuid4().hex[:8]}",
+            "actor": "mallory",
+            "payload": payload,
+        }
+    ).encode()
+
+    _publish_raw(cluster, body)
+
+    deadline = time.monotonic() + 30
+    while not any(letter.raw == body for letter in store.dead_letters()):
+        assert time.monotonic() < deadline, "never dead-lettered"
+        time.sleep(0.05)
+    (letter,) = [letter for letter in store.dead_letters() if letter.raw == body]
+    assert letter.reason == f"{kind} is the coordinator's own command"
+    assert letter.source.endswith(".commands")  # the queue it came from
