@@ -139,7 +139,7 @@ class Bus:
     ):
         self.broker_url = broker_url
         self.topology = topology
-        self._celery = celery
+        self.celery = celery
         self._copies = copies  # more than one only in a drill: every consumer sees duplicates
         self._connection = Connection(
             broker_url, transport_options=transport_options(broker_url, visibility_timeout_s)
@@ -196,7 +196,7 @@ class Bus:
 
     def _send_task(self, message: Envelope, service: str) -> None:
         task = DEPLOY_TASK if isinstance(message.payload, DeployComponent) else ROLLBACK_TASK
-        self._celery.send_task(
+        self.celery.send_task(
             task,
             args=[message.to_wire()],
             task_id=message.id,

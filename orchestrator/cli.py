@@ -20,7 +20,7 @@ import click
 from pydantic import ValidationError
 
 from orchestrator import contract
-from orchestrator.bus import BrokerUnavailable
+from orchestrator.bus import BrokerUnavailable, Bus
 from orchestrator.client import Client, describe, fleet_versions, release_view, show
 from orchestrator.contract import (
     AbortRelease,
@@ -34,7 +34,7 @@ from orchestrator.contract import (
 )
 from orchestrator.observability import configure_logging
 from orchestrator.plans import Fleet, InvalidInput, load_fleet, load_release, plan_release
-from orchestrator.runtime import ConfigurationError, Parts, connect, embedded
+from orchestrator.runtime import ConfigurationError, Parts, connect, embedded, open_bus
 from orchestrator.runtime import run_coordinator as _run_coordinator
 from orchestrator.runtime import run_worker as _run_worker
 from orchestrator.saga import ReleaseState, ReleaseStatus
@@ -99,7 +99,9 @@ def cli() -> None:
       DROVER_STORE_URL    redis://… or sqlite:///path (default sqlite:///.drover/store.db)
       DROVER_FLEET        the fleet file
       DROVER_NAMESPACE    prefix of every queue, exchange and store key (default drover)
-      DROVER_WORKER_CONCURRENCY, DROVER_LOG_FORMAT, DROVER_LOG_LEVEL
+      DROVER_WORKER_CONCURRENCY, DROVER_LEASE_TTL_S, DROVER_DELIVERY_LIMIT,
+      DROVER_REDIS_VISIBILITY_TIMEOUT_S, DROVER_LOG_FORMAT, DROVER_LOG_LEVEL
+      drills only: DROVER_CRASH_AT, DROVER_DRILL_DUPLICATE_PUBLISHES
 
     \b
     Exit codes: 0 succeeded, 1 rolled back or failed, 2 invalid input or configuration,
@@ -154,6 +156,16 @@ def _store(settings: Settings) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@contextmanager
+def _bus(settings: Settings) -> Iterator[Bus]:
+    """Only the bus, for commands that publish without deploying."""
+    bus = open_bus(settings)
+    try:
+        yield bus
+    finally:
+        bus.close()
 
 
 def _load_release(path: Path, fleet: Fleet) -> SubmitRelease:
@@ -370,7 +382,8 @@ def _print_release(view: dict[str, Any]) -> None:
     if view["failure"]:
         click.echo(f"  failure: {view['failure']}")
     if view.get("waiting_for"):
-        click.echo(f"  waiting for: {', '.join(view['waiting_for'])} (they hold its services)")
+        ahead = ", ".join(view["waiting_for"])
+        click.echo(f"  waiting for: {ahead} (ahead of it in the queues of its services)")
     for c in view["components"]:
         previous = c["previous_version"] or "?"
         click.echo(f"  {c['service']:<20} {previous} -> {c['version']:<12} {c['state']}")
@@ -431,17 +444,17 @@ def queues(fleet_path: Path | None, as_json: bool) -> None:
 @click.argument("release_id")
 @click.option("--reason", default="", help="Why, for the timeline.")
 @click.option("--actor", default=None, help="Who is aborting (default: the login name).")
-@_FLEET_OPTION
-def abort(release_id: str, reason: str, actor: str | None, fleet_path: Path | None) -> None:
+def abort(release_id: str, reason: str, actor: str | None) -> None:
     """Stop a release: nothing new starts, and what was done is rolled back."""
-    with _connected(_distributed_settings(fleet_path)) as parts:
-        state = Client(parts.store, parts.bus).state(release_id)
+    settings = _distributed_settings(None)
+    with _store(settings) as store, _bus(settings) as bus:
+        state = Client(store, bus).state(release_id)
         if state is None:
             raise _Abort(f"no release {release_id!r}")
         if state.status.is_terminal:
             raise _Abort(f"release {release_id} has already ended: {state.status}")
         abort_command = AbortRelease(reason=reason)
-        parts.bus.publish(envelope(abort_command, release_id=release_id, actor=actor or _actor()))
+        bus.publish(envelope(abort_command, release_id=release_id, actor=actor or _actor()))
     click.echo(f"abort of {release_id} sent; `drover release show {release_id}` follows it")
 
 
@@ -475,11 +488,11 @@ def _letter_view(letter: DeadLetter) -> dict[str, Any]:
 
 @dead_letters.command("requeue")
 @click.argument("letter_id")
-@_FLEET_OPTION
-def dead_letters_requeue(letter_id: str, fleet_path: Path | None) -> None:
+def dead_letters_requeue(letter_id: str) -> None:
     """Publish a dead letter again, where its type goes, and forget it."""
-    with _connected(_distributed_settings(fleet_path)) as parts:
-        letter = parts.store.dead_letter(letter_id)
+    settings = _distributed_settings(None)
+    with _store(settings) as store, _bus(settings) as bus:
+        letter = store.dead_letter(letter_id)
         if letter is None:
             raise _Abort(f"no dead letter {letter_id!r}")
         try:
@@ -488,8 +501,8 @@ def dead_letters_requeue(letter_id: str, fleet_path: Path | None) -> None:
             raise _Abort(
                 f"{letter_id} is not a message Drover can read ({error}); drop it"
             ) from error
-        parts.bus.publish(message)
-        parts.store.remove_dead_letter(letter_id)
+        bus.publish(message)
+        store.remove_dead_letter(letter_id)
     click.echo(f"{letter_id} requeued as {message.type} of {message.release_id}")
 
 

@@ -20,7 +20,16 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["CrashPoints"]
+__all__ = ["POINTS", "CrashPoints"]
+
+POINTS = frozenset(
+    {
+        "coordinator.after_commit",
+        "coordinator.after_publish",
+        "worker.after_effect",
+        "worker.before_ack",
+    }
+)
 
 
 @dataclass
@@ -42,6 +51,11 @@ class CrashPoints:
         for item in filter(None, (part.strip() for part in (spec or "").split(","))):
             where, _, count = item.partition(":")
             name, _, tag = where.partition("@")
+            if name not in POINTS:
+                # A misspelt point would never fire, and the drill would prove nothing.
+                raise ValueError(
+                    f"unknown crash point {name!r}; known: {', '.join(sorted(POINTS))}"
+                )
             points.append(_Point(name, tag or None, int(count or 1)))
         return cls(points)
 

@@ -32,7 +32,15 @@ from orchestrator.store import Store, open_store
 from workers.app import create_celery
 from workers.tasks import ComponentRunner, WorkerLimits, register_tasks
 
-__all__ = ["Parts", "connect", "embedded", "run_coordinator", "run_worker", "warn_if_forgetful"]
+__all__ = [
+    "Parts",
+    "connect",
+    "embedded",
+    "open_bus",
+    "run_coordinator",
+    "run_worker",
+    "warn_if_forgetful",
+]
 
 log = get_logger(__name__)
 
@@ -62,18 +70,22 @@ def connect(settings: Settings, fleet: Fleet | None = None) -> Parts:
             raise ConfigurationError("no fleet file: set DROVER_FLEET or pass --fleet")
         fleet = load_fleet(settings.fleet)
     store = open_store(settings.store_url, namespace=settings.namespace)
+    bus = open_bus(settings)
+    return Parts(settings, fleet, store, bus.celery, bus)
+
+
+def open_bus(settings: Settings) -> Bus:
+    """The bus alone, for commands that only publish (abort, requeue)."""
     celery = create_celery(
         settings.broker_url, settings.namespace, settings.redis_visibility_timeout_s
     )
-    copies = 2 if settings.drill_duplicate_publishes else 1
-    bus = Bus(
+    return Bus(
         settings.broker_url,
         Topology(settings.namespace),
         celery,
         visibility_timeout_s=settings.redis_visibility_timeout_s,
-        copies=copies,
+        copies=2 if settings.drill_duplicate_publishes else 1,
     )
-    return Parts(settings, fleet, store, celery, bus)
 
 
 def warn_if_forgetful(store: Store) -> None:
@@ -154,7 +166,8 @@ def embedded(parts: Parts) -> Iterator[Parts]:
     """Every role in this process, as threads, until the block ends."""
     stop = threading.Event()
     coordinator_ready = threading.Event()
-    coordinator = Coordinator(parts.store, parts.bus, parts.fleet)
+    crash_points = CrashPoints.parse(parts.settings.crash_at)
+    coordinator = Coordinator(parts.store, parts.bus, parts.fleet, crash_points)
     coordinator_thread = threading.Thread(
         target=coordinator.run,
         args=(stop, coordinator_ready.set),

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.drills import CrashPoints
+
 __all__ = ["EMBEDDED_BROKER_URL", "Settings", "UnknownSetting", "redacted"]
 
 EMBEDDED_BROKER_URL = "memory://localhost/"
@@ -79,6 +81,12 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://", "amqp://", "amqps://", "memory://")):
             raise ValueError("expected redis://…, amqp://… or memory://")
         return url
+
+    @field_validator("crash_at")
+    @classmethod
+    def _known_crash_points(cls, spec: str | None) -> str | None:
+        CrashPoints.parse(spec)
+        return spec
 
     @field_validator("store_url")
     @classmethod

@@ -150,7 +150,7 @@ class ComponentRunner:
                 return
             # Counted once the lease is ours: copies that only waited for a live holder
             # are not attempts. A command whose every attempt kills its worker stops here.
-            attempts = self._store.count_delivery(command.id)
+            attempts = self._store.count_attempt(command.id)
             if attempts > self._limits.delivery_limit:
                 reason = f"started {attempts} times without finishing; dead-lettered"
                 self._dead_letter(command.encode(), reason)

@@ -172,8 +172,8 @@ class Store(Protocol):
 
     def outcome(self, command_id: str) -> Envelope | None: ...
 
-    def count_delivery(self, message_id: str) -> int:
-        """Add one to how often a message was delivered, and return the new count."""
+    def count_attempt(self, message_id: str) -> int:
+        """Add one to how often a worker has started a command, and return the new count."""
         ...
 
     # --- locks: one release at a time per (environment, service) ---------------------------

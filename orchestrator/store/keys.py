@@ -134,7 +134,7 @@ class Keys:
         # STRING: the Envelope JSON of the event that ended a command; written once
         return f"{self.namespace}:outcome:{command_id}"
 
-    def deliveries(self, message_id: str) -> str:
-        # STRING: INCR count of a message's deliveries; expires DELIVERY_COUNT_TTL_S
+    def attempts(self, message_id: str) -> str:
+        # STRING: INCR count of the times workers started a command; expires ATTEMPT_COUNT_TTL_S
         # (orchestrator.store.shared) after the last one
-        return f"{self.namespace}:deliveries:{message_id}"
+        return f"{self.namespace}:attempts:{message_id}"

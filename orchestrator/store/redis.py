@@ -213,7 +213,7 @@ class RedisStore:
         self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
         self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
-        self._delivery_ttl_ms = math.ceil(shared.DELIVERY_COUNT_TTL_S * 1000)
+        self._attempt_ttl_ms = math.ceil(shared.ATTEMPT_COUNT_TTL_S * 1000)
 
     # --- the saga ---------------------------------------------------------------------
 
@@ -386,11 +386,11 @@ class RedisStore:
             body = self._client.get(self._keys.outcome(command_id))
         return None if body is None else decode(_bytes(body))
 
-    def count_delivery(self, message_id: str) -> int:
-        key = self._keys.deliveries(message_id)
+    def count_attempt(self, message_id: str) -> int:
+        key = self._keys.attempts(message_id)
         with _translated(), self._client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
-            pipe.pexpire(key, self._delivery_ttl_ms)
+            pipe.pexpire(key, self._attempt_ttl_ms)
             count, _ = pipe.execute()
         return int(count)
 

@@ -6,12 +6,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Final
 
-__all__ = ["DELIVERY_COUNT_TTL_S", "epoch_s", "lease_ttl_s", "steps_by_host"]
+__all__ = ["ATTEMPT_COUNT_TTL_S", "epoch_s", "lease_ttl_s", "steps_by_host"]
 
-# How long a message's delivery count is kept after its last delivery. A broker gives up
+# How long a command's attempt count is kept after its last attempt. A broker gives up
 # redelivering long before this; without a limit the counters would grow forever.
 # Read when a store is opened.
-DELIVERY_COUNT_TTL_S: Final = 7 * 24 * 3600.0
+ATTEMPT_COUNT_TTL_S: Final = 7 * 24 * 3600.0
 
 
 def epoch_s(at: datetime) -> float:

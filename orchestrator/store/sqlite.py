@@ -122,12 +122,12 @@ _SCHEMA: Final = (
         command_id TEXT PRIMARY KEY,
         body BLOB NOT NULL
     )""",
-    """CREATE TABLE IF NOT EXISTS deliveries (
+    """CREATE TABLE IF NOT EXISTS attempts (
         message_id TEXT PRIMARY KEY,
         count INTEGER NOT NULL,
         expires_at REAL NOT NULL  -- forgotten then, as Redis expires its counter
     )""",
-    "CREATE INDEX IF NOT EXISTS deliveries_expiring ON deliveries (expires_at)",
+    "CREATE INDEX IF NOT EXISTS attempts_expiring ON attempts (expires_at)",
     # one row per release in each lock's queue; the lowest seq in a queue holds the lock.
     # A release takes one seq per call that queues it, one higher than any in use.
     """CREATE TABLE IF NOT EXISTS lock_queue (
@@ -164,7 +164,7 @@ class SqliteStore:
         # open by threads that ended, and a close() that cannot reach them.
         self._lock = threading.Lock()
         self._db = _open(path)
-        self._delivery_ttl_s = shared.DELIVERY_COUNT_TTL_S
+        self._attempt_ttl_s = shared.ATTEMPT_COUNT_TTL_S
 
     # --- the saga ---------------------------------------------------------------------
 
@@ -369,19 +369,19 @@ class SqliteStore:
             ).fetchone()
         return None if row is None else decode(row[0])
 
-    def count_delivery(self, message_id: str) -> int:
+    def count_attempt(self, message_id: str) -> int:
         # as on Redis: a count not touched for the TTL is forgotten, and starts again at 1
         with self._write() as db:
             now = time.time()
-            db.execute("DELETE FROM deliveries WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM attempts WHERE expires_at <= ?", (now,))
             db.execute(
-                "INSERT INTO deliveries (message_id, count, expires_at) VALUES (?, 1, ?)"
+                "INSERT INTO attempts (message_id, count, expires_at) VALUES (?, 1, ?)"
                 " ON CONFLICT (message_id) DO UPDATE SET"
                 " count = count + 1, expires_at = excluded.expires_at",
-                (message_id, now + self._delivery_ttl_s),
+                (message_id, now + self._attempt_ttl_s),
             )
             (count,) = db.execute(
-                "SELECT count FROM deliveries WHERE message_id = ?", (message_id,)
+                "SELECT count FROM attempts WHERE message_id = ?", (message_id,)
             ).fetchone()
         return int(count)
 

@@ -1,6 +1,6 @@
 """A randomized soak: releases one after another, with kills at random moments.
 
-    python -m tests.faults.soak --releases 50 --seed 1234 [--broker redis|rabbitmq]
+    python -m tests.faults.soak --releases 50 --seed 1234 [--broker redis|rabbitmq] [--logs DIR]
 
 Each release is, at random, one that succeeds or one that must be rolled back. While it
 runs, the soak may kill -9 a worker, the coordinator, or both, at a random moment, and
@@ -100,12 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--releases", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--broker", choices=["redis", "rabbitmq"], default="redis")
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep every process's log here (default: none)"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**9)
     print(f"soak: seed {seed}, {args.releases} releases over {args.broker}", flush=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="drover-soak-") as scratch:
-        tally = soak(args.releases, seed, args.broker, Path(scratch))
+    if args.logs is not None:
+        args.logs.mkdir(parents=True, exist_ok=True)
+        tally = soak(args.releases, seed, args.broker, args.logs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="drover-soak-") as scratch:
+            tally = soak(args.releases, seed, args.broker, Path(scratch))
     minutes = (time.monotonic() - started) / 60
     print(
         f"soak: seed {seed}: {tally.releases} releases, {tally.kills} processes killed, "

@@ -489,19 +489,19 @@ def test_the_first_outcome_of_a_command_is_the_one_kept(store: Store) -> None:
     assert store.outcome("c2") == second
 
 
-def test_deliveries_are_counted_per_message(store: Store) -> None:
-    assert [store.count_delivery("m1") for _ in range(3)] == [1, 2, 3]
-    assert store.count_delivery("m2") == 1
+def test_attempts_are_counted_per_command(store: Store) -> None:
+    assert [store.count_attempt("m1") for _ in range(3)] == [1, 2, 3]
+    assert store.count_attempt("m2") == 1
 
 
-def test_a_delivery_count_is_forgotten_a_ttl_after_the_last_delivery(
+def test_an_attempt_count_is_forgotten_a_ttl_after_the_last_attempt(
     new_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shared, "DELIVERY_COUNT_TTL_S", 0.2)
+    monkeypatch.setattr(shared, "ATTEMPT_COUNT_TTL_S", 0.2)
     store = new_store()
-    assert [store.count_delivery("m1") for _ in range(2)] == [1, 2]
+    assert [store.count_attempt("m1") for _ in range(2)] == [1, 2]
     time.sleep(0.4)  # waits past the TTL: expiry must have come by then
-    assert store.count_delivery("m1") == 1
+    assert store.count_attempt("m1") == 1
 
 
 # --- locks --------------------------------------------------------------------------------
@@ -725,7 +725,7 @@ def test_an_unreachable_redis_is_store_unavailable() -> None:
 
 
 @pytest.mark.broker
-def test_redis_keeps_wake_times_as_epoch_seconds_and_delivery_counts_with_a_ttl(
+def test_redis_keeps_wake_times_as_epoch_seconds_and_attempt_counts_with_a_ttl(
     redis_url: str, namespace: str
 ) -> None:
     keys = Keys(namespace)
@@ -734,11 +734,11 @@ def test_redis_keeps_wake_times_as_epoch_seconds_and_delivery_counts_with_a_ttl(
         closing(redis.Redis.from_url(redis_url)) as client,
     ):
         _commit(store, message_id="m1", state=_state(), wake_at=T0)
-        store.count_delivery("m1")
+        store.count_attempt("m1")
 
         assert client.zscore(keys.wake_index, "r1") == T0.timestamp()
-        ttl_ms = client.pttl(keys.deliveries("m1"))
-        assert 0 < ttl_ms <= shared.DELIVERY_COUNT_TTL_S * 1000
+        ttl_ms = client.pttl(keys.attempts("m1"))
+        assert 0 < ttl_ms <= shared.ATTEMPT_COUNT_TTL_S * 1000
 
 
 def _journal_mode(path: Path) -> str:
