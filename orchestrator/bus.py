@@ -15,6 +15,7 @@ Every body is the JSON of one :class:`~orchestrator.contract.Envelope`.
 from __future__ import annotations
 
 import functools
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ __all__ = [
     "ROLLBACK_TASK",
     "BrokerUnavailable",
     "Bus",
+    "BusDrills",
     "Delivery",
     "Topology",
     "transport_options",
@@ -116,6 +118,14 @@ def _broker_errors(broker_url: str) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class BusDrills:
+    """Misbehaviour on purpose, to prove that consumers do not depend on good manners."""
+
+    copies: int = 1  # publish every message this many times
+    reorder_events_ms: int = 0  # hold each event back up to this long: they arrive shuffled
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One message taken off a queue, with what must be done to settle it."""
 
@@ -135,12 +145,13 @@ class Bus:
         celery: Celery,
         *,
         visibility_timeout_s: float,
-        copies: int = 1,
+        drills: BusDrills | None = None,
     ):
         self.broker_url = broker_url
         self.topology = topology
         self.celery = celery
-        self._copies = copies  # more than one only in a drill: every consumer sees duplicates
+        self._drills = drills or BusDrills()
+        self._jitter = random.Random()  # drills only: nothing here is security-sensitive
         self._connection = Connection(
             broker_url, transport_options=transport_options(broker_url, visibility_timeout_s)
         )
@@ -165,11 +176,20 @@ class Bus:
         Retries while the broker is away, then raises :class:`BrokerUnavailable`.
         """
         with _broker_errors(self.broker_url):
-            for _ in range(self._copies):
+            for _ in range(self._drills.copies):
                 if isinstance(message.payload, DeployComponent | RollbackComponent):
                     self._send_task(message, message.payload.service)
+                elif self._drills.reorder_events_ms and not message.is_command:
+                    delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
+                    threading.Timer(delay_s, self._publish_late, [message]).start()
                 else:
                     self._publish(message)
+
+    def _publish_late(self, message: Envelope) -> None:
+        try:
+            self._publish(message)
+        except Exception:
+            log.exception("a drill's delayed event could not be published")
 
     def _publish(self, message: Envelope) -> None:
         self.declare()

@@ -22,7 +22,7 @@ from celery import Celery
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from orchestrator.bus import Bus, Topology
+from orchestrator.bus import Bus, BusDrills, Topology
 from orchestrator.coordinator import Coordinator
 from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger
@@ -84,7 +84,10 @@ def open_bus(settings: Settings) -> Bus:
         Topology(settings.namespace),
         celery,
         visibility_timeout_s=settings.redis_visibility_timeout_s,
-        copies=2 if settings.drill_duplicate_publishes else 1,
+        drills=BusDrills(
+            copies=2 if settings.drill_duplicate_publishes else 1,
+            reorder_events_ms=settings.drill_reorder_events_ms,
+        ),
     )
 
 

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         default=False,
         description="Drills only: publish every message twice, to prove duplicates change nothing.",
     )
+    drill_reorder_events_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Drills only: hold every event back a random time up to this, so events "
+        "arrive out of order.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )

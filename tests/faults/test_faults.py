@@ -340,6 +340,32 @@ def test_every_message_delivered_twice(
         ended_correctly(store, fleet, release_id, before, expected)
 
 
+@pytest.mark.parametrize(
+    ("components", "expected"),
+    [(CHAIN, ReleaseStatus.SUCCEEDED), (FAILING, ReleaseStatus.ROLLED_BACK)],
+    ids=["succeeds", "rolls-back"],
+)
+def test_events_delivered_out_of_order(
+    broker: str,
+    components: list[dict[str, Any]],
+    expected: ReleaseStatus,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    fleet: Fleet,
+) -> None:
+    with drover_cluster(broker, tmp_path_factory, drill_reorder_events_ms="400") as (
+        cluster,
+        store,
+    ):
+        before = versions_now(fleet, store)
+        release_id = submit(cluster, tmp_path, components)
+        ended = ended_correctly(store, fleet, release_id, before, expected)
+        # The drill did shuffle them: the coordinator took the workers' events in an
+        # order other than the one they happened in.
+        reported = [m.occurred_at for m in ended.timeline if m.actor.startswith("drover-worker")]
+        assert reported != sorted(reported), "no event arrived out of order"
+
+
 # --- 5. a worker silent past its deadline, then late -----------------------------------------
 
 
