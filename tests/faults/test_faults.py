@@ -315,14 +315,32 @@ def test_broker_coordinator_and_workers_killed_together(
         ended_correctly(store, fleet, release_id, before, ReleaseStatus.ROLLED_BACK)
 
 
-# --- 4. every message twice -----------------------------------------------------------------
+# --- 4. every message twice; events out of order ------------------------------------------
 
-
-@pytest.mark.parametrize(
+BOTH_ENDINGS = pytest.mark.parametrize(
     ("components", "expected"),
     [(CHAIN, ReleaseStatus.SUCCEEDED), (FAILING, ReleaseStatus.ROLLED_BACK)],
     ids=["succeeds", "rolls-back"],
 )
+
+
+def release_under_drill(
+    broker: str,
+    components: list[dict[str, Any]],
+    expected: ReleaseStatus,
+    folders: tuple[Path, pytest.TempPathFactory],
+    fleet: Fleet,
+    **drill: str,
+) -> Ended:
+    """One release with a bus drill in every process; the invariants checked."""
+    folder, factory = folders
+    with drover_cluster(broker, factory, **drill) as (cluster, store):
+        before = versions_now(fleet, store)
+        release_id = submit(cluster, folder, components)
+        return ended_correctly(store, fleet, release_id, before, expected)
+
+
+@BOTH_ENDINGS
 def test_every_message_delivered_twice(
     broker: str,
     components: list[dict[str, Any]],
@@ -331,20 +349,13 @@ def test_every_message_delivered_twice(
     tmp_path_factory: pytest.TempPathFactory,
     fleet: Fleet,
 ) -> None:
-    with drover_cluster(broker, tmp_path_factory, drill_duplicate_publishes="true") as (
-        cluster,
-        store,
-    ):
-        before = versions_now(fleet, store)
-        release_id = submit(cluster, tmp_path, components)
-        ended_correctly(store, fleet, release_id, before, expected)
+    folders = (tmp_path, tmp_path_factory)
+    release_under_drill(
+        broker, components, expected, folders, fleet, drill_duplicate_publishes="true"
+    )
 
 
-@pytest.mark.parametrize(
-    ("components", "expected"),
-    [(CHAIN, ReleaseStatus.SUCCEEDED), (FAILING, ReleaseStatus.ROLLED_BACK)],
-    ids=["succeeds", "rolls-back"],
-)
+@BOTH_ENDINGS
 def test_events_delivered_out_of_order(
     broker: str,
     components: list[dict[str, Any]],
@@ -353,17 +364,14 @@ def test_events_delivered_out_of_order(
     tmp_path_factory: pytest.TempPathFactory,
     fleet: Fleet,
 ) -> None:
-    with drover_cluster(broker, tmp_path_factory, drill_reorder_events_ms="400") as (
-        cluster,
-        store,
-    ):
-        before = versions_now(fleet, store)
-        release_id = submit(cluster, tmp_path, components)
-        ended = ended_correctly(store, fleet, release_id, before, expected)
-        # The drill did shuffle them: the coordinator took the workers' events in an
-        # order other than the one they happened in.
-        reported = [m.occurred_at for m in ended.timeline if m.actor.startswith("drover-worker")]
-        assert reported != sorted(reported), "no event arrived out of order"
+    folders = (tmp_path, tmp_path_factory)
+    ended = release_under_drill(
+        broker, components, expected, folders, fleet, drill_reorder_events_ms="400"
+    )
+    # The drill did shuffle them: the coordinator took the workers' events in an order
+    # other than the one they happened in.
+    reported = [m.occurred_at for m in ended.timeline if m.actor.startswith("drover-worker")]
+    assert reported != sorted(reported), "no event arrived out of order"
 
 
 # --- 5. a worker silent past its deadline, then late -----------------------------------------
