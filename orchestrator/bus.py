@@ -56,6 +56,10 @@ log = get_logger(__name__)
 DEPLOY_TASK: Final = "drover.deploy_component"
 ROLLBACK_TASK: Final = "drover.rollback_component"
 
+# Every publish is bounded: without a timeout, a publish (or the wait for RabbitMQ's
+# confirm) on a connection that broke under it can block its thread for good, and the
+# coordinator's one thread with it. A timeout is retried like any connection error.
+_PUBLISH_TIMEOUT_S: Final = 10.0
 _RETRY_POLICY: Final = {
     "max_retries": 10,
     "interval_start": 0.2,
@@ -210,8 +214,7 @@ class Bus:
                 # this connection has seen declared, and would treat an undeclared topic
                 # exchange as direct and drop the message. Declaring is cached per channel.
                 declare=[exchange],
-                retry=True,
-                retry_policy=_RETRY_POLICY,
+                **_PUBLISH_LIMITS,
             )
 
     def _send_task(self, message: Envelope, service: str) -> None:
@@ -222,8 +225,7 @@ class Bus:
             task_id=message.id,
             queue=self.topology.service_queue(service),
             headers=_headers(message),
-            retry=True,
-            retry_policy=_RETRY_POLICY,
+            **_PUBLISH_LIMITS,
         )
 
     def consume(
@@ -273,6 +275,14 @@ class Bus:
     def close(self) -> None:
         self._producers.force_close_all()
         self._connection.release()
+
+
+_PUBLISH_LIMITS: Final[dict[str, Any]] = {
+    "timeout": _PUBLISH_TIMEOUT_S,
+    "confirm_timeout": _PUBLISH_TIMEOUT_S,
+    "retry": True,
+    "retry_policy": _RETRY_POLICY,
+}
 
 
 def transport_options(broker_url: str, visibility_timeout_s: float) -> dict[str, Any]:
