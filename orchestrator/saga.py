@@ -103,6 +103,10 @@ class ComponentStatus(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
 
 
+# A command nobody answers before its deadline is sent again this often (it may have been
+# lost between broker and worker) before the component is given up as timed out.
+MAX_RESENDS: Final = 2
+
 # The only moves a component may make; anything else is a duplicate or late message.
 COMPONENT_TRANSITIONS: Final[Mapping[ComponentStatus, frozenset[ComponentStatus]]] = {
     ComponentStatus.PENDING: frozenset({ComponentStatus.DEPLOYING, ComponentStatus.SKIPPED}),
@@ -135,6 +139,7 @@ class ComponentState(BaseModel):
     # working; see _deadline): a report after it is ignored.
     deadline: datetime | None = None
     sent_at: datetime | None = None
+    resends: int = 0  # times the command in flight was sent again for want of an answer
 
     @property
     def previous_version(self) -> str | None:
@@ -274,10 +279,20 @@ def _aborted(state: ReleaseState, actor: str, reason: str, at: datetime, fleet: 
 
 
 def _check_deadlines(state: ReleaseState, now: datetime, fleet: Fleet) -> Decision:
-    late = [c for c in state.components.values() if c.deadline is not None and c.deadline <= now]
-    if not late:
+    overdue = [c for c in state.components.values() if c.deadline is not None and c.deadline <= now]
+    if not overdue:
         return Decision(state)
-    notices: list[Message] = []
+    resent: list[Message] = []
+    late: list[ComponentState] = []
+    for component in overdue:
+        if component.resends < MAX_RESENDS and not _out_of_time(component, now, state, fleet):
+            state, command = _resend(state, component, now, fleet)
+            resent.append(command)
+        else:
+            late.append(component)
+    if not late:
+        return Decision(state, tuple(resent))
+    notices: list[Message] = [*resent]
     for component in late:
         assert component.deadline is not None
         deploying = component.status is ComponentStatus.DEPLOYING
@@ -300,6 +315,40 @@ def _check_deadlines(state: ReleaseState, now: datetime, fleet: Fleet) -> Decisi
         )
     decision = _continue(state, now, fleet)
     return Decision(decision.state, (*notices, *decision.outgoing))
+
+
+def _out_of_time(
+    component: ComponentState, now: datetime, state: ReleaseState, fleet: Fleet
+) -> bool:
+    """The component's own limit has passed: no resend can help."""
+    limit = fleet.service(state.environment, component.service).component_timeout_s
+    return component.sent_at is not None and now >= component.sent_at + timedelta(seconds=limit)
+
+
+def _resend(
+    state: ReleaseState, component: ComponentState, now: datetime, fleet: Fleet
+) -> tuple[ReleaseState, Message]:
+    """Send a command again that nobody has answered: it may have been lost on the way.
+
+    Safe because workers carry out a command at most once per component (the lease, the
+    journal, declarative steps) and only while the saga still waits for it.
+    """
+    deadline = _deadline(component, now, state.environment, fleet)
+    updated = component.model_copy(update={"resends": component.resends + 1, "deadline": deadline})
+    return _with(state, updated, now), _command_for(state, component)
+
+
+def _command_for(state: ReleaseState, component: ComponentState) -> Message:
+    if component.status is ComponentStatus.ROLLING_BACK:
+        return RollbackComponent(
+            environment=state.environment,
+            service=component.service,
+            from_version=component.version,
+            to_versions=component.previous_versions,
+        )
+    return DeployComponent(
+        environment=state.environment, service=component.service, version=component.version
+    )
 
 
 def _advance(state: ReleaseState, payload: Message, at: datetime, fleet: Fleet) -> Decision:
@@ -392,11 +441,7 @@ def _start_ready(
     for service, component in state.components.items():
         if component.status is ComponentStatus.PENDING and set(component.depends_on) <= deployed:
             components[service] = _sent(component, ComponentStatus.DEPLOYING, at, state, fleet)
-            commands.append(
-                DeployComponent(
-                    environment=state.environment, service=service, version=component.version
-                )
-            )
+            commands.append(_command_for(state, components[service]))
     return state.model_copy(update={"components": components, "updated_at": at}), tuple(commands)
 
 
@@ -407,7 +452,7 @@ def _sent(
     state: ReleaseState,
     fleet: Fleet,
 ) -> ComponentState:
-    fresh = component.model_copy(update={"sent_at": at})
+    fresh = component.model_copy(update={"sent_at": at, "resends": 0})
     return fresh.moved_to(status, deadline=_deadline(fresh, at, state.environment, fleet))
 
 
@@ -442,14 +487,7 @@ def _continue_compensating(state: ReleaseState, at: datetime, fleet: Fleet) -> D
         components[component.service] = _sent(
             component, ComponentStatus.ROLLING_BACK, at, state, fleet
         )
-        commands.append(
-            RollbackComponent(
-                environment=state.environment,
-                service=component.service,
-                from_version=component.version,
-                to_versions=component.previous_versions,
-            )
-        )
+        commands.append(_command_for(state, components[component.service]))
     state = state.model_copy(update={"components": components})
     if commands or ComponentStatus.ROLLING_BACK in statuses:
         return Decision(state, tuple(commands))

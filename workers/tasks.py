@@ -128,7 +128,7 @@ class ComponentRunner:
             f"component/{command.release_id}/{payload.service}",
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
-            finished=lambda: self._store.outcome(command.id) is not None,
+            finished=lambda: self._store.outcome(work_key(command)) is not None,
             waiting=lambda holder: self.publish(
                 ComponentWaiting(
                     environment=payload.environment,
@@ -150,7 +150,7 @@ class ComponentRunner:
                 return
             # Counted once the lease is ours: copies that only waited for a live holder
             # are not attempts. A command whose every attempt kills its worker stops here.
-            attempts = self._store.count_attempt(command.id)
+            attempts = self._store.count_attempt(work_key(command))
             if attempts > self._limits.delivery_limit:
                 reason = f"started {attempts} times without finishing; dead-lettered"
                 self._dead_letter(command.encode(), reason)
@@ -172,7 +172,7 @@ class ComponentRunner:
 
     def _replayed(self, command: Envelope) -> bool:
         """If the command was finished before, say again how it ended, and nothing more."""
-        recorded = self._store.outcome(command.id)
+        recorded = self._store.outcome(work_key(command))
         if recorded is None:
             return False
         log.info("command already finished; its outcome is published again")
@@ -184,7 +184,7 @@ class ComponentRunner:
         # crash in between, a redelivered copy publishes this very message again, which
         # the coordinator recognises as one it has seen.
         message = self.message(outcome, command, purpose="outcome")
-        self._store.record_outcome(command.id, message)
+        self._store.record_outcome(work_key(command), message)
         self._bus.publish(message)
         self.crash.reached("worker.before_ack")
 
@@ -330,7 +330,7 @@ class ComponentRunner:
             release_id=command.release_id,
             actor=self.actor,
             causation=command,
-            message_id=derived_id(command.id, purpose) if purpose else None,
+            message_id=derived_id(work_key(command), purpose) if purpose else None,
         )
 
     def publish(self, event: Event, command: Envelope) -> None:
@@ -358,9 +358,9 @@ class _Context:
         store = self._runner._store
         return Run(
             report=self,
-            journal=_StoreJournal(store, self._command.id, self._lease, self._runner.crash),
+            journal=_StoreJournal(store, work_key(self._command), self._lease, self._runner.crash),
             undo_journal=_StoreJournal(
-                store, f"{self._command.id}/undo", self._lease, self._runner.crash
+                store, f"{work_key(self._command)}/undo", self._lease, self._runner.crash
             ),
             should_stop=self._should_stop,
         )
@@ -431,6 +431,19 @@ class _StoreJournal:
         self._lease.check()
         self._store.record_progress(self._key, host, step)
         self._steps.setdefault(host, []).append(step)
+
+
+def work_key(command: Envelope) -> str:
+    """What a command asks done, the same for every copy and every resend of it.
+
+    A release deploys a component once and rolls it back at most once, so the journal,
+    the outcome and the attempts of a command are kept under this, not under the
+    message's id: a command the coordinator sent again for want of an answer carries on
+    from (or replays) the first one's work.
+    """
+    phase = "deploy" if isinstance(command.payload, DeployComponent) else "rollback"
+    service = getattr(command.payload, "service", "")
+    return f"{command.release_id}/{service}/{phase}"
 
 
 class Superseded(Exception):

@@ -572,6 +572,21 @@ SCENARIOS: dict[str, tuple[tuple[ComponentRequest, ...], tuple[Message, ...]]] =
         (component("db"), component("web")),
         (deployed("db"), failed("web"), CheckDeadlines(now=later(10_000)), rolled_back("db")),
     ),
+    "deploy resent, then answered": (
+        (component("db"),),
+        (CheckDeadlines(now=later(300)), CheckDeadlines(now=later(600)), deployed("db")),
+    ),
+    "deploy resent, then timed out": (
+        (component("db"), component("mail")),
+        (
+            deployed("mail"),
+            CheckDeadlines(now=later(300)),
+            CheckDeadlines(now=later(600)),
+            CheckDeadlines(now=later(900)),
+            rolled_back("db"),
+            rolled_back("mail"),
+        ),
+    ),
 }
 
 

@@ -3,6 +3,9 @@
 Unless a test says otherwise the fleet's defaults hold: a step may take 300 s from the last
 word, a component 3600 s from when it was sent. Releases are submitted at ``later(1)`` and
 started, so their first components sent, at ``later(2)``.
+
+A command overdue is first sent again, ``MAX_RESENDS`` times, each with a new deadline a step
+on; only the next overdue check, or one past the component's own limit, gives up on it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import pytest
 
 from orchestrator.contract import (
     DeadlinePassed,
+    DeployComponent,
     Message,
     ReleaseFailed,
     ReleaseRolledBack,
+    ReleaseSucceeded,
     RollbackComponent,
 )
-from orchestrator.saga import ComponentStatus, ReleaseStatus
+from orchestrator.saga import MAX_RESENDS, ComponentStatus, ReleaseStatus
 from tests.unit.builders import (
     ENVIRONMENT,
     NEW_VERSION,
@@ -26,6 +31,7 @@ from tests.unit.builders import (
     Release,
     component,
     deployed,
+    deploys,
     failed,
     later,
     rollbacks,
@@ -43,6 +49,17 @@ STEP = timedelta(seconds=300)
 
 def no_word(deadline_s: float, waited_for: str) -> str:
     return f"no word from the worker by {later(deadline_s).isoformat()} ({waited_for})"
+
+
+def time_out(release: Release, service: str) -> tuple[Message, ...]:
+    """Let ``service``'s deadline pass until the saga gives up; what the last check sent.
+
+    Each check sends the command again and moves the deadline, until it has been resent
+    ``MAX_RESENDS`` times; the next one gives up.
+    """
+    for _ in range(MAX_RESENDS - release.part(service).resends):
+        release.check_deadlines(release.deadline(service))
+    return release.check_deadlines(release.deadline(service))
 
 
 # --- setting and moving the deadline -------------------------------------------------------
@@ -145,6 +162,112 @@ def test_check_before_any_deadline_changes_nothing() -> None:
     assert release.state == before
 
 
+# --- a command nobody answers is sent again --------------------------------------------------
+
+
+def test_overdue_command_is_sent_again_with_a_new_deadline() -> None:
+    release = Release(component("api"))
+    (command,) = release.first
+
+    assert release.check_deadlines(later(302)) == (command,)
+    assert command == DeployComponent(environment=ENVIRONMENT, service="api", version=NEW_VERSION)
+    assert release.component("api") is ComponentStatus.DEPLOYING
+    assert release.part("api").resends == 1
+    assert release.part("api").sent_at == later(2)  # the component's limit does not move
+    assert release.deadline("api") == later(302) + STEP
+    assert release.status is ReleaseStatus.RUNNING
+    assert not release.release.failure
+
+    before = release.state
+    assert release.check_deadlines(later(303)) == ()  # the same check again changes nothing
+    assert release.state == before
+
+
+def test_after_every_resend_the_next_overdue_check_times_out() -> None:
+    release = Release(component("api"))
+
+    for resends in range(1, MAX_RESENDS + 1):
+        assert timeline(release.check_deadlines(release.deadline("api"))) == ["deploy api"]
+        assert release.part("api").resends == resends
+    last_deadline = release.deadline("api")
+    assert last_deadline == later(2) + (MAX_RESENDS + 1) * STEP
+
+    assert release.check_deadlines(last_deadline)[0] == DeadlinePassed(
+        environment=ENVIRONMENT, service="api", deadline=last_deadline, waited_for="deploy of api"
+    )
+    assert release.part("api").reason == no_word(2 + 900, "deploy of api")
+    assert release.component("api") is ComponentStatus.ROLLING_BACK
+    assert timeline(release.sent) == [
+        "ReleaseAccepted",
+        *["deploy api"] * (MAX_RESENDS + 1),
+        "late: deploy of api",
+        "rollback api",
+    ]
+
+
+def test_check_past_the_component_limit_times_out_at_once() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+
+    assert timeline(release.check_deadlines(later(2 + 1000))) == [
+        "late: deploy of api",
+        "rollback api",
+    ]
+    assert release.part("api").reason == no_word(62, "deploy of api")
+
+
+def test_resend_deadline_stops_at_the_component_limit_and_then_times_out() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=100)
+
+    assert timeline(release.check_deadlines(later(62))) == ["deploy api"]
+    assert release.deadline("api") == later(2 + 100)
+    assert timeline(release.check_deadlines(later(102))) == [
+        "late: deploy of api",
+        "rollback api",
+    ]
+    assert release.part("api").resends == 0  # reset by the rollback, sent at once
+
+
+def test_answer_after_a_resend_is_taken_as_any_answer() -> None:
+    release = Release(component("api"))
+    release.check_deadlines(later(302))
+    release.check_deadlines(later(602))
+
+    assert release.send(started("api")) == ()
+    assert release.deadline("api") == later(603) + STEP
+    assert release.send(deployed("api")) == (ReleaseSucceeded(),)
+    assert release.component("api") is ComponentStatus.DEPLOYED
+    assert release.part("api").deadline is None
+    assert release.status is ReleaseStatus.SUCCEEDED
+
+
+def test_resent_rollback_carries_the_same_versions() -> None:
+    previous = {"h1": "0.9.0", "h2": "0.9.1"}
+    release = Release(component("api"), component("web"))
+    release.send(deployed("api", previous))
+    (command,) = release.send(failed("web"))  # at later(4)
+
+    assert release.check_deadlines(later(304)) == (command,)
+    assert command == RollbackComponent(
+        environment=ENVIRONMENT, service="api", from_version=NEW_VERSION, to_versions=previous
+    )
+    assert release.part("api").resends == 1
+    assert release.deadline("api") == later(304) + STEP
+
+
+def test_resends_start_again_from_nothing_for_the_rollback() -> None:
+    release = Release(component("api"), component("web"))
+    for _ in range(MAX_RESENDS):
+        assert sorted(deploys(release.check_deadlines(release.deadline("api")))) == ["api", "web"]
+    assert release.part("api").resends == MAX_RESENDS
+    release.send(deployed("api"))
+
+    assert rollbacks(release.send(failed("web"))) == ["api"]
+    assert release.part("api").resends == 0
+    assert timeline(release.check_deadlines(release.deadline("api"))) == ["rollback api"]
+    assert release.part("api").resends == 1
+    assert release.component("api") is ComponentStatus.ROLLING_BACK
+
+
 # --- a deploy that does not report in time ---------------------------------------------------
 
 
@@ -152,11 +275,15 @@ def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
     release = Release(component("db"), component("api", "db"), component("mail"))
     release.send(started("db"))  # db's deadline is now later(303)
     release.send(deployed("mail"))
-    reason = no_word(303, "deploy of db")
-
     assert release.check_deadlines(later(303)) == (
+        DeployComponent(environment=ENVIRONMENT, service="db", version=NEW_VERSION),
+    )
+    assert timeline(release.check_deadlines(later(603))) == ["deploy db"]
+    reason = no_word(903, "deploy of db")
+
+    assert release.check_deadlines(later(903)) == (
         DeadlinePassed(
-            environment=ENVIRONMENT, service="db", deadline=later(303), waited_for="deploy of db"
+            environment=ENVIRONMENT, service="db", deadline=later(903), waited_for="deploy of db"
         ),
         RollbackComponent(
             environment=ENVIRONMENT, service="db", from_version=NEW_VERSION, to_versions=PREVIOUS
@@ -169,10 +296,10 @@ def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
     assert release.release.failure == f"db: {reason}"
     assert release.part("db").reason == reason
     assert release.component("db") is ComponentStatus.ROLLING_BACK
-    assert release.deadline("db") == later(303) + STEP  # the rollback's own
+    assert release.deadline("db") == later(903) + STEP  # the rollback's own
     assert release.component("api") is ComponentStatus.SKIPPED
 
-    assert release.check_deadlines(later(304)) == ()  # DeadlinePassed is said once
+    assert release.check_deadlines(later(904)) == ()  # DeadlinePassed is said once
     assert release.send(rolled_back("db")) == ()
     assert release.send(rolled_back("mail")) == (ReleaseRolledBack(reason=f"db: {reason}"),)
     assert release.release.status is ReleaseStatus.ROLLED_BACK
@@ -180,6 +307,8 @@ def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
         "ReleaseAccepted",
         "deploy db",
         "deploy mail",
+        "deploy db",
+        "deploy db",
         "late: deploy of db",
         "rollback db",
         "rollback mail",
@@ -189,9 +318,12 @@ def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
 
 def test_timed_out_deploy_waits_like_a_deployed_one_for_siblings_in_flight() -> None:
     release = Release(component("db"), component("mail"), step_timeout_s=60)
+    for _ in range(MAX_RESENDS):
+        release.send(step_started("mail"), wait=30)  # mail keeps its deadline ahead
+        assert timeline(release.check_deadlines(release.deadline("db"))) == ["deploy db"]
     release.send(step_started("mail"), wait=30)
 
-    assert timeline(release.check_deadlines(later(62))) == ["late: deploy of db"]
+    assert timeline(release.check_deadlines(release.deadline("db"))) == ["late: deploy of db"]
     assert release.status is ReleaseStatus.COMPENSATING
     assert release.component("db") is ComponentStatus.TIMED_OUT
     assert release.part("db").deadline is None
@@ -205,10 +337,7 @@ def test_timed_out_dependent_is_rolled_back_before_what_it_depends_on() -> None:
     release.send(deployed("db"))  # api sent at later(3)
     release.send(started("api"))
 
-    assert timeline(release.check_deadlines(later(4) + STEP)) == [
-        "late: deploy of api",
-        "rollback api",
-    ]
+    assert timeline(time_out(release, "api")) == ["late: deploy of api", "rollback api"]
     assert release.component("db") is ComponentStatus.DEPLOYED
     assert rollbacks(release.send(rolled_back("api"))) == ["db"]
 
@@ -216,7 +345,8 @@ def test_timed_out_dependent_is_rolled_back_before_what_it_depends_on() -> None:
 def test_several_late_components_are_each_named_before_any_command() -> None:
     release = Release(component("db"), component("mail"), component("api", "db"))
 
-    assert timeline(release.check_deadlines(later(2) + STEP)) == [
+    assert timeline(release.check_deadlines(later(2) + STEP)) == ["deploy db", "deploy mail"]
+    assert timeline(time_out(release, "db")) == [
         "late: deploy of db",
         "late: deploy of mail",
         "rollback db",
@@ -225,15 +355,27 @@ def test_several_late_components_are_each_named_before_any_command() -> None:
     assert release.release.failure.startswith("db: no word from the worker")
 
 
+def test_late_and_resent_in_one_check_names_the_late_before_compensating() -> None:
+    release = Release(component("db"), component("mail"), step_timeout_s=60)
+    release.send(step_started("mail"), wait=30)  # mail's deadline is now later(92)
+    release.check_deadlines(later(62))  # db resent, due at later(122)
+    release.check_deadlines(later(122))  # db resent again, due at later(182); mail too
+
+    assert release.deadline("db") == release.deadline("mail") == later(182)
+    assert timeline(release.check_deadlines(later(182))) == ["deploy mail", "late: deploy of db"]
+    assert release.status is ReleaseStatus.COMPENSATING
+    assert release.component("db") is ComponentStatus.TIMED_OUT
+    assert release.component("mail") is ComponentStatus.DEPLOYING
+    assert release.part("mail").resends == MAX_RESENDS
+
+
 def test_deploy_timing_out_during_a_compensation_keeps_the_first_failure() -> None:
     release = Release(component("api"), component("web"))
     release.send(started("api"))
     release.send(failed("web"))
 
-    assert timeline(release.check_deadlines(later(3) + STEP)) == [
-        "late: deploy of api",
-        "rollback api",
-    ]
+    assert timeline(release.check_deadlines(later(3) + STEP)) == ["deploy api"]
+    assert timeline(time_out(release, "api")) == ["late: deploy of api", "rollback api"]
     assert release.release.failure == "web: verify failed on h2"
 
 
@@ -243,9 +385,11 @@ def test_deploy_timing_out_during_a_compensation_keeps_the_first_failure() -> No
 def _timed_out_waiting_for_mail() -> Release:
     release = Release(component("db"), component("mail"), step_timeout_s=60)
     release.send(started("db"))
-    release.send(step_started("mail"), wait=30)
-    release.check_deadlines(later(63))
+    for _ in range(MAX_RESENDS + 1):
+        release.send(step_started("mail"), wait=30)  # mail keeps its deadline ahead
+        release.check_deadlines(release.deadline("db"))
     assert release.component("db") is ComponentStatus.TIMED_OUT
+    assert release.component("mail") is ComponentStatus.DEPLOYING
     return release
 
 
@@ -288,17 +432,15 @@ def test_late_outcome_of_a_timed_out_deploy_leaves_its_rollback_alone(late: Mess
 
 def test_late_deploy_step_of_a_timed_out_deploy_does_not_hold_off_its_rollback() -> None:
     release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
-    release.check_deadlines(later(62))  # the deploy timed out; its rollback is sent at once
+    time_out(release, "api")  # the deploy timed out; its rollback is sent at once
     assert release.component("api") is ComponentStatus.ROLLING_BACK
     rollback_due = release.deadline("api")
 
     release.send(step_succeeded("api", rollback=False), wait=30)  # the old deploy, still going
 
     assert release.deadline("api") == rollback_due
-    assert timeline(release.check_deadlines(rollback_due)) == [
-        "late: rollback of api",
-        "ReleaseFailed",
-    ]
+    assert timeline(release.check_deadlines(rollback_due)) == ["rollback api"]
+    assert timeline(time_out(release, "api")) == ["late: rollback of api", "ReleaseFailed"]
 
 
 # --- a rollback that does not report in time -------------------------------------------------
@@ -307,13 +449,13 @@ def test_late_deploy_step_of_a_timed_out_deploy_does_not_hold_off_its_rollback()
 def test_rollback_that_times_out_ends_the_release_failed() -> None:
     release = Release(component("api"), component("web"))
     release.send(deployed("api"))
-    release.send(failed("web"))  # api's rollback sent at later(4)
-    reason = no_word(304, "rollback of api")
+    release.send(failed("web"))  # api's rollback sent at later(4), due at later(304)
+    reason = no_word(904, "rollback of api")
 
-    late, outcome = release.check_deadlines(later(4) + STEP)
+    late, outcome = time_out(release, "api")  # resent at later(304) and later(604)
 
     assert late == DeadlinePassed(
-        environment=ENVIRONMENT, service="api", deadline=later(304), waited_for="rollback of api"
+        environment=ENVIRONMENT, service="api", deadline=later(904), waited_for="rollback of api"
     )
     assert outcome == ReleaseFailed(
         reason="web: verify failed on h2; compensation incomplete for api",
@@ -333,7 +475,7 @@ def test_rollback_that_times_out_pins_what_it_depends_on() -> None:
     release.send(deployed("api"))
     release.send(failed("web"))
 
-    late, outcome = release.check_deadlines(later(10_000))
+    late, outcome = release.check_deadlines(later(10_000))  # past the component limit
 
     assert isinstance(late, DeadlinePassed)
     assert isinstance(outcome, ReleaseFailed)
@@ -348,8 +490,11 @@ def test_rollback_timing_out_while_another_rolls_back_waits_for_it() -> None:
     release.send(deployed("mail"))
     assert rollbacks(release.send(failed("web"))) == ["api", "mail"]  # at later(5)
     release.send(step_started("mail", rollback=True), wait=100)
+    for _ in range(MAX_RESENDS):
+        assert timeline(release.check_deadlines(release.deadline("api"))) == ["rollback api"]
+        release.send(step_started("mail", rollback=True), wait=100)  # mail keeps ahead
 
-    assert timeline(release.check_deadlines(later(5) + STEP)) == ["late: rollback of api"]
+    assert timeline(release.check_deadlines(release.deadline("api"))) == ["late: rollback of api"]
     assert release.status is ReleaseStatus.COMPENSATING
     (outcome,) = release.send(rolled_back("mail"))
 
@@ -359,20 +504,20 @@ def test_rollback_timing_out_while_another_rolls_back_waits_for_it() -> None:
 
 def test_rollback_of_a_timed_out_deploy_may_time_out_too() -> None:
     release = Release(component("api"))
-    release.check_deadlines(later(2) + STEP)  # rollback sent at later(302)
+    time_out(release, "api")  # deploy resent at later(302) and later(602), late at later(902)
 
-    late, outcome = release.check_deadlines(later(302) + STEP)
+    late, outcome = time_out(release, "api")  # rollback resent at later(1202), later(1502)
 
     assert late == DeadlinePassed(
-        environment=ENVIRONMENT, service="api", deadline=later(602), waited_for="rollback of api"
+        environment=ENVIRONMENT, service="api", deadline=later(1802), waited_for="rollback of api"
     )
     assert isinstance(outcome, ReleaseFailed)
     assert release.component("api") is ComponentStatus.ROLLBACK_FAILED
     assert timeline(release.sent) == [
         "ReleaseAccepted",
-        "deploy api",
+        *["deploy api"] * (MAX_RESENDS + 1),
         "late: deploy of api",
-        "rollback api",
+        *["rollback api"] * (MAX_RESENDS + 1),
         "late: rollback of api",
         "ReleaseFailed",
     ]

@@ -1,7 +1,8 @@
 """Property: any DAG, any outcomes, silent workers, aborts at any time, any order.
 
 Whatever the workers answer, or fail to answer, and whenever someone aborts, the release
-reaches exactly one end, and every ordering rule of the saga holds on the way there.
+reaches exactly one end, and every ordering rule of the saga holds on the way there. A
+silent worker's command may be sent again when its deadline passes, and then answered.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from orchestrator.contract import (
     StartRelease,
 )
 from orchestrator.plans import Fleet
-from orchestrator.saga import ComponentStatus, ReleaseState, ReleaseStatus, decide
+from orchestrator.saga import MAX_RESENDS, ComponentStatus, ReleaseState, ReleaseStatus, decide
 from tests.unit.builders import (
     OPERATOR,
     PREVIOUS,
@@ -78,7 +79,10 @@ class _Workers:
         self.stuck: set[str] = set()  # rollback failed or timed out, or a failed put-back
         self.silent: set[tuple[str, str]] = set()  # (deploy or rollback, service) never answered
         self.passed: set[tuple[str, str]] = set()  # the same, as the saga's DeadlinePassed named
-        self.late: list[Message] = []  # what silent workers say after their deadline
+        self.commands: dict[tuple[str, str], Message] = {}  # the first of each, to compare resends
+        self.resends: dict[tuple[str, str], int] = {}
+        # What silent workers say after their deadline, by (deploy or rollback, service).
+        self.late: list[tuple[tuple[str, str], Message]] = []
         self.aborted = False
         self.endings: list[Message] = []
 
@@ -100,12 +104,15 @@ class _Workers:
             if isinstance(message, DeadlinePassed):
                 assert not commands_sent, "DeadlinePassed after the commands it caused"
                 self._passed(message)
-            elif isinstance(message, DeployComponent):
+            elif isinstance(message, DeployComponent | RollbackComponent):
                 commands_sent = True
-                self._deploy(message)
-            elif isinstance(message, RollbackComponent):
-                commands_sent = True
-                self._rollback(message)
+                kind = "deploy" if isinstance(message, DeployComponent) else "rollback"
+                if (kind, message.service) in self.commands:
+                    self._resent(kind, message)
+                elif isinstance(message, DeployComponent):
+                    self._deploy(message)
+                else:
+                    self._rollback(message)
             elif isinstance(message, ReleaseSucceeded | ReleaseRolledBack | ReleaseFailed):
                 self.endings.append(message)
 
@@ -118,6 +125,17 @@ class _Workers:
         self.passed.add((kind, service))
         (self.timed_out if kind == "deploy" else self.stuck).add(service)
 
+    def _resent(self, kind: str, message: DeployComponent | RollbackComponent) -> None:
+        """The same command again, for want of an answer: the first is taken as lost."""
+        key = (kind, message.service)
+        assert message == self.commands[key], f"{kind} resent with another payload"
+        assert key in self.silent, f"{kind} of {key[1]} answered, yet resent"
+        assert key not in self.passed, f"{kind} of {key[1]} resent after it was late"
+        self.resends[key] = self.resends.get(key, 0) + 1
+        assert self.resends[key] <= MAX_RESENDS, f"{kind} of {key[1]} resent too often"
+        self.silent.discard(key)
+        self.late = [(k, word) for k, word in self.late if k != key]
+
     def _deploy(self, message: DeployComponent) -> None:
         service = message.service
         assert not self.failed, f"{service} started after a failure"
@@ -126,6 +144,7 @@ class _Workers:
         assert self.depends[service] <= self.deployed
         assert service not in self.deploy_sent
         self.deploy_sent.add(service)
+        self.commands["deploy", service] = message
 
     def _rollback(self, message: RollbackComponent) -> None:
         service = message.service
@@ -137,6 +156,7 @@ class _Workers:
         if service in self.deployed or service in self.started:
             assert message.to_versions == PREVIOUS
         self.rollback_sent.add(service)
+        self.commands["rollback", service] = message
 
     def answer(self, command: Message, data: st.DataObject) -> list[Message]:
         """What the worker says now; a silent one may say the rest after its deadline."""
@@ -162,7 +182,7 @@ class _Workers:
         )
         if manner != "answers":
             self.silent.add(("deploy", service))
-            self.late += [said] if manner == "late" else []
+            self.late += [(("deploy", service), said)] if manner == "late" else []
             return before
         if outcome == "deployed":
             self.deployed.add(service)
@@ -180,7 +200,7 @@ class _Workers:
         said = rolled_back(service) if done else rollback_failed(service)
         if manner != "answers":
             self.silent.add(("rollback", service))
-            self.late += [said] if manner == "late" else []
+            self.late += [(("rollback", service), said)] if manner == "late" else []
             return before
         (self.rolled_back if done else self.stuck).add(service)
         return [*before, said]
@@ -252,13 +272,27 @@ class _Run:
         assert self.deliver(old) == ()
         assert _without_deadlines(self.state) == _without_deadlines(before)
 
+    def wait_for_the_next_deadline(self) -> None:
+        """Nothing comes: the coordinator's clock reaches the next deadline, no further.
+
+        The saga sends overdue commands again (those it then gives up on are named), and
+        the workers may answer them this time.
+        """
+        assert self.state is not None
+        due = self.state.next_deadline
+        assert due is not None, "nothing in flight and nothing to send, yet no end"
+        at = max(due, self.now + timedelta(seconds=1))
+        self.seconds = int((at - T0).total_seconds()) - 1
+        outgoing = self.deliver(CheckDeadlines(now=at))
+        assert outgoing, f"the deadline {due} passed and nothing was done"
+
     def wait_out_the_deadlines(self) -> None:
         """Nothing more comes: the coordinator's clock passes every deadline."""
         self.seconds += 86_400
         outgoing = self.deliver(CheckDeadlines(now=self.now + timedelta(seconds=1)))
         assert outgoing, "nothing in flight and nothing to send, yet no end"
         assert self.workers.passed == self.workers.silent
-        for late in self.workers.late:  # what the silent workers say now changes nothing
+        for _, late in self.workers.late:  # what the silent workers say now changes nothing
             before = self.state
             assert self.deliver(late) == ()
             assert self.state == before
@@ -281,6 +315,8 @@ def test_any_release_runs_to_an_end_in_dependency_order(
             break
         if run.pending:
             run.work()
+        elif data.draw(st.booleans(), label="wait only for the next deadline"):
+            run.wait_for_the_next_deadline()
         else:
             run.wait_out_the_deadlines()
         again = data.draw(st.booleans(), label="redeliver an old reply")
