@@ -5,7 +5,8 @@
   (rolled back);
 * no effect on a host for the same (release, step) happened twice;
 * no outbox entry was left unpublished;
-* compensations ran in reverse dependency order, each once;
+* compensations ran in reverse dependency order, each once (a command may be sent again
+  when nobody answered it in time; the rollback itself happens once);
 * no transition left a terminal state: one terminal event, and nothing decided after it.
 """
 
