@@ -9,6 +9,7 @@ exports.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -418,6 +419,9 @@ def envelope(
     )
 
 
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def derived_id(cause: str, purpose: str | int) -> str:
     """A message id that is the same whenever the same cause leads to the same purpose.
 
@@ -462,7 +466,10 @@ def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:
     try:
         # JSON may carry a lone surrogate ("\ud800"), which no UTF-8 can hold: a message
         # Drover could read but never write again (to its timeline, say) is refused here.
-        message.encode()
+        # Only a \uD8xx-\uDFxx escape can bring one, so only such messages are written
+        # out to check: decoding stays one pass on the hot path.
+        if _SURROGATE_ESCAPE.search(raw_bytes):
+            message.encode()
     except ValueError as exc:
         problem = Problem(path="", reason="text that is not valid Unicode (a lone surrogate)")
         raise MessageDecodeError(raw_bytes, [problem], header) from exc

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -33,7 +33,14 @@ from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger, message_context
 from orchestrator.plans import Fleet
 from orchestrator.saga import Decision, ReleaseState, ReleaseStatus, decide, refuse_submission
-from orchestrator.store import KEEP_WAKE, CommitResult, DeadLetter, Store, StoreUnavailable
+from orchestrator.store import (
+    KEEP_WAKE,
+    CommitResult,
+    DeadLetter,
+    KeepWake,
+    Store,
+    StoreUnavailable,
+)
 
 __all__ = ["COORDINATOR_ACTOR", "Coordinator", "lock_key"]
 
@@ -191,26 +198,29 @@ class Coordinator:
             return
         behind = sorted({self._store.lock_queue(key)[0] for key in keys} - {state.id})
         note = self._own(ReleaseQueued(behind=tuple(behind)), state.id, "queued")
-        self._store.commit(
-            state.id,
-            message_id=note.id,
-            expected_revision=0,
-            state=None,
-            outbox=[note],
-            timeline=[note],
-        )
+        self._note(state.id, note.id, [note])
 
     def _free_locks(self, release_id: str) -> None:
         for waiting in self._store.release_locks(release_id):
             self.process(self._own(StartRelease(), waiting, "start"))
-        self._store.commit(
+        self._note(release_id, derived_id(release_id, "locks-freed"), wake_at=None)
+
+    def _note(
+        self,
+        release_id: str,
+        message_id: str,
+        messages: Sequence[Envelope] = (),
+        wake_at: datetime | KeepWake | None = KEEP_WAKE,
+    ) -> CommitResult:
+        """Commit what the shell learned without deciding: the state stays as it is."""
+        return self._store.commit(
             release_id,
-            message_id=derived_id(release_id, "locks-freed"),
+            message_id=message_id,
             expected_revision=0,
             state=None,
-            outbox=[],
-            timeline=[],
-            wake_at=None,
+            outbox=messages,
+            timeline=messages,
+            wake_at=wake_at,
         )
 
     def _own(self, payload: Message, release_id: str, purpose: str) -> Envelope:
@@ -225,15 +235,7 @@ class Coordinator:
     def _refuse_reused_id(self, message: Envelope) -> None:
         # A redelivery of the submission that created the release is a duplicate and
         # changes nothing; a different submission under the same id is kept for on-call.
-        result = self._store.commit(
-            message.release_id,
-            message_id=message.id,
-            expected_revision=0,
-            state=None,
-            outbox=[],
-            timeline=[],
-        )
-        if result is CommitResult.COMMITTED:
+        if self._note(message.release_id, message.id) is CommitResult.COMMITTED:
             log.warning("submission reuses an existing release id; dead-lettered")
             self._dead_letter_raw(message.encode(), "release id already in use", "commands")
 

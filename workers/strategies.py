@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from orchestrator.contract import Step
@@ -22,7 +22,6 @@ from workers.drivers import Driver, StepError
 
 __all__ = [
     "Journal",
-    "MemoryJournal",
     "Reporter",
     "RollbackResult",
     "RolloutResult",
@@ -58,19 +57,6 @@ class Journal(Protocol):
     def done(self, host: str) -> Sequence[Step]: ...
 
     def mark(self, host: str, step: Step) -> None: ...
-
-
-@dataclass
-class MemoryJournal:
-    """A journal that lives as long as the run: for tests and for nothing to resume."""
-
-    steps: dict[str, list[Step]] = field(default_factory=dict)
-
-    def done(self, host: str) -> Sequence[Step]:
-        return self.steps.get(host, [])
-
-    def mark(self, host: str, step: Step) -> None:
-        self.steps.setdefault(host, []).append(step)
 
 
 @dataclass(frozen=True)
