@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.client import fleet_versions
 from orchestrator.contract import Envelope
@@ -86,18 +87,22 @@ def _check_outbox_empty(store: Store, timeout_s: float = 10) -> None:
 
 
 def _check_compensation_order(state: ReleaseState, timeline: list[Envelope]) -> None:
-    sent = [m for m in timeline if m.type == "RollbackComponent"]
-    services = [getattr(m.payload, "service", "") for m in sent]
+    # A RollbackComponent may be sent again when nobody answered it in time; what must
+    # happen once is the rollback itself (its effects are counted apart).
+    undone = [m for m in timeline if m.type == "ComponentRolledBack"]
+    services = [getattr(m.payload, "service", "") for m in undone]
     assert len(services) == len(set(services)), f"a component was rolled back twice: {services}"
-    position = {(m.type, getattr(m.payload, "service", None)): i for i, m in enumerate(timeline)}
+    position: dict[tuple[str, Any], int] = {}
+    for index, message in enumerate(timeline):  # the first of each (type, service)
+        position.setdefault((message.type, getattr(message.payload, "service", None)), index)
     for component in state.components.values():
-        undone = position.get(("ComponentRolledBack", component.service))
-        if undone is None:
+        finished = position.get(("ComponentRolledBack", component.service))
+        if finished is None:
             continue
         for dependency in component.depends_on:
             started = position.get(("RollbackComponent", dependency))
             if started is not None:
-                assert undone < started, f"{dependency} undone before its dependent"
+                assert finished < started, f"{dependency} undone before its dependent"
 
 
 def _check_one_ending(timeline: list[Envelope]) -> None:
