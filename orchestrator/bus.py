@@ -30,19 +30,14 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
-from orchestrator.contract import (
-    AbortRelease,
-    DeployComponent,
-    Envelope,
-    RollbackComponent,
-    SubmitRelease,
-)
+from orchestrator.contract import DeployComponent, Envelope, RollbackComponent, ToggleFlag
 from orchestrator.observability import get_logger
 from orchestrator.settings import redacted
 
 __all__ = [
     "DEPLOY_TASK",
     "ROLLBACK_TASK",
+    "TOGGLE_TASK",
     "BrokerUnavailable",
     "Bus",
     "BusDrills",
@@ -55,6 +50,13 @@ log = get_logger(__name__)
 
 DEPLOY_TASK: Final = "drover.deploy_component"
 ROLLBACK_TASK: Final = "drover.rollback_component"
+TOGGLE_TASK: Final = "drover.toggle_flag"
+# A worker's commands go to their service's queue as Celery tasks, under these names.
+_TASKS: Final[dict[type, str]] = {
+    DeployComponent: DEPLOY_TASK,
+    RollbackComponent: ROLLBACK_TASK,
+    ToggleFlag: TOGGLE_TASK,
+}
 
 # Every publish is bounded: without a timeout, a publish (or the wait for RabbitMQ's
 # confirm) on a connection that broke under it can block its thread for good, and the
@@ -181,8 +183,8 @@ class Bus:
         """
         with _broker_errors(self.broker_url):
             for _ in range(self._drills.copies):
-                if isinstance(message.payload, DeployComponent | RollbackComponent):
-                    self._send_task(message, message.payload.service)
+                if type(message.payload) in _TASKS:
+                    self._send_task(message)
                 elif self._drills.reorder_events_ms and not message.is_command:
                     delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
                     threading.Timer(delay_s, self._publish_late, [message]).start()
@@ -197,7 +199,7 @@ class Bus:
 
     def _publish(self, message: Envelope) -> None:
         self.declare()
-        if isinstance(message.payload, SubmitRelease | AbortRelease):
+        if message.is_command:  # the coordinator's: submit, approve, abort, ...
             exchange, routing_key = self.topology.commands_exchange, "commands"
         else:
             exchange, routing_key = self.topology.events_exchange, _event_key(message)
@@ -217,13 +219,12 @@ class Bus:
                 **_PUBLISH_LIMITS,
             )
 
-    def _send_task(self, message: Envelope, service: str) -> None:
-        task = DEPLOY_TASK if isinstance(message.payload, DeployComponent) else ROLLBACK_TASK
+    def _send_task(self, message: Envelope) -> None:
         self.celery.send_task(
-            task,
+            _TASKS[type(message.payload)],
             args=[message.to_wire()],
             task_id=message.id,
-            queue=self.topology.service_queue(service),
+            queue=self.topology.service_queue(getattr(message.payload, "service", "")),
             headers=_headers(message),
             **_PUBLISH_LIMITS,
         )

@@ -32,8 +32,9 @@ from orchestrator.contract import (
     envelope,
     problems_from,
 )
+from orchestrator.fleet import Fleet
 from orchestrator.observability import configure_logging
-from orchestrator.plans import Fleet, InvalidInput, load_fleet, load_release, plan_release
+from orchestrator.plans import InvalidInput, load_fleet, load_release, plan_release
 from orchestrator.runtime import ConfigurationError, Parts, connect, embedded, open_bus
 from orchestrator.runtime import run_coordinator as _run_coordinator
 from orchestrator.runtime import run_worker as _run_worker

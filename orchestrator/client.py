@@ -34,7 +34,7 @@ from orchestrator.contract import (
     SubmitRelease,
     envelope,
 )
-from orchestrator.plans import Fleet
+from orchestrator.fleet import Fleet
 from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.store import Store
 
@@ -111,15 +111,33 @@ def waiting_for(store: Store, state: ReleaseState) -> list[str]:
 
 
 def fleet_versions(fleet: Fleet, store: Store) -> dict[str, dict[str, dict[str, str]]]:
-    """``{environment: {service: {host: version}}}``, as the store records them."""
+    """``{environment: {service: {host: version}}}``, as each service's driver reports them.
+
+    A host that cannot be asked shows ``? (why)``: one unreachable host must not hide
+    the rest of the fleet.
+    """
+    from workers.drivers import StepError  # the client asks hosts the way workers do
+    from workers.drivers.factory import driver_for
+
     view: dict[str, dict[str, dict[str, str]]] = {}
     for env_name, environment in fleet.environments.items():
         view[env_name] = {}
         for name, service in environment.services.items():
-            recorded = store.host_versions(env_name, name)
-            view[env_name][name] = {
-                host: recorded.get(host, service.driver.initial_version) for host in service.hosts
-            }
+            driver = driver_for(
+                service.driver,
+                store,
+                environment=env_name,
+                service=name,
+                release_id="-",
+                rollback=False,
+            )
+            versions: dict[str, str] = {}
+            for host in service.hosts:
+                try:
+                    versions[host] = driver.current_version(host)
+                except StepError as error:
+                    versions[host] = f"? ({error.reason})"
+            view[env_name][name] = versions
     return view
 
 

@@ -30,8 +30,8 @@ from orchestrator.contract import (
     envelope,
 )
 from orchestrator.drills import CrashPoints
+from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
-from orchestrator.plans import Fleet
 from orchestrator.saga import Decision, ReleaseState, ReleaseStatus, decide, refuse_submission
 from orchestrator.store import (
     KEEP_WAKE,
@@ -138,7 +138,8 @@ class Coordinator:
         committed = self._decide_and_commit(message)
         if committed is None:
             return
-        if committed.status is ReleaseStatus.QUEUED and isinstance(message.payload, SubmitRelease):
+        if committed.status is ReleaseStatus.QUEUED:
+            # Submitted, approved or retried: it joins the queues of its locks.
             self._try_to_start(committed)
         elif committed.status.is_terminal:
             self._free_locks(committed.id)
@@ -192,7 +193,7 @@ class Coordinator:
 
     def _try_to_start(self, state: ReleaseState) -> None:
         """Start the release if it holds all its locks; otherwise say what it waits for."""
-        keys = [lock_key(state.environment, service) for service in state.components]
+        keys = [lock_key(state.environment, service) for service in state.services()]
         if self._store.acquire_locks(state.id, keys):
             self.process(self._own(StartRelease(), state.id, "start"))
             return

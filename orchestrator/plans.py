@@ -9,37 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ValidationError
 
-from orchestrator.contract import (
-    ComponentRequest,
-    HostName,
-    Name,
-    Problem,
-    Step,
-    SubmitRelease,
-    Version,
-    problems_from,
-)
+from orchestrator.contract import ComponentRequest, Problem, SubmitRelease, problems_from
+from orchestrator.fleet import Fleet
+from orchestrator.fleet.base import FleetModel
+from orchestrator.vocabulary import Name
 
 __all__ = [
-    "EnvironmentConfig",
-    "FailureInjection",
-    "Fleet",
     "InvalidInput",
     "ReleasePlan",
-    "ServiceConfig",
-    "SimulatedDriverConfig",
     "load_fleet",
     "load_release",
     "plan_release",
@@ -60,92 +42,7 @@ class InvalidInput(Exception):
         return "\n".join(lines)
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class FailureInjection(_Config):
-    """Make the simulator fail a step, or stall in it, for demos, tests and drills.
-
-    Every field given must match; ``version`` and ``host`` left out match any. With
-    ``stall_ms`` the step does not fail: it goes silent that long, then succeeds.
-    """
-
-    step: Step
-    version: Version | None = None
-    host: HostName | None = None
-    stall_ms: int | None = Field(default=None, ge=1, le=3_600_000)
-
-    def matches(self, step: Step, version: str, host: str) -> bool:
-        return self.step == step and self.version in (None, version) and self.host in (None, host)
-
-
-class SimulatedDriverConfig(_Config):
-    """A fleet simulator: host state lives in the store, effects are counted."""
-
-    kind: Literal["simulated"]
-    initial_version: Version
-    latency_ms: int = Field(default=0, ge=0, le=600_000)
-    fail: tuple[FailureInjection, ...] = ()
-
-
-DriverConfig = SimulatedDriverConfig
-
-
-class ServiceConfig(_Config):
-    hosts: tuple[HostName, ...] = Field(min_length=1)
-    batch_size: int = Field(default=1, ge=1)
-    driver: DriverConfig
-    # How long the coordinator waits for word from the worker before it treats the
-    # component as failed: between two reports, and for the whole component.
-    step_timeout_s: float = Field(default=300, gt=0, le=86_400)
-    component_timeout_s: float = Field(default=3600, gt=0, le=7 * 86_400)
-
-    # Field validators, not a model validator, so each problem carries its field's path.
-    @field_validator("hosts")
-    @classmethod
-    def _hosts_are_unique(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
-        seen: set[str] = set()
-        for host in hosts:
-            if host in seen:
-                raise ValueError(f"host {host!r} is listed twice")
-            seen.add(host)
-        return hosts
-
-    @field_validator("driver")
-    @classmethod
-    def _injections_name_known_hosts(
-        cls, driver: DriverConfig, info: ValidationInfo
-    ) -> DriverConfig:
-        hosts = info.data.get("hosts")
-        if hosts is None:
-            return driver  # hosts were invalid themselves, and are reported as such
-        for index, injection in enumerate(driver.fail):
-            if injection.host is not None and injection.host not in hosts:
-                raise ValueError(f"fail[{index}].host {injection.host!r} is not in hosts")
-        return driver
-
-    def batches(self) -> list[tuple[str, ...]]:
-        size = self.batch_size
-        return [self.hosts[i : i + size] for i in range(0, len(self.hosts), size)]
-
-
-class EnvironmentConfig(_Config):
-    services: dict[Name, ServiceConfig] = Field(min_length=1)
-
-
-class Fleet(_Config):
-    environments: dict[Name, EnvironmentConfig] = Field(min_length=1)
-
-    def service(self, environment: str, service: str) -> ServiceConfig:
-        return self.environments[environment].services[service]
-
-    def service_names(self) -> list[str]:
-        """Every service of every environment, once each, sorted."""
-        return sorted({s for env in self.environments.values() for s in env.services})
-
-
-class ReleasePlan(_Config):
+class ReleasePlan(FleetModel):
     """A release checked against the fleet: its components in dependency waves."""
 
     request: SubmitRelease

@@ -25,8 +25,9 @@ from celery.worker import state as worker_state
 from orchestrator.bus import Bus, BusDrills, Topology
 from orchestrator.coordinator import Coordinator
 from orchestrator.drills import CrashPoints
+from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger
-from orchestrator.plans import Fleet, load_fleet
+from orchestrator.plans import load_fleet
 from orchestrator.settings import Settings
 from orchestrator.store import Store, open_store
 from workers.app import create_celery

@@ -141,6 +141,14 @@ class Store(Protocol):
         """Put a host out of (or back into) service; True if that changed anything."""
         ...
 
+    def service_state(self, environment: str, service: str) -> dict[str, str]:
+        """The simulator's other facts about a service (live colour, flags, ...)."""
+        ...
+
+    def set_service_state(self, environment: str, service: str, field: str, value: str) -> bool:
+        """Record one fact about a service; True if that changed anything."""
+        ...
+
     # --- workers: one owner per component, and what each command did ----------------------
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take the lease if it is free, expired, or already ``owner``'s (then renew it)."""

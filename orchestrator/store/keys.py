@@ -115,6 +115,10 @@ class Keys:
         # HASH: host -> the version Drover last recorded for it
         return f"{self.namespace}:hosts:{environment}:{service}"
 
+    def service_state(self, environment: str, service: str) -> str:
+        # HASH: field -> value, the simulator's facts about a service (colour, flags)
+        return f"{self.namespace}:service-state:{environment}:{service}"
+
     def drained(self, environment: str, service: str) -> str:
         # SET: hosts the simulator has out of service
         return f"{self.namespace}:drained:{environment}:{service}"

@@ -111,6 +111,13 @@ _PROGRESS_LUA: Final = """
 redis.call('ZADD', KEYS[1], 'NX', redis.call('ZCARD', KEYS[1]), ARGV[1])
 """
 
+# A hash field set to a value: 1 if that changed it, 0 if it held that value already.
+_SET_FIELD_LUA: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # The lock scripts read and change many queues at once, and must: a release that joined
 # some of its queues but not yet others, or a release released from half of them, is how
 # two releases come to wait for each other, or one to start while another holds its lock.
@@ -210,6 +217,7 @@ class RedisStore:
         self._lease_script = self._client.register_script(_LEASE_LUA)
         self._release_lease_script = self._client.register_script(_RELEASE_LEASE_LUA)
         self._progress_script = self._client.register_script(_PROGRESS_LUA)
+        self._set_field = self._client.register_script(_SET_FIELD_LUA)
         self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
         self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
@@ -341,6 +349,17 @@ class RedisStore:
         with _translated():
             changed = self._client.sadd(key, host) if drained else self._client.srem(key, host)
         return bool(changed)
+
+    def service_state(self, environment: str, service: str) -> dict[str, str]:
+        with _translated():
+            state = self._client.hgetall(self._keys.service_state(environment, service))
+        return {_text(field): _text(value) for field, value in state.items()}
+
+    def set_service_state(self, environment: str, service: str, field: str, value: str) -> bool:
+        key = self._keys.service_state(environment, service)
+        with _translated():
+            # One script, so that "changed" is the truth even with two writers.
+            return bool(self._set_field(keys=[key], args=[field, value]))
 
     # --- workers: one owner per component, and what each command did ----------------------
 

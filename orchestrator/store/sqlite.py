@@ -99,6 +99,13 @@ _SCHEMA: Final = (
         at REAL NOT NULL  -- epoch seconds, as in Redis's wake index
     )""",
     "CREATE INDEX IF NOT EXISTS wakes_earliest ON wakes (at, release_id)",
+    """CREATE TABLE IF NOT EXISTS service_state (
+        environment TEXT NOT NULL,
+        service TEXT NOT NULL,
+        field TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (environment, service, field)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS drained (
         environment TEXT NOT NULL,
         service TEXT NOT NULL,
@@ -301,6 +308,24 @@ class SqliteStore:
         )
         with self._write() as db:
             return db.execute(statement, (environment, service, host)).rowcount > 0
+
+    def service_state(self, environment: str, service: str) -> dict[str, str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT field, value FROM service_state WHERE environment = ? AND service = ?",
+                (environment, service),
+            ).fetchall()
+        return dict(rows)
+
+    def set_service_state(self, environment: str, service: str, field: str, value: str) -> bool:
+        with self._write() as db:
+            changed = db.execute(
+                "INSERT INTO service_state (environment, service, field, value)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, field)"
+                " DO UPDATE SET value = excluded.value WHERE value != excluded.value",
+                (environment, service, field, value),
+            ).rowcount
+        return changed > 0
 
     # --- workers: one owner per component, and what each command did ----------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator.client import fleet_versions
 from orchestrator.contract import Envelope
-from orchestrator.plans import Fleet
+from orchestrator.fleet import Fleet
 from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.store import Store
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.plans import Fleet, load_fleet
+from orchestrator.fleet import Fleet
+from orchestrator.plans import load_fleet
 from orchestrator.saga import ReleaseStatus
 from orchestrator.store import Store, open_store
 from tests.conftest import REDIS_URL

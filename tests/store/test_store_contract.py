@@ -374,6 +374,17 @@ def test_count_effect_counts_each_effect_of_a_release(store: Store) -> None:
     }
 
 
+def test_service_state_is_kept_per_environment_and_service(store: Store) -> None:
+    assert store.service_state("prod", "api") == {}
+    assert store.set_service_state("prod", "api", "live_colour", "blue") is True
+    assert store.set_service_state("prod", "api", "live_colour", "blue") is False  # no change
+    assert store.set_service_state("prod", "api", "live_colour", "green") is True
+    assert store.set_service_state("prod", "api", "flag:new-flow", "on") is True
+    assert store.set_service_state("staging", "api", "live_colour", "blue") is True
+    assert store.service_state("prod", "api") == {"live_colour": "green", "flag:new-flow": "on"}
+    assert store.service_state("prod", "db") == {}
+
+
 def test_drained_hosts_are_kept_per_environment_and_service(store: Store) -> None:
     assert store.drained_hosts("prod", "api") == set()
     assert store.set_drained("prod", "api", "web-1", True) is True

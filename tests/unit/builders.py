@@ -34,7 +34,7 @@ from orchestrator.contract import (
     SubmitRelease,
     envelope,
 )
-from orchestrator.plans import Fleet
+from orchestrator.fleet import Fleet
 from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus, decide
 
 ENVIRONMENT = "prod"

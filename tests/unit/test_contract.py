@@ -15,9 +15,13 @@ from orchestrator.contract import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     AbortRelease,
+    ApprovalRefused,
+    ApprovalRequested,
+    ApproveRelease,
     CheckDeadlines,
     ComponentDeployed,
     ComponentFailed,
+    ComponentHeld,
     ComponentRequest,
     ComponentRollbackFailed,
     ComponentRolledBack,
@@ -25,21 +29,34 @@ from orchestrator.contract import (
     ComponentWaiting,
     DeadlinePassed,
     DeployComponent,
+    FlagToggled,
+    FlagToggleFailed,
+    GateJudged,
+    HostDrained,
     Message,
     MessageDecodeError,
+    PauseRelease,
     Problem,
+    RejectRelease,
     ReleaseAccepted,
+    ReleaseApproved,
     ReleaseFailed,
+    ReleasePaused,
     ReleaseQueued,
     ReleaseRejected,
+    ReleaseResumed,
+    ReleaseRetried,
     ReleaseRolledBack,
     ReleaseSucceeded,
+    ResumeRelease,
+    RetryRelease,
     RollbackComponent,
     StartRelease,
     Step,
     StepFailed,
     StepStarted,
     StepSucceeded,
+    ToggleFlag,
     decode,
     envelope,
     json_schema,
@@ -110,14 +127,59 @@ SAMPLES: dict[str, Message] = {
     "ReleaseSucceeded": ReleaseSucceeded(),
     "ReleaseRolledBack": ReleaseRolledBack(reason="api: verify"),
     "ReleaseFailed": ReleaseFailed(reason="api: verify", needs_attention=("db: deployed",)),
+    "ToggleFlag": ToggleFlag(environment="prod", service="api", flag="new-flow", enabled=True),
+    "ApproveRelease": ApproveRelease(component="api", comment="looks good"),
+    "RejectRelease": RejectRelease(reason="not today"),
+    "PauseRelease": PauseRelease(reason="lunch"),
+    "ResumeRelease": ResumeRelease(),
+    "RetryRelease": RetryRelease(reason="db fixed"),
+    "ApprovalRequested": ApprovalRequested(component="api", reason="needs a human"),
+    "ReleaseApproved": ReleaseApproved(approved=("api",), comment="ok"),
+    "ApprovalRefused": ApprovalRefused(command="ApproveRelease", reason="own release"),
+    "ReleasePaused": ReleasePaused(reason="lunch"),
+    "ReleaseResumed": ReleaseResumed(),
+    "ReleaseRetried": ReleaseRetried(attempt=2, components=("api", "api.new-flow")),
+    "ComponentHeld": ComponentHeld(
+        environment="prod", service="api", hold="analysis-1", reason="inconclusive"
+    ),
+    "HostDrained": HostDrained(
+        environment="prod",
+        service="api",
+        host="api-1",
+        waited_ms=120.5,
+        in_flight_left=0,
+        timed_out=False,
+    ),
+    "GateJudged": GateJudged(
+        environment="prod",
+        service="api",
+        step=Step.GATE,
+        gate="checkouts",
+        verdict="fail",
+        inputs={"value": 0.0, "before": 120.0, "points": 30},
+        thresholds={"min_ratio_to_before": 0.5},
+        reason="checkouts fell to 0% of before",
+    ),
+    "FlagToggled": FlagToggled(
+        environment="prod", service="api", flag="new-flow", enabled=True, previously=False
+    ),
+    "FlagToggleFailed": FlagToggleFailed(
+        environment="prod", service="api", flag="new-flow", reason="flag service down"
+    ),
 }
 COMMANDS = {
     "SubmitRelease",
     "AbortRelease",
+    "ApproveRelease",
+    "RejectRelease",
+    "PauseRelease",
+    "ResumeRelease",
+    "RetryRelease",
     "StartRelease",
     "CheckDeadlines",
     "DeployComponent",
     "RollbackComponent",
+    "ToggleFlag",
 }
 
 
@@ -183,7 +245,13 @@ def test_encoded_message_is_the_documented_envelope() -> None:
         "release_id": RELEASE_ID,
         "causation_id": None,
         "actor": ACTOR,
-        "payload": {"environment": "prod", "service": "api", "version": "2.0.0"},
+        "payload": {
+            "environment": "prod",
+            "service": "api",
+            "version": "2.0.0",
+            "strategy": None,
+            "attempt": 1,
+        },
     }
 
 
@@ -401,7 +469,16 @@ def test_problem_reads_as_path_and_reason() -> None:
 
 # --- JSON Schema --------------------------------------------------------------------------
 
-_ANNOTATIONS = {"title", "description", "default", "format", "$schema", "x-drover-kind", "$defs"}
+_ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "format",
+    "$schema",
+    "x-drover-kind",
+    "$defs",
+    "discriminator",  # a hint for faster validation; oneOf says the same
+}
 _OBJECT_KEYWORDS = {"properties", "patternProperties", "additionalProperties"}
 
 
@@ -417,7 +494,7 @@ def _is_type(value: Any, name: str) -> bool:
         "boolean": bool,
         "null": type(None),
     }
-    return isinstance(value, types[name])
+    return name in types and isinstance(value, types[name])
 
 
 # Keywords that check a value on its own: each holds when its test is true.
@@ -426,10 +503,14 @@ _TESTS: dict[str, Callable[[Any, Any], bool]] = {
     "enum": lambda value, rule: value in rule,
     "type": _is_type,
     "pattern": lambda value, rule: not isinstance(value, str) or bool(re.search(rule, value)),
-    "minLength": lambda value, rule: len(value) >= rule,
-    "minItems": lambda value, rule: len(value) >= rule,
-    "maxLength": lambda value, rule: len(value) <= rule,
-    "minimum": lambda value, rule: value >= rule,
+    # As in JSON Schema, a keyword for one type holds for values of any other type.
+    "minLength": lambda value, rule: not isinstance(value, str) or len(value) >= rule,
+    "maxLength": lambda value, rule: not isinstance(value, str) or len(value) <= rule,
+    "minItems": lambda value, rule: not isinstance(value, list) or len(value) >= rule,
+    "minimum": lambda value, rule: not _is_type(value, "number") or value >= rule,
+    "maximum": lambda value, rule: not _is_type(value, "number") or value <= rule,
+    "exclusiveMinimum": lambda value, rule: not _is_type(value, "number") or value > rule,
+    "exclusiveMaximum": lambda value, rule: not _is_type(value, "number") or value < rule,
 }
 
 
@@ -458,21 +539,58 @@ def _violations(
         if keyword in _TESTS:
             if not _TESTS[keyword](value, rule):
                 found.append(f"{at}: {value!r} fails {keyword} {rule!r}")
-        elif keyword == "$ref":
-            found += _violations(value, _resolve(root, rule), root, at)
-        elif keyword == "anyOf":
-            if all(_violations(value, option, root, at) for option in rule):
-                found.append(f"{at}: {value!r} matches no option")
-        elif keyword == "required":
-            found += [f"{at}.{name}: required" for name in rule if name not in value]
-        elif keyword == "items":
-            for index, item in enumerate(value):
-                found += _violations(item, rule, root, f"{at}[{index}]")
+        elif keyword in _APPLICATORS:
+            found += _APPLICATORS[keyword](value, rule, root, at)
         else:
             raise AssertionError(f"the test's validator does not know {keyword!r}")
     if isinstance(value, dict) and _OBJECT_KEYWORDS & set(schema):
         found += _member_violations(value, schema, root, at)
     return found
+
+
+def _one_of_violations(
+    value: Any, options: list[dict[str, Any]], root: dict[str, Any], at: str
+) -> list[str]:
+    matching = sum(not _violations(value, option, root, at) for option in options)
+    if matching == 1:
+        return []
+    return [f"{at}: {value!r} matches {matching} options, not exactly one"]
+
+
+def _required_violations(value: Any, names: list[str], root: dict[str, Any], at: str) -> list[str]:
+    if not isinstance(value, dict):
+        return []
+    return [f"{at}.{name}: required" for name in names if name not in value]
+
+
+def _items_violations(value: Any, rule: dict[str, Any], root: dict[str, Any], at: str) -> list[str]:
+    items = value if isinstance(value, list) else []
+    return [v for i, item in enumerate(items) for v in _violations(item, rule, root, f"{at}[{i}]")]
+
+
+def _ref_violations(value: Any, ref: str, root: dict[str, Any], at: str) -> list[str]:
+    return _violations(value, _resolve(root, ref), root, at)
+
+
+def _any_of_violations(
+    value: Any, options: list[dict[str, Any]], root: dict[str, Any], at: str
+) -> list[str]:
+    """Nothing if an option holds; else, when one option is of the value's type, its reasons."""
+    reasons = [_violations(value, option, root, at) for option in options]
+    if not all(reasons):
+        return []
+    typed = [r for o, r in zip(options, reasons, strict=True) if _is_type(value, o.get("type", ""))]
+    return typed[0] if len(typed) == 1 else [f"{at}: {value!r} matches no option"]
+
+
+# Keywords that apply a rule of the schema to the value, or to its parts.
+_APPLICATORS: dict[str, Callable[[Any, Any, dict[str, Any], str], list[str]]] = {
+    "$ref": _ref_violations,
+    "anyOf": _any_of_violations,
+    "oneOf": _one_of_violations,
+    "required": _required_violations,
+    "items": _items_violations,
+}
 
 
 def _member_violations(
@@ -553,7 +671,8 @@ def test_schema_checks_nested_payload_models() -> None:
     data = wire(SAMPLES["SubmitRelease"])
     data["payload"]["components"][0]["version"] = "2.0 beta"
 
-    pattern = ComponentRequest.model_json_schema()["properties"]["version"]["pattern"]
+    version = ComponentRequest.model_json_schema()["properties"]["version"]
+    pattern = next(option["pattern"] for option in version["anyOf"] if "pattern" in option)
     assert _violations(data, schema, schema) == [
         f"$.payload.components[0].version: '2.0 beta' fails pattern {pattern!r}"
     ]

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.contract import ComponentRequest, Problem, Step, SubmitRelease
-from orchestrator.plans import (
-    FailureInjection,
-    Fleet,
-    InvalidInput,
-    load_fleet,
-    load_release,
-    plan_release,
-)
+from orchestrator.fleet import Fleet
+from orchestrator.fleet.drivers import FailureInjection
+from orchestrator.fleet.strategies import RollingStrategy
+from orchestrator.plans import InvalidInput, load_fleet, load_release, plan_release
 from tests.unit.builders import component, fleet, submit
 
 FLEET = """\
@@ -25,7 +21,7 @@ environments:
     services:
       payments:
         hosts: [pay-1, pay-2, pay-3]
-        batch_size: 2
+        strategy: {kind: rolling, batch: 2}
         driver:
           kind: simulated
           initial_version: 1.4.0
@@ -98,14 +94,14 @@ def test_valid_fleet_parses_into_its_environments_services_and_drivers(tmp_path:
     assert sorted(parsed.environments) == ["prod", "staging"]
     payments = parsed.service("staging", "payments")
     assert payments.hosts == ("pay-1", "pay-2", "pay-3")
-    assert payments.batch_size == 2
+    assert payments.strategy == RollingStrategy(kind="rolling", batch=2)
     assert payments.driver.initial_version == "1.4.0"
     assert payments.driver.latency_ms == 5
     assert payments.driver.fail == (
         FailureInjection(step=Step.VERIFY, version="2.0.0", host="pay-2"),
     )
     ledger = parsed.service("staging", "ledger")
-    assert ledger.batch_size == 1
+    assert ledger.strategy == RollingStrategy(kind="rolling", batch=1)
     assert ledger.driver.fail == ()
     assert parsed.service_names() == ["ledger", "payments"]
 
@@ -117,7 +113,7 @@ def test_fleet_accepts_a_path_given_as_a_string(tmp_path: Path) -> None:
 def test_batches_split_hosts_by_batch_size_keeping_order(tmp_path: Path) -> None:
     payments = load_fleet(write(tmp_path, FLEET)).service("staging", "payments")
 
-    assert payments.batches() == [("pay-1", "pay-2"), ("pay-3",)]
+    assert payments.strategy.batches(payments.hosts) == [("pay-1", "pay-2"), ("pay-3",)]
 
 
 def test_timeouts_default_to_five_minutes_a_step_and_an_hour_a_component(
@@ -149,19 +145,19 @@ def test_yaml_merge_keys_may_be_overridden_in_the_mapping_that_merges(tmp_path: 
         services:
           payments: &base
             hosts: [pay-1]
-            batch_size: 1
+            strategy: {kind: rolling, batch: 1}
             driver: {kind: simulated, initial_version: 1.0.0}
           ledger:
             <<: *base
             hosts: [ledger-1, ledger-2]
-            batch_size: 2
+            strategy: {kind: rolling, batch: 2}
     """
 
     parsed = load_fleet(write(tmp_path, text))
 
     ledger = parsed.service("staging", "ledger")
     assert ledger.hosts == ("ledger-1", "ledger-2")
-    assert ledger.batch_size == 2
+    assert ledger.strategy == RollingStrategy(kind="rolling", batch=2)
     assert ledger.driver == parsed.service("staging", "payments").driver
 
 
@@ -204,10 +200,10 @@ def test_failure_injection_is_not_checked_against_hosts_that_are_themselves_wron
     [
         ({"hosts": "[]"}, "hosts", "at least 1 item"),
         ({"hosts": "['bad host']"}, "hosts[0]", "'bad host' is not valid here"),
-        ({"batch_size": "0"}, "batch_size", "greater than or equal to 1"),
+        ({"strategy": "{kind: rolling, batch: two}"}, "strategy.batch", "'two' is not a number"),
         ({"step_timeout_s": "0"}, "step_timeout_s", "greater than 0"),
         ({"component_timeout_s": "700000"}, "component_timeout_s", "less than or equal to 604800"),
-        ({"driver": "{kind: ssh, initial_version: 1.0.0}"}, "driver.kind", "'simulated'"),
+        ({"driver": "{kind: ssh, initial_version: 1.0.0}"}, "driver.kind", "unknown kind 'ssh'"),
         ({"driver": "{kind: simulated}"}, "driver.initial_version", "Field required"),
         (
             {"driver": "{kind: simulated, initial_version: 1.0.0, latency_ms: -1}"},
@@ -217,7 +213,7 @@ def test_failure_injection_is_not_checked_against_hosts_that_are_themselves_wron
         (
             {"driver": "{kind: simulated, initial_version: 1.0.0, fail: [{step: dance}]}"},
             "driver.fail[0].step",
-            "'drain', 'deploy', 'verify' or 'undrain'",
+            "'drain', 'deploy', 'verify', 'undrain'",
         ),
     ],
 )
@@ -247,12 +243,12 @@ def test_fleet_without_environments_is_refused(tmp_path: Path) -> None:
 
 
 def test_every_problem_in_a_fleet_is_reported_at_once(tmp_path: Path) -> None:
-    text = service_yaml(hosts="[pay-1, pay-1]", batch_size="0", colour="red")
+    text = service_yaml(hosts="[pay-1, pay-1]", step_timeout_s="0", colour="red")
 
     paths = sorted(path for path, _ in fleet_problems(tmp_path, text))
 
     prefix = "environments.staging.services.payments."
-    assert paths == [prefix + "batch_size", prefix + "colour", prefix + "hosts"]
+    assert paths == [prefix + "colour", prefix + "hosts", prefix + "step_timeout_s"]
 
 
 # --- the release --------------------------------------------------------------------------
@@ -272,7 +268,9 @@ def test_valid_release_parses_into_a_submit_release(tmp_path: Path) -> None:
 def test_release_missing_a_version_names_that_component(tmp_path: Path) -> None:
     text = RELEASE.replace("    version: 2.0.0\n", "")
 
-    assert release_problems(tmp_path, text) == [("components[1].version", "Field required")]
+    assert release_problems(tmp_path, text) == [
+        ("components[1]", "version: Field required (or a flag, for a flag flip)")
+    ]
 
 
 @pytest.mark.parametrize("version", ["'2.0 beta'", "-rc1", "'v1/2'", "''"])

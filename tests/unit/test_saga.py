@@ -25,7 +25,7 @@ from orchestrator.contract import (
     StartRelease,
     SubmitRelease,
 )
-from orchestrator.plans import Fleet
+from orchestrator.fleet import Fleet
 from orchestrator.saga import (
     ComponentStatus,
     Decision,

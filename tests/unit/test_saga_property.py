@@ -26,7 +26,7 @@ from orchestrator.contract import (
     RollbackComponent,
     StartRelease,
 )
-from orchestrator.plans import Fleet
+from orchestrator.fleet import Fleet
 from orchestrator.saga import MAX_RESENDS, ComponentStatus, ReleaseState, ReleaseStatus, decide
 from tests.unit.builders import (
     OPERATOR,

@@ -1,9 +1,7 @@
-"""The message contract: every command and event Drover puts on the bus, and the envelope.
+"""The envelope around every payload, and the one way bytes off the bus become a message.
 
-This is the only module that knows the wire format. Everything that crosses the bus is
-one of the frozen payload models below, wrapped in an :class:`Envelope` and serialised
-as JSON. Services in other languages publish by the JSON Schema that :func:`json_schema`
-exports.
+Also the registry of message types and the JSON Schema export, so services in other
+languages can publish.
 """
 
 from __future__ import annotations
@@ -13,54 +11,63 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    computed_field,
-    field_validator,
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+
+from orchestrator.contract.base import Payload, Problem
+from orchestrator.contract.commands import (
+    AbortRelease,
+    ApproveRelease,
+    CheckDeadlines,
+    DeployComponent,
+    PauseRelease,
+    RejectRelease,
+    ResumeRelease,
+    RetryRelease,
+    RollbackComponent,
+    StartRelease,
+    SubmitRelease,
+    ToggleFlag,
+)
+from orchestrator.contract.events import (
+    ApprovalRefused,
+    ApprovalRequested,
+    ComponentDeployed,
+    ComponentFailed,
+    ComponentHeld,
+    ComponentRollbackFailed,
+    ComponentRolledBack,
+    ComponentStarted,
+    ComponentWaiting,
+    DeadlinePassed,
+    FlagToggled,
+    FlagToggleFailed,
+    GateJudged,
+    HostDrained,
+    ReleaseAccepted,
+    ReleaseApproved,
+    ReleaseFailed,
+    ReleasePaused,
+    ReleaseQueued,
+    ReleaseRejected,
+    ReleaseResumed,
+    ReleaseRetried,
+    ReleaseRolledBack,
+    ReleaseSucceeded,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
 )
 
 __all__ = [
+    "MESSAGE_TYPES",
     "SCHEMA_VERSION",
-    "AbortRelease",
-    "CheckDeadlines",
     "Command",
-    "ComponentDeployed",
-    "ComponentFailed",
-    "ComponentRequest",
-    "ComponentRollbackFailed",
-    "ComponentRolledBack",
-    "ComponentStarted",
-    "ComponentWaiting",
-    "DeadlinePassed",
-    "DeployComponent",
     "Envelope",
     "Event",
-    "HostName",
     "Message",
     "MessageDecodeError",
-    "Name",
-    "Problem",
-    "ReleaseAccepted",
-    "ReleaseFailed",
-    "ReleaseQueued",
-    "ReleaseRejected",
-    "ReleaseRolledBack",
-    "ReleaseSucceeded",
-    "RollbackComponent",
-    "StartRelease",
-    "Step",
-    "StepFailed",
-    "StepStarted",
-    "StepSucceeded",
-    "SubmitRelease",
-    "Version",
     "decode",
     "derived_id",
     "envelope",
@@ -70,273 +77,101 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 
-# Names end up in queue names, store keys, metric names and (issue 4) driver arguments,
-# so they are held to strict patterns here, once, rather than escaped everywhere later.
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
-Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
-HostVersions = Mapping[HostName, Version]
-
 # The envelope's own fields, held to the same rules when a message is built as when it is
 # read, so Drover never sends what it would itself refuse.
 _MessageId = Annotated[str, Field(min_length=1, max_length=100)]
 _ReleaseId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
 _Actor = Annotated[str, Field(min_length=1, max_length=200)]
 
-
-class Step(StrEnum):
-    """What a worker does to one batch of hosts, in this order."""
-
-    DRAIN = "drain"
-    DEPLOY = "deploy"
-    VERIFY = "verify"
-    UNDRAIN = "undrain"
-
-
-class Problem(BaseModel):
-    """One reason an input was refused: where (a dotted field path) and why."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}" if self.path else self.reason
-
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-# --- commands: imperative, each has exactly one consumer ---------------------------------
-
-
-class ComponentRequest(_Payload):
-    """One service to move to one version, after the services it depends on."""
-
-    service: Name
-    version: Version
-    depends_on: tuple[Name, ...] = ()
-
-
-class SubmitRelease(_Payload):
-    """Release these versions of these services to one environment."""
-
-    environment: Name
-    reason: str = Field(default="", max_length=500)
-    components: tuple[ComponentRequest, ...]
-
-    @field_validator("components")
-    @classmethod
-    def _not_empty(cls, components: tuple[ComponentRequest, ...]) -> tuple[ComponentRequest, ...]:
-        # A check after the items are valid, so that a bad item is not also reported as
-        # "too few items" (which is what a length constraint on the field would do).
-        if not components:
-            raise ValueError("a release needs at least one component")
-        return components
-
-
-class DeployComponent(_Payload):
-    """Move every host of one service in one environment to a version."""
-
-    environment: Name
-    service: Name
-    version: Version
-
-
-class RollbackComponent(_Payload):
-    """Put every host of one service back to the version it ran before the release."""
-
-    environment: Name
-    service: Name
-    from_version: Version
-    to_versions: dict[HostName, Version]
-
-
-class AbortRelease(_Payload):
-    """Stop starting anything new and put back what was done; the envelope's actor aborts."""
-
-    reason: str = Field(default="", max_length=500)
-
-
-class StartRelease(_Payload):
-    """The coordinator's own: the release now holds the locks of all its services."""
-
-
-class CheckDeadlines(_Payload):
-    """The coordinator's own: look at the release's deadlines as of ``now``."""
-
-    now: datetime
-
-
-# --- events: past tense, anyone may listen ----------------------------------------------
-
-
-class ReleaseAccepted(_Payload):
-    environment: Name
-    reason: str
-    components: tuple[ComponentRequest, ...]
-
-
-class ReleaseRejected(_Payload):
-    problems: tuple[Problem, ...]
-
-
-class ReleaseQueued(_Payload):
-    """The release waits for these releases, which hold services it needs."""
-
-    behind: tuple[str, ...]
-
-
-class DeadlinePassed(_Payload):
-    """A component did not report in time; whatever it says later is ignored."""
-
-    environment: Name
-    service: Name
-    deadline: datetime
-    waited_for: str  # what the coordinator was waiting for, in words
-
-
-class ComponentStarted(_Payload):
-    """A worker took a component on; ``previous_versions`` is what its hosts ran before."""
-
-    environment: Name
-    service: Name
-    version: Version
-    previous_versions: dict[HostName, Version]
-
-
-class ComponentWaiting(_Payload):
-    """A worker has the command but waits for the one still holding the component."""
-
-    environment: Name
-    service: Name
-    holder: str
-
-
-class _StepReport(_Payload):
-    environment: Name
-    service: Name
-    step: Step
-    batch: int = Field(ge=1)
-    hosts: tuple[HostName, ...]
-    rollback: bool = False
-
-
-class StepStarted(_StepReport):
-    pass
-
-
-class StepSucceeded(_StepReport):
-    duration_ms: float = Field(ge=0, allow_inf_nan=False)  # JSON has no infinity
-
-
-class StepFailed(_StepReport):
-    host: HostName
-    reason: str
-
-
-class ComponentDeployed(_Payload):
-    environment: Name
-    service: Name
-    version: Version
-    previous_versions: dict[HostName, Version]
-
-
-class ComponentFailed(_Payload):
-    """A component could not be deployed; its worker already put its own hosts back."""
-
-    environment: Name
-    service: Name
-    version: Version
-    reason: str
-    restored: bool
-
-
-class ComponentRolledBack(_Payload):
-    environment: Name
-    service: Name
-    to_versions: dict[HostName, Version]
-
-
-class ComponentRollbackFailed(_Payload):
-    environment: Name
-    service: Name
-    reason: str
-    hosts: tuple[HostName, ...]
-
-
-class ReleaseSucceeded(_Payload):
-    pass
-
-
-class ReleaseRolledBack(_Payload):
-    reason: str
-
-
-class ReleaseFailed(_Payload):
-    """Compensation could not finish: what is named here needs a human."""
-
-    reason: str
-    needs_attention: tuple[str, ...]
-
-
 Command = (
     SubmitRelease
     | AbortRelease
+    | ApproveRelease
+    | RejectRelease
+    | PauseRelease
+    | ResumeRelease
+    | RetryRelease
     | StartRelease
     | CheckDeadlines
     | DeployComponent
     | RollbackComponent
+    | ToggleFlag
 )
 Event = (
     ReleaseAccepted
     | ReleaseRejected
     | ReleaseQueued
+    | ApprovalRequested
+    | ReleaseApproved
+    | ApprovalRefused
+    | ReleasePaused
+    | ReleaseResumed
+    | ReleaseRetried
     | DeadlinePassed
     | ComponentStarted
     | ComponentWaiting
+    | ComponentHeld
     | StepStarted
     | StepSucceeded
     | StepFailed
+    | HostDrained
+    | GateJudged
     | ComponentDeployed
     | ComponentFailed
     | ComponentRolledBack
     | ComponentRollbackFailed
+    | FlagToggled
+    | FlagToggleFailed
     | ReleaseSucceeded
     | ReleaseRolledBack
     | ReleaseFailed
 )
 Message = Command | Event
 
-_COMMANDS: Final[tuple[type[_Payload], ...]] = (
+_COMMANDS: Final[tuple[type[Payload], ...]] = (
     SubmitRelease,
     AbortRelease,
+    ApproveRelease,
+    RejectRelease,
+    PauseRelease,
+    ResumeRelease,
+    RetryRelease,
     StartRelease,
     CheckDeadlines,
     DeployComponent,
     RollbackComponent,
+    ToggleFlag,
 )
-_EVENTS: Final[tuple[type[_Payload], ...]] = (
+_EVENTS: Final[tuple[type[Payload], ...]] = (
     ReleaseAccepted,
     ReleaseRejected,
     ReleaseQueued,
+    ApprovalRequested,
+    ReleaseApproved,
+    ApprovalRefused,
+    ReleasePaused,
+    ReleaseResumed,
+    ReleaseRetried,
     DeadlinePassed,
     ComponentStarted,
     ComponentWaiting,
+    ComponentHeld,
     StepStarted,
     StepSucceeded,
     StepFailed,
+    HostDrained,
+    GateJudged,
     ComponentDeployed,
     ComponentFailed,
     ComponentRolledBack,
     ComponentRollbackFailed,
+    FlagToggled,
+    FlagToggleFailed,
     ReleaseSucceeded,
     ReleaseRolledBack,
     ReleaseFailed,
 )
-MESSAGE_TYPES: Final[dict[str, type[_Payload]]] = {c.__name__: c for c in _COMMANDS + _EVENTS}
+MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {c.__name__: c for c in _COMMANDS + _EVENTS}
 
 
 class _Header(BaseModel):
@@ -480,14 +315,7 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:
     """Turn pydantic's errors into paths a person can find in their file."""
     problems = []
     for item in error.errors(include_url=False):
-        path = prefix
-        for part in item["loc"]:
-            if part == "[key]":  # pydantic's marker for a mapping key that is itself wrong
-                continue
-            if isinstance(part, int):
-                path += f"[{part}]"
-            else:
-                path += f".{part}" if path else str(part)
+        path = _path(item["loc"], prefix)
         reason = item["msg"]
         if item["type"] == "extra_forbidden":
             reason = "unknown field"
@@ -499,10 +327,47 @@ def problems_from(error: ValidationError, prefix: str = "") -> list[Problem]:
             # YAML reads 2.10 as the number 2.1: the digits the user wrote are already lost,
             # so they are refused rather than turned back into a (wrong) string.
             reason = f"{reason}; this was read as the number {item['input']!r}: put it in quotes"
+        elif item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            context = item.get("ctx", {})
+            field = context.get("discriminator", "kind").strip("'")
+            path = f"{path}.{field}" if path else field
+            given = context.get("tag")
+            reason = (
+                f"unknown {field} {given!r}; expected one of {context.get('expected_tags')}"
+                if given is not None
+                else "Field required"
+            )
         if "[key]" in item["loc"]:
             reason = f"key: {reason}"
         problems.append(Problem(path=path, reason=reason))
     return problems
+
+
+# Where a file holds a choice of kinds ("driver: {kind: shell, ...}"), pydantic puts the
+# kind chosen into an error's location (driver.shell.timeout_s); the file has no such
+# level, so it is left out. The fields (and the lists and maps) that hold such choices:
+_CHOICE_FIELDS: Final = frozenset({"driver", "strategy"})
+_CHOICE_COLLECTIONS: Final = frozenset({"checks", "metrics"})
+_KINDS: Final = frozenset(
+    {"simulated", "shell", "http", "rolling", "canary", "blue_green", "command", "graphite"}
+)
+
+
+def _path(loc: Sequence[int | str], prefix: str) -> str:
+    path = prefix
+    for index, part in enumerate(loc):
+        if part == "[key]":  # pydantic's marker for a mapping key that is itself wrong
+            continue
+        if part in _KINDS and (
+            (index >= 1 and loc[index - 1] in _CHOICE_FIELDS)
+            or (index >= 2 and loc[index - 2] in _CHOICE_COLLECTIONS)
+        ):
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
 
 
 def json_schema() -> dict[str, Any]:

@@ -1,0 +1,420 @@
+"""The saga's own motion: starting components, hearing from workers, deadlines, and
+compensation in reverse dependency order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Final
+
+from orchestrator.contract import (
+    ApprovalRequested,
+    ComponentDeployed,
+    ComponentFailed,
+    ComponentHeld,
+    ComponentRollbackFailed,
+    ComponentRolledBack,
+    ComponentStarted,
+    ComponentWaiting,
+    DeadlinePassed,
+    DeployComponent,
+    FlagToggled,
+    FlagToggleFailed,
+    Message,
+    ReleaseFailed,
+    ReleaseRolledBack,
+    ReleaseSucceeded,
+    RollbackComponent,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
+    ToggleFlag,
+)
+from orchestrator.fleet import Fleet
+from orchestrator.saga.state import ComponentState, ComponentStatus, Decision, ReleaseState
+from orchestrator.saga.state import ReleaseStatus as Status
+
+__all__ = [
+    "MAX_RESENDS",
+    "advance",
+    "begin_compensating",
+    "check_deadlines",
+    "continue_release",
+    "end_compensation",
+    "rearm_deadlines",
+    "with_component",
+]
+
+# A command nobody answers before its deadline is sent again this often (it may have been
+# lost between broker and worker) before the component is given up as timed out.
+MAX_RESENDS: Final = 2
+
+# Approval a component needs before it is sent (see ComponentState.approved).
+START_APPROVAL: Final = "start"
+
+
+def with_component(state: ReleaseState, component: ComponentState, at: datetime) -> ReleaseState:
+    components = {**state.components, component.name: component}
+    return state.model_copy(update={"components": components, "updated_at": at})
+
+
+def _key(payload: Message) -> str:
+    """The component a worker's message is about."""
+    service = getattr(payload, "service", "")
+    flag = getattr(payload, "flag", None)
+    return f"{service}.{flag}" if flag else service
+
+
+def advance(state: ReleaseState, payload: Message, at: datetime, fleet: Fleet) -> Decision:
+    """What a worker's report changes."""
+    component = state.components.get(_key(payload))
+    if component is None:
+        return Decision(state)  # release-level events: nothing to decide
+    rolling_back = component.status is ComponentStatus.ROLLING_BACK
+    match payload:
+        case ComponentStarted(previous_versions=previous) if component.status is (
+            ComponentStatus.DEPLOYING
+        ):
+            updated = component.model_copy(update={"previous_versions": previous})
+            return _heard_from(state, updated, at, fleet)
+        case ComponentWaiting() if component.deadline is not None:
+            return _heard_from(state, component, at, fleet)
+        case StepStarted() | StepSucceeded() | StepFailed() if component.deadline is not None:
+            # Only word from the command in flight counts: a late step of a deploy that
+            # timed out must not hold off the deadline of its rollback.
+            if payload.rollback != rolling_back:
+                return Decision(state)
+            return _heard_from(state, component, at, fleet)
+        case ComponentHeld(hold=hold, reason=reason):
+            return _held(state, component, hold, reason, at)
+    ended = _outcome(component, payload)
+    if ended is None:
+        return Decision(state)
+    state = with_component(state, ended, at)
+    if ended.status is ComponentStatus.FAILED and state.status in _FORWARD:
+        state = begin_compensating(state, f"{ended.name}: {ended.reason}", at, fleet)
+    return continue_release(state, at, fleet)
+
+
+def _outcome(component: ComponentState, payload: Message) -> ComponentState | None:
+    """The component after a worker's last word on a command; None if it is not one."""
+    match payload:
+        case ComponentDeployed(previous_versions=previous):
+            return component.moved_to(
+                ComponentStatus.DEPLOYED, previous_versions=previous, deadline=None, held=""
+            )
+        case FlagToggled(undo=False):
+            return component.moved_to(ComponentStatus.DEPLOYED, deadline=None)
+        case ComponentFailed(reason=reason, restored=restored):
+            return component.moved_to(
+                ComponentStatus.FAILED, reason=reason, restored=restored, deadline=None, held=""
+            )
+        case FlagToggleFailed(undo=False, reason=reason):
+            return component.moved_to(ComponentStatus.FAILED, reason=reason, deadline=None)
+        case ComponentRolledBack() | FlagToggled(undo=True):
+            return component.moved_to(ComponentStatus.ROLLED_BACK, deadline=None)
+        case ComponentRollbackFailed(reason=reason) | FlagToggleFailed(undo=True, reason=reason):
+            return component.moved_to(ComponentStatus.ROLLBACK_FAILED, reason=reason, deadline=None)
+    return None
+
+
+_FORWARD: Final = frozenset({Status.RUNNING, Status.PAUSED})
+
+
+def _held(
+    state: ReleaseState, component: ComponentState, hold: str, reason: str, at: datetime
+) -> Decision:
+    """A worker waits for a human: the release pauses, and the component's clock stops."""
+    if (
+        component.status is not ComponentStatus.DEPLOYING
+        or hold in component.approved
+        or component.held == hold
+        or state.status not in _FORWARD
+    ):
+        return Decision(state)  # approved already, a repeat, or being undone anyway
+    updated = component.model_copy(update={"held": hold, "deadline": None})
+    paused = with_component(state, updated, at).model_copy(update={"status": Status.PAUSED})
+    return Decision(paused, (ApprovalRequested(component=component.name, reason=reason),))
+
+
+def _heard_from(
+    state: ReleaseState, component: ComponentState, at: datetime, fleet: Fleet
+) -> Decision:
+    """Word from the worker: it is alive, and the next report is due a step later."""
+    clock_runs = not component.held and state.paused_by is None
+    deadline = _deadline(component, at, state.environment, fleet) if clock_runs else None
+    return Decision(with_component(state, component.model_copy(update={"deadline": deadline}), at))
+
+
+def continue_release(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
+    if state.status in _FORWARD:
+        return _continue_forward(state, at, fleet)
+    return _continue_compensating(state, at, fleet)
+
+
+def _deadline(component: ComponentState, at: datetime, environment: str, fleet: Fleet) -> datetime:
+    """One step's time from the last word, but never past the component's own limit."""
+    service = fleet.service(environment, component.service)
+    sent_at = component.sent_at or at
+    whole = sent_at + timedelta(seconds=service.component_timeout_s)
+    return min(whole, at + timedelta(seconds=service.step_timeout_s))
+
+
+def rearm_deadlines(state: ReleaseState, at: datetime, fleet: Fleet) -> ReleaseState:
+    """Start the clocks of components in flight again, from now (after a pause)."""
+    for component in state.components.values():
+        in_flight = component.status in (ComponentStatus.DEPLOYING, ComponentStatus.ROLLING_BACK)
+        if in_flight and component.deadline is None and not component.held:
+            # Their limit counts from now too: the paused time was nobody's fault.
+            fresh = component.model_copy(update={"sent_at": at})
+            fresh = fresh.model_copy(
+                update={"deadline": _deadline(fresh, at, state.environment, fleet)}
+            )
+            state = with_component(state, fresh, at)
+    return state
+
+
+def check_deadlines(state: ReleaseState, now: datetime, fleet: Fleet) -> Decision:
+    overdue = [c for c in state.components.values() if c.deadline is not None and c.deadline <= now]
+    if not overdue:
+        return Decision(state)
+    resent: list[Message] = []
+    late: list[ComponentState] = []
+    for component in overdue:
+        if component.resends < MAX_RESENDS and not _out_of_time(component, now, state, fleet):
+            state, command = _resend(state, component, now, fleet)
+            resent.append(command)
+        else:
+            late.append(component)
+    if not late:
+        return Decision(state, tuple(resent))
+    notices: list[Message] = [*resent]
+    for component in late:
+        assert component.deadline is not None
+        deploying = component.status is ComponentStatus.DEPLOYING
+        waited_for = f"{'deploy' if deploying else 'rollback'} of {component.name}"
+        reason = f"no word from the worker by {component.deadline.isoformat()} ({waited_for})"
+        status = ComponentStatus.TIMED_OUT if deploying else ComponentStatus.ROLLBACK_FAILED
+        state = with_component(state, component.moved_to(status, reason=reason, deadline=None), now)
+        notices.append(
+            DeadlinePassed(
+                environment=state.environment,
+                service=component.service,
+                deadline=component.deadline,
+                waited_for=waited_for,
+            )
+        )
+    if state.status in _FORWARD:
+        first = state.components[late[0].name]
+        state = begin_compensating(state, f"{first.name}: {first.reason}", now, fleet)
+    decision = continue_release(state, now, fleet)
+    return Decision(decision.state, (*notices, *decision.outgoing))
+
+
+def _out_of_time(
+    component: ComponentState, now: datetime, state: ReleaseState, fleet: Fleet
+) -> bool:
+    """The component's own limit has passed: no resend can help."""
+    limit = fleet.service(state.environment, component.service).component_timeout_s
+    return component.sent_at is not None and now >= component.sent_at + timedelta(seconds=limit)
+
+
+def _resend(
+    state: ReleaseState, component: ComponentState, now: datetime, fleet: Fleet
+) -> tuple[ReleaseState, Message]:
+    """Send a command again that nobody has answered: it may have been lost on the way.
+
+    Safe because workers carry out a command at most once per component (the lease, the
+    journal, declarative steps) and only while the saga still waits for it.
+    """
+    deadline = _deadline(component, now, state.environment, fleet)
+    updated = component.model_copy(update={"resends": component.resends + 1, "deadline": deadline})
+    return with_component(state, updated, now), _command_for(state, component)
+
+
+def _command_for(state: ReleaseState, component: ComponentState) -> Message:
+    undo = component.status is ComponentStatus.ROLLING_BACK
+    if component.flag is not None:
+        return ToggleFlag(
+            environment=state.environment,
+            service=component.service,
+            flag=component.flag,
+            enabled=component.enabled,
+            undo=undo,
+            attempt=component.attempt,
+        )
+    assert component.version is not None  # a component is a flag flip or a deploy
+    if undo:
+        return RollbackComponent(
+            environment=state.environment,
+            service=component.service,
+            from_version=component.version,
+            to_versions=component.previous_versions,
+            strategy=component.strategy,
+            attempt=component.attempt,
+        )
+    return DeployComponent(
+        environment=state.environment,
+        service=component.service,
+        version=component.version,
+        strategy=component.strategy,
+        attempt=component.attempt,
+    )
+
+
+def _continue_forward(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
+    if all(c.status is ComponentStatus.DEPLOYED for c in state.components.values()):
+        done = _finish(state, Status.SUCCEEDED, at)
+        return Decision(done, (ReleaseSucceeded(),))
+    if state.status is Status.PAUSED:
+        return Decision(state)  # nothing new starts until a human says go on
+    return _start_ready(state, at, fleet)
+
+
+def _start_ready(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
+    """Send every waiting component whose dependencies are all deployed.
+
+    A component that needs an approval asks for one first, and is sent once it has it.
+    """
+    deployed = {n for n, c in state.components.items() if c.status is ComponentStatus.DEPLOYED}
+    components = dict(state.components)
+    outgoing: list[Message] = []
+    ready = (ComponentStatus.PENDING, ComponentStatus.AWAITING_APPROVAL)
+    for name, component in state.components.items():
+        if component.status not in ready or not set(component.depends_on) <= deployed:
+            continue
+        if _needs_approval(component, state, fleet):
+            if component.status is ComponentStatus.PENDING:
+                components[name] = component.moved_to(ComponentStatus.AWAITING_APPROVAL)
+                reason = f"{name} to {component.target} needs an approval to start"
+                outgoing.append(ApprovalRequested(component=name, reason=reason))
+            continue
+        components[name] = _sent(component, ComponentStatus.DEPLOYING, at, state, fleet)
+        outgoing.append(_command_for(state, components[name]))
+    started = state.model_copy(update={"components": components, "updated_at": at})
+    return Decision(started, tuple(outgoing))
+
+
+def _needs_approval(component: ComponentState, state: ReleaseState, fleet: Fleet) -> bool:
+    service = fleet.service(state.environment, component.service)
+    asked = component.requires_approval or service.requires_approval
+    return asked and START_APPROVAL not in component.approved
+
+
+def _sent(
+    component: ComponentState,
+    status: ComponentStatus,
+    at: datetime,
+    state: ReleaseState,
+    fleet: Fleet,
+) -> ComponentState:
+    fresh = component.model_copy(update={"sent_at": at, "resends": 0})
+    return fresh.moved_to(status, deadline=_deadline(fresh, at, state.environment, fleet))
+
+
+def begin_compensating(
+    state: ReleaseState,
+    failure: str,
+    at: datetime,
+    fleet: Fleet,
+    aborted_by: str | None = None,
+) -> ReleaseState:
+    """Stop going forward: what never started is skipped, and every clock runs again."""
+    not_started = (ComponentStatus.PENDING, ComponentStatus.AWAITING_APPROVAL)
+    components = {
+        name: (
+            component.moved_to(ComponentStatus.SKIPPED)
+            if component.status in not_started
+            else component
+        )
+        for name, component in state.components.items()
+    }
+    compensating = state.model_copy(
+        update={
+            "status": Status.COMPENSATING,
+            "failure": failure,
+            "aborted_by": aborted_by,
+            "paused_by": None,
+            "components": components,
+        }
+    )
+    # A held worker is told by the abort to put its hosts back: it must be heard from.
+    unheld = {
+        n: c.model_copy(update={"held": ""}) for n, c in compensating.components.items() if c.held
+    }
+    compensating = compensating.model_copy(
+        update={"components": {**compensating.components, **unheld}}
+    )
+    return rearm_deadlines(compensating, at, fleet)
+
+
+def _continue_compensating(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
+    statuses = [c.status for c in state.components.values()]
+    if ComponentStatus.DEPLOYING in statuses:
+        return Decision(state)  # those in flight finish before anything is undone
+    components = dict(state.components)
+    commands: list[Message] = []
+    for component in _ready_to_roll_back(state):
+        components[component.name] = _sent(
+            component, ComponentStatus.ROLLING_BACK, at, state, fleet
+        )
+        commands.append(_command_for(state, components[component.name]))
+    state = state.model_copy(update={"components": components})
+    if commands or ComponentStatus.ROLLING_BACK in statuses:
+        return Decision(state, tuple(commands))
+    return end_compensation(state, at)
+
+
+def _ready_to_roll_back(state: ReleaseState) -> Iterable[ComponentState]:
+    """Deployed (or timed-out) components none of whose dependents still holds them."""
+    to_undo = {ComponentStatus.DEPLOYED, ComponentStatus.TIMED_OUT}
+    holding = {*to_undo, ComponentStatus.ROLLING_BACK}
+    pinned = _pinned_by_failed_rollback(state)
+    for component in state.components.values():
+        if component.status not in to_undo or component.name in pinned:
+            continue
+        dependents = (c for c in state.components.values() if component.name in c.depends_on)
+        if not any(d.status in holding and d.name not in pinned for d in dependents):
+            yield component
+
+
+def _pinned_by_failed_rollback(state: ReleaseState) -> set[str]:
+    """Everything a component that could not be put back depends on, transitively.
+
+    A component could not be put back when its rollback failed, or when it failed and its
+    own worker could not restore its hosts: either way some of them may run the new version.
+    """
+    pinned: set[str] = set()
+    frontier = [
+        c
+        for c in state.components.values()
+        if c.status is ComponentStatus.ROLLBACK_FAILED
+        or (c.status is ComponentStatus.FAILED and not c.restored)
+    ]
+    while frontier:
+        for dependency in frontier.pop().depends_on:
+            if dependency not in pinned:
+                pinned.add(dependency)
+                frontier.append(state.components[dependency])
+    return pinned
+
+
+def end_compensation(state: ReleaseState, at: datetime) -> Decision:
+    stuck = [
+        c
+        for c in state.components.values()
+        if c.status
+        in (ComponentStatus.ROLLBACK_FAILED, ComponentStatus.DEPLOYED, ComponentStatus.TIMED_OUT)
+        or (c.status is ComponentStatus.FAILED and not c.restored)
+    ]
+    if not stuck:
+        done = _finish(state, Status.ROLLED_BACK, at)
+        return Decision(done, (ReleaseRolledBack(reason=state.failure),))
+    attention = tuple(f"{c.name}: {c.status} ({c.reason or 'left on ' + c.target})" for c in stuck)
+    reason = f"{state.failure}; compensation incomplete for " + ", ".join(c.name for c in stuck)
+    done = _finish(state, Status.FAILED, at)
+    return Decision(done, (ReleaseFailed(reason=reason, needs_attention=attention),))
+
+
+def _finish(state: ReleaseState, status: Status, at: datetime) -> ReleaseState:
+    return state.model_copy(update={"status": status, "finished_at": at, "updated_at": at})

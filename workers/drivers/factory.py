@@ -1,0 +1,44 @@
+"""The driver a service's fleet file asks for."""
+
+from __future__ import annotations
+
+from orchestrator.fleet.drivers import (
+    DriverConfig,
+    HttpDriverConfig,
+    ShellDriverConfig,
+    SimulatedDriverConfig,
+)
+from orchestrator.store import Store
+from workers.drivers import Driver
+from workers.drivers.http import HttpDriver
+from workers.drivers.shell import ShellDriver
+from workers.drivers.simulated import SimulatedDriver
+
+__all__ = ["driver_for"]
+
+
+def driver_for(
+    config: DriverConfig,
+    store: Store,
+    *,
+    environment: str,
+    service: str,
+    release_id: str,
+    rollback: bool,
+) -> Driver:
+    """A driver for one service; ``rollback`` marks the simulator's effects as undoing."""
+    match config:
+        case SimulatedDriverConfig():
+            return SimulatedDriver(
+                config,
+                store,
+                environment=environment,
+                service=service,
+                release_id=release_id,
+                rollback=rollback,
+            )
+        case ShellDriverConfig():
+            return ShellDriver(config, environment=environment, service=service)
+        case HttpDriverConfig():
+            return HttpDriver(config, environment=environment, service=service)
+    raise TypeError(f"no driver for {config!r}")

@@ -1,0 +1,219 @@
+"""One command being carried out: where its steps are reported and journaled, and how it
+waits for people (a pause, an approval) without losing its place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+from orchestrator.contract import (
+    ComponentHeld,
+    Envelope,
+    Event,
+    GateJudged,
+    HostDrained,
+    StepFailed,
+    StepStarted,
+    StepSucceeded,
+    ToggleFlag,
+)
+from orchestrator.drills import CrashPoints
+from orchestrator.observability import get_logger, message_context
+from orchestrator.saga import ReleaseState
+from orchestrator.store import Store
+from orchestrator.vocabulary import Step
+from workers.drivers import StepError
+from workers.leases import Lease
+from workers.verification.gates import GateResult
+
+__all__ = ["ComponentProgress", "StoreJournal", "Superseded", "component_name"]
+
+log = get_logger(__name__)
+
+_LOOK_EVERY_S: Final = 1.0  # how often a waiting worker looks at the release
+_REMIND_EVERY_S: Final = 30.0  # a hold the saga has not recorded is said again this often
+
+
+class Superseded(Exception):
+    """The saga no longer waits for this command (its component timed out, or ended)."""
+
+
+class _Runner(Protocol):
+    """What progress needs of the worker that carries the command out."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def crash(self) -> CrashPoints: ...
+
+    def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None: ...
+
+    def wanted_state(self, command: Envelope) -> ReleaseState | None:
+        """The release, if the saga still waits for ``command``; raises Superseded if not."""
+        ...
+
+
+class ComponentProgress:
+    """Reports steps as events, and answers the rollout's "stop?" and "go on?" questions."""
+
+    def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
+        self._runner = runner
+        self._command = command
+        self._environment: str = getattr(command.payload, "environment", "")
+        self._service: str = getattr(command.payload, "service", "")
+        self._component = component_name(command)
+        self._lease = lease
+
+    # --- asked by the rollout -------------------------------------------------------------
+
+    def should_stop(self) -> str | None:
+        """Between stages: why to stop (an abort), or None; waits while a human paused."""
+        waited = False
+        while True:
+            state = self._runner.wanted_state(self._command)
+            if state is None:
+                return None
+            if state.aborted_by:
+                return f"release aborted by {state.aborted_by}"
+            if state.paused_by is None:
+                return None
+            if not waited:
+                log.info("release paused; waiting before the next stage", by=state.paused_by)
+                waited = True
+            self._wait()
+
+    def hold(self, hold: str, reason: str) -> str | None:
+        """Stop for a human: None once the hold is approved, or why to stop instead."""
+        said_at = 0.0
+        while True:
+            state = self._runner.wanted_state(self._command)
+            component = state.components.get(self._component) if state else None
+            if component is None or hold in component.approved:
+                return None
+            if state is not None and state.aborted_by:
+                return f"release aborted by {state.aborted_by}"
+            if component.held != hold and time.monotonic() - said_at > _REMIND_EVERY_S:
+                # Said again until the saga has it: the first saying may have been lost.
+                held = ComponentHeld(
+                    environment=self._environment, service=self._service, hold=hold, reason=reason
+                )
+                self._runner.publish(held, self._command)
+                said_at = time.monotonic()
+            self._wait()
+
+    def _wait(self) -> None:
+        self._lease.check()
+        time.sleep(_LOOK_EVERY_S)
+
+    # --- the Reporter ---------------------------------------------------------------------
+
+    def step_started(self, step: Step, batch: int, hosts: Sequence[str], rollback: bool) -> None:
+        with message_context(step=step, batch=batch):
+            log.info("step started", hosts=list(hosts), rollback=rollback)
+        self._say(StepStarted(**self._where(step, batch, hosts, rollback)))
+
+    def step_succeeded(
+        self,
+        step: Step,
+        batch: int,
+        hosts: Sequence[str],
+        rollback: bool,
+        *,
+        duration_ms: float,
+        output: str,
+    ) -> None:
+        where = self._where(step, batch, hosts, rollback)
+        self._say(StepSucceeded(**where, duration_ms=duration_ms, output=output))
+
+    def step_failed(
+        self, step: Step, batch: int, hosts: Sequence[str], rollback: bool, error: StepError
+    ) -> None:
+        with message_context(step=step, batch=batch):
+            log.warning("step failed", host=error.host, reason=error.reason, rollback=rollback)
+        self._say(
+            StepFailed(
+                **self._where(step, batch, hosts, rollback),
+                host=error.host,
+                reason=error.reason,
+                output=error.output[-8000:],
+            )
+        )
+
+    def host_drained(
+        self, host: str, waited_ms: float, in_flight_left: int, timed_out: bool
+    ) -> None:
+        if timed_out:
+            log.warning("drain timed out with requests in flight", host=host, left=in_flight_left)
+        self._say(
+            HostDrained(
+                environment=self._environment,
+                service=self._service,
+                host=host,
+                waited_ms=waited_ms,
+                in_flight_left=in_flight_left,
+                timed_out=timed_out,
+            )
+        )
+
+    def gate_judged(self, step: Step, result: GateResult) -> None:
+        self._say(
+            GateJudged(
+                environment=self._environment,
+                service=self._service,
+                step=step,
+                gate=result.gate,
+                verdict=result.verdict,
+                inputs=result.inputs,
+                thresholds=result.thresholds,
+                reason=result.reason,
+            )
+        )
+
+    def _say(self, event: Event) -> None:
+        self._lease.check()
+        self._runner.publish(event, self._command)
+
+    def _where(
+        self, step: Step, batch: int, hosts: Sequence[str], rollback: bool
+    ) -> dict[str, Any]:
+        return {
+            "environment": self._environment,
+            "service": self._service,
+            "step": step,
+            "batch": batch,
+            "hosts": tuple(hosts),
+            "rollback": rollback,
+        }
+
+
+class StoreJournal:
+    """The steps of one command, in the store, for whoever carries it on after a crash."""
+
+    def __init__(
+        self, store: Store, command_key: str, check: Callable[[], None], crash: CrashPoints
+    ):
+        self._store = store
+        self._key = command_key
+        self._check = check
+        self._crash = crash
+        self._steps = {
+            h: [Step(s) for s in done] for h, done in store.progress(command_key).items()
+        }
+
+    def done(self, host: str) -> Sequence[Step]:
+        return self._steps.get(host, [])
+
+    def mark(self, host: str, step: Step) -> None:
+        self._crash.reached("worker.after_effect")
+        self._check()
+        self._store.record_progress(self._key, host, step)
+        self._steps.setdefault(host, []).append(step)
+
+
+def component_name(command: Envelope) -> str:
+    """The component a worker's command is about: its service, or ``service.flag``."""
+    payload = command.payload
+    service: str = getattr(payload, "service", "")
+    return f"{service}.{payload.flag}" if isinstance(payload, ToggleFlag) else service
