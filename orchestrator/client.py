@@ -79,6 +79,25 @@ class Client:
             time.sleep(poll_s)
         raise TimeoutError(f"release {release_id} did not finish within {timeout_s:.0f} s")
 
+    def decide(
+        self, release_id: str, payload: Message, actor: str, timeout_s: float = 15
+    ) -> list[Envelope]:
+        """Send a person's command about a release, and what the coordinator made of it.
+
+        Returns the messages the command caused (an ``ApprovalRefused`` if it was not
+        taken) once the coordinator has handled it; raises TimeoutError if it has not
+        within ``timeout_s`` (the command stays on the bus and is handled later).
+        """
+        sent = envelope(payload, release_id=release_id, actor=actor)
+        self._bus.publish(sent)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            timeline = self._store.timeline(release_id)
+            if any(m.id == sent.id for m in timeline):
+                return [m for m in timeline if m.causation_id == sent.id]
+            time.sleep(0.1)
+        raise TimeoutError(f"the coordinator has not handled it within {timeout_s:.0f} s")
+
     def state(self, release_id: str) -> ReleaseState | None:
         stored = self._store.load(release_id)
         return stored.state if stored else None

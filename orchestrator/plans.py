@@ -14,10 +14,22 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.contract import ComponentRequest, Problem, SubmitRelease, problems_from
-from orchestrator.fleet import Fleet
+from orchestrator.contract import (
+    ComponentName,
+    ComponentRequest,
+    Problem,
+    SubmitRelease,
+    problems_from,
+)
+from orchestrator.fleet import (
+    EnvironmentConfig,
+    Fleet,
+    ServiceConfig,
+    flips_flags,
+    gate_sources,
+    strategy_problem,
+)
 from orchestrator.fleet.base import FleetModel
-from orchestrator.vocabulary import Name
 
 __all__ = [
     "InvalidInput",
@@ -46,7 +58,7 @@ class ReleasePlan(FleetModel):
     """A release checked against the fleet: its components in dependency waves."""
 
     request: SubmitRelease
-    waves: tuple[tuple[Name, ...], ...]
+    waves: tuple[tuple[ComponentName, ...], ...]
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -152,30 +164,55 @@ def _fleet_problems(fleet: Fleet, request: SubmitRelease) -> Iterable[Problem]:
         yield Problem(path="environment", reason=reason)
         return
     for index, component in enumerate(request.components):
-        if component.service not in environment.services:
+        service = environment.services.get(component.service)
+        if service is None:
             yield Problem(
                 path=f"components[{index}].service",
                 reason=f"unknown service {component.service!r} in {request.environment!r}",
             )
+            continue
+        yield from _component_problems(f"components[{index}]", component, service, environment)
+
+
+def _component_problems(
+    path: str, component: ComponentRequest, service: ServiceConfig, environment: EnvironmentConfig
+) -> Iterable[Problem]:
+    """What the fleet cannot do for this component: its own strategy, or its flag flip."""
+    if component.strategy is not None:
+        problem = strategy_problem(component.strategy, service.hosts, service.driver)
+        if problem:
+            yield Problem(path=f"{path}.strategy", reason=problem)
+        for where, gate in gate_sources(component.strategy):
+            if gate.source not in environment.metrics:
+                reason = (
+                    f"unknown metric source {gate.source!r} in {component.service!r}'s environment"
+                )
+                yield Problem(path=f"{path}.strategy.{where}.source", reason=reason)
+    if component.flag is not None and not flips_flags(service.driver):
+        reason = (
+            f"{component.service!r}'s driver has no way to flip flags (see its driver settings)"
+        )
+        yield Problem(path=f"{path}.flag", reason=reason)
 
 
 def _graph_problems(components: Sequence[ComponentRequest]) -> Iterable[Problem]:
     first_index: dict[str, int] = {}
     for index, component in enumerate(components):
-        if component.service in first_index:
+        if component.name in first_index:
+            field = "flag" if component.flag else "service"
             yield Problem(
-                path=f"components[{index}].service",
+                path=f"components[{index}].{field}",
                 reason=(
-                    f"{component.service!r} is already components[{first_index[component.service]}]"
-                    "; a release moves a service once"
+                    f"{component.name!r} is already components[{first_index[component.name]}]"
+                    "; a release moves a service (or flips a flag) once"
                 ),
             )
         else:
-            first_index[component.service] = index
+            first_index[component.name] = index
     for index, component in enumerate(components):
         for position, dependency in enumerate(component.depends_on):
             path = f"components[{index}].depends_on[{position}]"
-            if dependency == component.service:
+            if dependency == component.name:
                 yield Problem(path=path, reason=f"{dependency!r} cannot depend on itself")
             elif dependency not in first_index:
                 reason = f"{dependency!r} is not a component of this release"
@@ -188,7 +225,7 @@ def _graph_problems(components: Sequence[ComponentRequest]) -> Iterable[Problem]
 def _find_cycle(components: Sequence[ComponentRequest]) -> list[str]:
     # Depth-first with an explicit stack, not recursion: a release is client input, and a
     # long chain of components must not exhaust Python's recursion limit.
-    edges = {c.service: [d for d in c.depends_on if d != c.service] for c in components}
+    edges = {c.name: [d for d in c.depends_on if d != c.name] for c in components}
     done: set[str] = set()
     for root, dependencies in edges.items():
         if root in done:
@@ -210,7 +247,7 @@ def _find_cycle(components: Sequence[ComponentRequest]) -> list[str]:
 
 def _waves(components: Sequence[ComponentRequest]) -> tuple[tuple[str, ...], ...]:
     """Group components by dependency depth: each wave needs only earlier waves."""
-    remaining = {c.service: set(c.depends_on) for c in components}
+    remaining = {c.name: set(c.depends_on) for c in components}
     done: set[str] = set()
     waves: list[tuple[str, ...]] = []
     while remaining:

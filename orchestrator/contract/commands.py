@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.contract.base import ComponentName, Payload
 from orchestrator.fleet.strategies import Strategy
@@ -37,19 +37,26 @@ class ComponentRequest(Payload):
     """
 
     service: Name
-    version: Version | None = None
     flag: Name | None = None
     enabled: bool = True  # for a flag: what to turn it to
+    # Checked even when left out (validate_default), after ``flag``: one of the two is given.
+    version: Version | None = Field(default=None, validate_default=True)
     depends_on: tuple[ComponentName, ...] = ()
     strategy: Strategy | None = None  # instead of the fleet file's, for this release only
     requires_approval: bool = False  # a human approves before it starts
 
-    @model_validator(mode="after")
-    def _deploy_or_flag(self) -> ComponentRequest:
-        if self.version is None and self.flag is None:
-            raise ValueError("version: Field required (or a flag, for a flag flip)")
-        if self.version is not None and self.flag is not None:
+    @field_validator("version")
+    @classmethod
+    def _deploy_or_flag(cls, version: str | None, info: ValidationInfo) -> str | None:
+        flag = info.data.get("flag")
+        if version is None and flag is None and "flag" in info.data:
+            raise ValueError("Field required (or a flag, for a flag flip)")
+        if version is not None and flag is not None:
             raise ValueError("a component has a version (a deploy) or a flag (a flip), not both")
+        return version
+
+    @model_validator(mode="after")
+    def _flip_moves_no_hosts(self) -> ComponentRequest:
         if self.flag is not None and self.strategy is not None:
             raise ValueError("a flag flip has no strategy: it moves no hosts")
         return self

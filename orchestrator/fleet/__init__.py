@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.fleet.base import FleetModel
 from orchestrator.fleet.checks import HealthChecks, MetricGate, MetricSource
-from orchestrator.fleet.drivers import DriverConfig, ShellDriverConfig
+from orchestrator.fleet.drivers import DriverConfig, HttpDriverConfig, ShellDriverConfig
 from orchestrator.fleet.strategies import (
     BlueGreenStrategy,
     CanaryStrategy,
@@ -27,6 +27,8 @@ __all__ = [
     "EnvironmentConfig",
     "Fleet",
     "ServiceConfig",
+    "flips_flags",
+    "gate_sources",
     "strategy_problem",
 ]
 
@@ -88,10 +90,25 @@ class ServiceConfig(FleetModel):
         """Every gate of the service with its field path, for checking their sources."""
         for index, gate in enumerate(self.gates):
             yield f"gates[{index}]", gate
-        if isinstance(self.strategy, CanaryStrategy):
-            for number, step in enumerate(self.strategy.steps):
-                for index, gate in enumerate(step.analysis.gates if step.analysis else ()):
-                    yield f"strategy.steps[{number}].analysis.gates[{index}]", gate
+        for where, gate in gate_sources(self.strategy):
+            yield f"strategy.{where}", gate
+
+
+def gate_sources(strategy: Strategy) -> Iterator[tuple[str, MetricGate]]:
+    """The gates of a strategy's canary analyses, with their paths within the strategy."""
+    if isinstance(strategy, CanaryStrategy):
+        for number, step in enumerate(strategy.steps):
+            for index, gate in enumerate(step.analysis.gates if step.analysis else ()):
+                yield f"steps[{number}].analysis.gates[{index}]", gate
+
+
+def flips_flags(driver: DriverConfig) -> bool:
+    """Can this driver turn feature flags on and off?"""
+    if isinstance(driver, ShellDriverConfig):
+        return driver.commands.set_flag is not None
+    if isinstance(driver, HttpDriverConfig):
+        return driver.flags is not None
+    return True  # the simulator keeps flags in the store
 
 
 def strategy_problem(strategy: Strategy, hosts: tuple[str, ...], driver: DriverConfig) -> str:

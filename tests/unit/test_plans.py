@@ -269,7 +269,7 @@ def test_release_missing_a_version_names_that_component(tmp_path: Path) -> None:
     text = RELEASE.replace("    version: 2.0.0\n", "")
 
     assert release_problems(tmp_path, text) == [
-        ("components[1]", "version: Field required (or a flag, for a flag flip)")
+        ("components[1].version", "Field required (or a flag, for a flag flip)")
     ]
 
 

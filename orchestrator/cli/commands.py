@@ -1,229 +1,50 @@
-"""The ``drover`` command.
-
-Exit codes, everywhere: 0 the release succeeded (or the command did what it was asked),
-1 the release was rolled back or failed, 2 the input or configuration was invalid.
-"""
+"""The commands that run Drover and look at it: run, demo, the long-running roles,
+releases, the fleet, queues, dead letters and the message schema."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from orchestrator import contract
-from orchestrator.bus import BrokerUnavailable, Bus
-from orchestrator.client import Client, describe, fleet_versions, release_view, show
-from orchestrator.contract import (
-    AbortRelease,
-    Envelope,
-    MessageDecodeError,
-    StepStarted,
-    SubmitRelease,
-    decode,
-    envelope,
-    problems_from,
+from orchestrator.cli.common import (
+    _FLEET_OPTION,
+    _JSON_OPTION,
+    _VERBOSE_OPTION,
+    EXIT_OK,
+    EXIT_RELEASE_FAILED,
+    _Abort,
+    _actor,
+    _bus,
+    _connected,
+    _emit,
+    _exit_code,
+    _fleet,
+    _load_release,
+    _print_progress,
+    _quiet_unless,
+    _run_release,
+    _settings,
+    _store,
+    cli,
 )
-from orchestrator.fleet import Fleet
-from orchestrator.observability import configure_logging
-from orchestrator.plans import InvalidInput, load_fleet, load_release, plan_release
-from orchestrator.runtime import ConfigurationError, Parts, connect, embedded, open_bus
+from orchestrator.client import Client, fleet_versions, release_view, show
+from orchestrator.contract import (
+    MessageDecodeError,
+    decode,
+)
+from orchestrator.runtime import ConfigurationError, embedded
 from orchestrator.runtime import run_coordinator as _run_coordinator
 from orchestrator.runtime import run_worker as _run_worker
-from orchestrator.saga import ReleaseState, ReleaseStatus
-from orchestrator.settings import EMBEDDED_BROKER_URL, Settings, UnknownSetting
-from orchestrator.store import DeadLetter, Store, StoreUnavailable, open_store
-
-__all__ = ["main"]
-
-EXIT_OK: Final = 0
-EXIT_RELEASE_FAILED: Final = 1
-EXIT_INVALID: Final = 2
-EXIT_UNAVAILABLE: Final = 3  # the broker or store could not be reached, or --timeout passed
-
-_FLEET_OPTION = click.option(
-    "--fleet",
-    "fleet_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The fleet file (default: $DROVER_FLEET).",
-)
-_JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-_VERBOSE_OPTION = click.option(
-    "-v", "--verbose", is_flag=True, help="Log every step to stderr, not only warnings."
-)
-
-
-class _Abort(Exception):
-    """Stop the command with a message and an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_INVALID):
-        super().__init__(message)
-        self.code = code
-
-
-def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except _Abort as abort:
-        click.echo(f"drover: {abort}", err=True)
-        sys.exit(abort.code)
-    except BrokerUnavailable as error:
-        click.echo(f"drover: the broker is unavailable: {error}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    except StoreUnavailable as error:
-        click.echo(f"drover: the store is unavailable: {error}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    except click.exceptions.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(EXIT_INVALID)
-    except click.exceptions.Abort:
-        sys.exit(130)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
-    """Drover: releases across many services and hosts, driven by a message bus.
-
-    \b
-    Configuration comes from environment variables (see the README):
-      DROVER_BROKER_URL   redis://…, amqp://… or memory:// (default, one process)
-      DROVER_STORE_URL    redis://… or sqlite:///path (default sqlite:///.drover/store.db)
-      DROVER_FLEET        the fleet file
-      DROVER_NAMESPACE    prefix of every queue, exchange and store key (default drover)
-      DROVER_WORKER_CONCURRENCY, DROVER_LEASE_TTL_S, DROVER_DELIVERY_LIMIT,
-      DROVER_REDIS_VISIBILITY_TIMEOUT_S, DROVER_LOG_FORMAT, DROVER_LOG_LEVEL
-      drills only: DROVER_CRASH_AT, DROVER_DRILL_DUPLICATE_PUBLISHES
-
-    \b
-    Exit codes: 0 succeeded, 1 rolled back or failed, 2 invalid input or configuration,
-    3 the broker or store unreachable, or --timeout passed.
-    """
-
-
-# --- configuration at the edge ------------------------------------------------------------
-
-
-def _settings(**overrides: Any) -> Settings:
-    try:
-        settings = Settings.load(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        problems = "\n".join(f"  DROVER_{p.path.upper()}: {p.reason}" for p in problems_from(error))
-        raise _Abort(f"invalid configuration:\n{problems}") from error
-    except UnknownSetting as error:
-        raise _Abort(f"invalid configuration: {error}") from error
-    configure_logging(settings.log_format, settings.log_level)
-    return settings
-
-
-def _fleet(settings: Settings) -> Fleet:
-    if settings.fleet is None:
-        raise _Abort("no fleet file: set DROVER_FLEET or pass --fleet")
-    try:
-        return load_fleet(settings.fleet)
-    except InvalidInput as invalid:
-        raise _Abort(invalid.explain()) from invalid
-
-
-@contextmanager
-def _connected(settings: Settings, fleet: Fleet | None = None) -> Iterator[Parts]:
-    try:
-        parts = connect(settings, fleet or _fleet(settings))
-    except (ConfigurationError, ValueError) as error:
-        raise _Abort(str(error)) from error
-    try:
-        yield parts
-    finally:
-        parts.close()
-
-
-@contextmanager
-def _store(settings: Settings) -> Iterator[Store]:
-    """Only the store, for commands that read what Drover recorded."""
-    try:
-        store = open_store(settings.store_url, namespace=settings.namespace)
-    except ValueError as error:
-        raise _Abort(str(error)) from error
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@contextmanager
-def _bus(settings: Settings) -> Iterator[Bus]:
-    """Only the bus, for commands that publish without deploying."""
-    bus = open_bus(settings)
-    try:
-        yield bus
-    finally:
-        bus.close()
-
-
-def _load_release(path: Path, fleet: Fleet) -> SubmitRelease:
-    try:
-        request = load_release(path)
-        plan_release(fleet, request, source=str(path))
-    except InvalidInput as invalid:
-        raise _Abort(invalid.explain()) from invalid
-    return request
-
-
-def _print_progress(message: Envelope) -> None:
-    # A step's end line names the step, its hosts and how long it took; its start line
-    # would only double the length of what a person reads. (--json keeps every entry.)
-    if not isinstance(message.payload, StepStarted):
-        click.echo("  " + describe(message))
-
-
-def _quiet_unless(verbose: bool) -> str:
-    # The progress printed on stdout is the story; logs add to it only when asked for.
-    return "info" if verbose else "warning"
-
-
-def _exit_code(state: ReleaseState) -> int:
-    if state.status is ReleaseStatus.SUCCEEDED:
-        return EXIT_OK
-    if state.status is ReleaseStatus.REJECTED:
-        return EXIT_INVALID
-    return EXIT_RELEASE_FAILED
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
-
-
-# --- running releases ---------------------------------------------------------------------
-
-
-def _run_release(
-    client: Client, request: SubmitRelease, actor: str, timeout_s: float, as_json: bool
-) -> ReleaseState:
-    release_id = client.submit(request, actor=actor)
-    if not as_json:
-        click.echo(f"release {release_id} submitted")
-    try:
-        for message in client.follow(release_id, timeout_s):
-            if not as_json:
-                _print_progress(message)
-    except TimeoutError as error:
-        raise _Abort(f"{error}; it goes on without this command", EXIT_UNAVAILABLE) from error
-    state = client.state(release_id)
-    assert state is not None
-    if as_json:
-        _emit(client.show(release_id))
-    else:
-        click.echo(f"release {release_id}: {state.status}")
-    return state
+from orchestrator.saga import ReleaseStatus
+from orchestrator.settings import EMBEDDED_BROKER_URL, Settings
+from orchestrator.store import DeadLetter
 
 
 @cli.command()
@@ -441,24 +262,6 @@ def queues(fleet_path: Path | None, as_json: bool) -> None:
         click.echo(f"{row['name']:<40} {row['ready']:>7} {unacked:>8} {consumers:>10}")
 
 
-@cli.command()
-@click.argument("release_id")
-@click.option("--reason", default="", help="Why, for the timeline.")
-@click.option("--actor", default=None, help="Who is aborting (default: the login name).")
-def abort(release_id: str, reason: str, actor: str | None) -> None:
-    """Stop a release: nothing new starts, and what was done is rolled back."""
-    settings = _distributed_settings(None)
-    with _store(settings) as store, _bus(settings) as bus:
-        state = Client(store, bus).state(release_id)
-        if state is None:
-            raise _Abort(f"no release {release_id!r}")
-        if state.status.is_terminal:
-            raise _Abort(f"release {release_id} has already ended: {state.status}")
-        abort_command = AbortRelease(reason=reason)
-        bus.publish(envelope(abort_command, release_id=release_id, actor=actor or _actor()))
-    click.echo(f"abort of {release_id} sent; `drover release show {release_id}` follows it")
-
-
 @cli.group("dead-letters", invoke_without_command=True)
 @_JSON_OPTION
 @click.pass_context
@@ -531,10 +334,3 @@ def schema(out: Path | None) -> None:
     for name, document in schemas.items():
         (out / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
     click.echo(f"{len(schemas)} schemas written to {out}")
-
-
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
