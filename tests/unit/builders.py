@@ -72,9 +72,17 @@ def component(service: str, *depends_on: str, version: str = NEW_VERSION) -> Com
 
 
 def submit(
-    *components: ComponentRequest, environment: str = ENVIRONMENT, reason: str = "test"
+    *components: ComponentRequest,
+    environment: str = ENVIRONMENT,
+    reason: str = "test",
+    requires_approval: bool = False,
 ) -> SubmitRelease:
-    return SubmitRelease(environment=environment, reason=reason, components=components)
+    return SubmitRelease(
+        environment=environment,
+        reason=reason,
+        components=components,
+        requires_approval=requires_approval,
+    )
 
 
 def event(
@@ -225,7 +233,8 @@ class Release:
 
     The release is submitted, then started (``start=False`` leaves it queued). Every message
     arrives ``wait`` seconds after the one before (one, unless told); ``settings`` apply to
-    every service of the fleet (``step_timeout_s=60``, ...).
+    every service of the fleet (``step_timeout_s=60``, ...). ``approval`` is the
+    environment's approval policy; ``requires_approval`` the submission's own ask.
     """
 
     def __init__(
@@ -233,14 +242,19 @@ class Release:
         *components: ComponentRequest,
         services: Sequence[str] = (),
         start: bool = True,
+        approval: dict[str, bool] | None = None,
+        requires_approval: bool = False,
         **settings: Any,
     ) -> None:
-        names = services or [c.service for c in components]
-        self.fleet: Fleet = fleet(*names, **settings)
+        names = services or sorted({c.service for c in components})
+        data = fleet_data(*names, **settings)
+        if approval is not None:
+            data["environments"][ENVIRONMENT]["approval"] = approval
+        self.fleet: Fleet = Fleet.model_validate(data)
         self.sent: list[Message] = []
         self.state: ReleaseState | None = None
         self.clock: float = 0  # seconds after T0
-        self.accepted = self.send(submit(*components))
+        self.accepted = self.send(submit(*components, requires_approval=requires_approval))
         self.first = self.start() if start else ()
 
     @property
