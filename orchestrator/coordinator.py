@@ -195,16 +195,27 @@ class Coordinator:
         """Start the release if it holds all its locks; otherwise say what it waits for."""
         keys = [lock_key(state.environment, service) for service in state.services()]
         if self._store.acquire_locks(state.id, keys):
-            self.process(self._own(StartRelease(), state.id, "start"))
+            self.process(self._own(StartRelease(), state.id, f"start/{state.attempt}"))
             return
         behind = sorted({self._store.lock_queue(key)[0] for key in keys} - {state.id})
-        note = self._own(ReleaseQueued(behind=tuple(behind)), state.id, "queued")
+        queued = ReleaseQueued(behind=tuple(behind))
+        note = self._own(queued, state.id, f"queued/{state.attempt}")
         self._note(state.id, note.id, [note])
 
     def _free_locks(self, release_id: str) -> None:
         for waiting in self._store.release_locks(release_id):
-            self.process(self._own(StartRelease(), waiting, "start"))
-        self._note(release_id, derived_id(release_id, "locks-freed"), wake_at=None)
+            self._start(waiting)
+        # Ids of a release's own messages carry its attempt: a retried release queues,
+        # starts and frees its locks again, and none of that is a duplicate of the first.
+        stored = self._store.load(release_id)
+        attempt = stored.state.attempt if stored else 1
+        self._note(release_id, derived_id(release_id, f"locks-freed/{attempt}"), wake_at=None)
+
+    def _start(self, release_id: str) -> None:
+        stored = self._store.load(release_id)
+        if stored is not None:
+            start = self._own(StartRelease(), release_id, f"start/{stored.state.attempt}")
+            self.process(start)
 
     def _note(
         self,

@@ -301,20 +301,24 @@ def _put_back(
 ) -> RollbackResult:
     """Undo what ``done`` says happened to each host, batch by batch in reverse.
 
-    Batches keep the numbers they had on the way out, so a timeline reads "rollback of
-    batch 2" for the hosts that were batch 2.
+    A host that cannot be put back stays as it is (drained, if it was) and is named; the
+    others are still put back: one sick host must not leave the healthy ones on the new
+    version. Batches keep the numbers they had on the way out, so a timeline reads
+    "rollback of batch 2" for the hosts that were batch 2.
     """
-    remaining = [h for batch in batches for h in batch if _undo_steps(done.get(h, ()))]
+    failed: dict[str, StepError] = {}
     for number, batch in reversed(list(enumerate(batches, start=1))):
         for step in _FORWARD:
-            hosts = [h for h in batch if step in _undo_steps(done.get(h, ()))]
-            if not hosts:
-                continue
-            error = _retried(driver, step, number, hosts, versions=versions, run=run)
-            if error is not None:
-                return RollbackResult(error, tuple(remaining))
-        remaining = [h for h in remaining if h not in batch]
-    return RollbackResult()
+            while hosts := [
+                h for h in batch if h not in failed and step in _undo_steps(done.get(h, ()))
+            ]:
+                error = _retried(driver, step, number, hosts, versions=versions, run=run)
+                if error is None:
+                    break
+                failed[error.host if error.host in hosts else hosts[0]] = error
+    if not failed:
+        return RollbackResult()
+    return RollbackResult(next(iter(failed.values())), tuple(failed))
 
 
 def _retried(

@@ -9,7 +9,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-__all__ = ["Amount", "FleetModel", "Placeholders", "hosts_in"]
+__all__ = ["Amount", "FleetModel", "Placeholders", "PositiveAmount", "hosts_in"]
 
 
 class FleetModel(BaseModel):
@@ -19,22 +19,26 @@ class FleetModel(BaseModel):
 _PERCENT: Final = re.compile(r"^(\d{1,3}(?:\.\d+)?)%$")
 
 
-def _amount(value: object) -> int | str:
+def _amount(value: object, *, least: int) -> int | str:
     """A number of hosts (``2``) or a share of them (``"25%"``), refused if neither."""
     if isinstance(value, bool):  # YAML's yes/no are not amounts
         raise ValueError(f"{value!r} is not a number of hosts or a percentage")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{value} hosts: must be 0 or more")
+        if value < least:
+            raise ValueError(f"{value} hosts: must be {least} or more")
         return value
     if isinstance(value, str):
         match = _PERCENT.match(value.strip())
-        if match and 0 <= float(match.group(1)) <= 100:
+        share = float(match.group(1)) if match else -1.0
+        if share <= 100 and (share > 0 or (share == 0 and least == 0)):
             return value.strip()
     raise ValueError(f"{value!r} is not a number of hosts (2) or a percentage of them ('25%')")
 
 
-Amount = Annotated[int | str, BeforeValidator(_amount)]
+# How many hosts must stay in service (a floor: may be none), or may move at once (a
+# batch, a canary step: at least one).
+Amount = Annotated[int | str, BeforeValidator(lambda v: _amount(v, least=0))]
+PositiveAmount = Annotated[int | str, BeforeValidator(lambda v: _amount(v, least=1))]
 
 
 def hosts_in(amount: int | str, total: int, *, at_least_one: bool) -> int:

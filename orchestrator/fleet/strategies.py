@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from orchestrator.fleet.base import Amount, FleetModel, hosts_in
+from orchestrator.fleet.base import Amount, FleetModel, PositiveAmount, hosts_in
 from orchestrator.fleet.checks import MetricGate
 from orchestrator.vocabulary import HostName
 
@@ -27,7 +27,7 @@ __all__ = [
 class _Batches(FleetModel):
     """Batches of hosts that never take more hosts out of service than the floor allows."""
 
-    batch: Amount = 1
+    batch: PositiveAmount = 1
     # Hosts that must be serving at every moment; a host being drained, deployed or
     # verified is not serving.
     min_healthy: Amount = 0
@@ -59,7 +59,7 @@ class CanaryAnalysis(FleetModel):
 class CanaryStep(FleetModel):
     """One step of a canary: exactly one of move hosts, wait, or analyse."""
 
-    hosts: Amount | None = None  # hosts on the new version after this step, in all
+    hosts: PositiveAmount | None = None  # hosts on the new version after this step, in all
     bake_s: float | None = Field(default=None, ge=0, le=86_400)
     analysis: CanaryAnalysis | None = None
 

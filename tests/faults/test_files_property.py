@@ -156,7 +156,8 @@ def test_yaml_the_safe_loader_cannot_build_is_refused_as_invalid_input(
 
 FIELD_NAMES = (
     "environment", "reason", "components", "service", "version", "depends_on",
-    "environments", "services", "hosts", "batch_size", "driver", "kind", "initial_version",
+    "environments", "services", "hosts", "strategy", "batch", "min_healthy", "driver", "kind",
+    "initial_version", "rolling", "canary", "blue_green", "steps", "flag",
     "latency_ms", "fail", "step", "host", "step_timeout_s", "component_timeout_s",
 )  # fmt: skip
 scalars = st.one_of(
@@ -202,7 +203,10 @@ driver_options = st.fixed_dictionaries({}, optional={"latency_ms": st.integers(0
 service_options = st.fixed_dictionaries(
     {},
     optional={
-        "batch_size": st.integers(1, 5),
+        "strategy": st.fixed_dictionaries(
+            {"kind": st.just("rolling")},
+            optional={"batch": st.integers(1, 5) | st.sampled_from(("50%", "100%"))},
+        ),
         "step_timeout_s": st.floats(min_value=0.001, max_value=86_400),
         "component_timeout_s": st.integers(1, 7 * 86_400),
     },
@@ -410,7 +414,19 @@ FLEET_BREAKAGES: dict[str, st.SearchStrategy[Any]] = {
         st.just([]), st.just(["h1", "h1"]), st.lists(st.sampled_from(BAD_HOSTS), min_size=1)
     )
     | not_a_list,
-    "batch_size": st.sampled_from((0, -1, "two", 1.5, None)),
+    "strategy": st.sampled_from(
+        (
+            {"kind": "rolling", "batch": 0},
+            {"kind": "rolling", "batch": "two"},
+            {"kind": "rolling", "batch": "150%"},
+            {"kind": "rolling", "min_healthy": "100%"},
+            {"kind": "sideways"},
+            {"kind": "canary", "steps": []},
+            {"kind": "canary", "steps": [{"bake_s": 1}]},
+            {"kind": "blue_green", "blue": ["h1"], "green": ["h1"]},
+            None,
+        )
+    ),
     "driver": st.one_of(
         not_a_mapping,
         st.just({"kind": "ssh", "initial_version": "1.0"}),
