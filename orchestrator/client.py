@@ -13,24 +13,8 @@ from typing import Any
 
 from orchestrator.bus import Bus
 from orchestrator.contract import (
-    AbortRelease,
-    ComponentFailed,
-    ComponentRollbackFailed,
-    ComponentStarted,
-    ComponentWaiting,
-    DeadlinePassed,
-    DeployComponent,
     Envelope,
     Message,
-    ReleaseAccepted,
-    ReleaseFailed,
-    ReleaseQueued,
-    ReleaseRejected,
-    ReleaseRolledBack,
-    RollbackComponent,
-    StepFailed,
-    StepStarted,
-    StepSucceeded,
     SubmitRelease,
     envelope,
 )
@@ -40,7 +24,6 @@ from orchestrator.store import Store
 
 __all__ = [
     "Client",
-    "describe",
     "fleet_versions",
     "new_release_id",
     "release_view",
@@ -170,10 +153,19 @@ def release_view(state: ReleaseState, timeline: list[Envelope] | None = None) ->
         "failure": state.failure,
         "created_at": state.created_at.isoformat(),
         "finished_at": state.finished_at.isoformat() if state.finished_at else None,
+        "attempt": state.attempt,
+        "approved_by": state.approved_by,
+        "paused_by": state.paused_by,
+        "aborted_by": state.aborted_by,
+        "waiting_for_approval": state.waiting_for_approval,
         "components": [
             {
+                "component": c.name,
                 "service": c.service,
                 "version": c.version,
+                "flag": c.flag,
+                "enabled": c.enabled if c.flag else None,
+                "strategy": c.strategy.kind if c.strategy else None,
                 "previous_version": c.previous_version,
                 "state": c.status.value,
                 "depends_on": list(c.depends_on),
@@ -194,69 +186,3 @@ def _timeline_entry(message: Envelope) -> dict[str, Any]:
         "id": message.id,
         **message.payload.model_dump(mode="json"),
     }
-
-
-def describe(message: Envelope) -> str:
-    """One line for a person reading a release's progress."""
-    at = message.occurred_at.strftime("%H:%M:%S.%f")[:-3]
-    return f"{at}  {message.type:<24} {_details(message)}".rstrip()
-
-
-def _details(message: Envelope) -> str:
-    if hasattr(message.payload, "service"):
-        return _component_details(message.payload)
-    p = message.payload
-    match p:
-        case SubmitRelease():
-            return f"{p.environment}: " + ", ".join(
-                f"{c.service}@{c.version}" for c in p.components
-            )
-        case ReleaseAccepted():
-            return f"{p.environment}, {len(p.components)} components, by {message.actor}"
-        case ReleaseRejected():
-            return "; ".join(str(problem) for problem in p.problems)
-        case ReleaseQueued():
-            return f"waiting for {', '.join(p.behind)}"
-        case AbortRelease():
-            return f"by {message.actor}" + (f": {p.reason}" if p.reason else "")
-        case ReleaseRolledBack():
-            return f"because {p.reason}"
-        case ReleaseFailed():
-            return f"{p.reason}; needs attention: {'; '.join(p.needs_attention)}"
-    return ""
-
-
-def _component_details(p: Message) -> str:
-    match p:
-        case DeployComponent():
-            return f"{p.service} -> {p.version}"
-        case RollbackComponent():
-            targets = sorted(set(p.to_versions.values()))
-            return f"{p.service} {p.from_version} -> {', '.join(targets) or 'nothing recorded'}"
-        case ComponentStarted():
-            previous = ", ".join(sorted(set(p.previous_versions.values())))
-            return f"{p.service} {previous} -> {p.version}"
-        case StepStarted() | StepSucceeded() | StepFailed():
-            return _step_details(p)
-        case ComponentFailed():
-            restored = "hosts put back" if p.restored else "HOSTS NOT PUT BACK"
-            return f"{p.service}@{p.version}: {p.reason} ({restored})"
-        case ComponentRollbackFailed():
-            return f"{p.service}: {p.reason}; hosts left: {', '.join(p.hosts)}"
-        case DeadlinePassed():
-            return f"{p.service}: no word by {p.deadline:%H:%M:%S} ({p.waited_for})"
-        case ComponentWaiting():
-            return f"{p.service}: waiting for {p.holder} to finish"
-    service = getattr(p, "service", "")
-    version = getattr(p, "version", "")
-    return f"{service}@{version}" if version else service
-
-
-def _step_details(p: StepStarted | StepSucceeded | StepFailed) -> str:
-    phase = "rollback " if p.rollback else ""
-    text = f"{p.service} {phase}{p.step} batch {p.batch} [{', '.join(p.hosts)}]"
-    if isinstance(p, StepSucceeded):
-        return f"{text} {p.duration_ms:.0f} ms"
-    if isinstance(p, StepFailed):
-        return f"{text} FAILED on {p.host}: {p.reason}"
-    return text

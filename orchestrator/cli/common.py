@@ -14,7 +14,7 @@ import click
 from pydantic import ValidationError
 
 from orchestrator.bus import Bus
-from orchestrator.client import Client, describe
+from orchestrator.client import Client
 from orchestrator.contract import (
     Envelope,
     StepStarted,
@@ -22,6 +22,7 @@ from orchestrator.contract import (
     problems_from,
 )
 from orchestrator.fleet import Fleet
+from orchestrator.narration import describe
 from orchestrator.observability import configure_logging
 from orchestrator.plans import InvalidInput, load_fleet, load_release, plan_release
 from orchestrator.runtime import ConfigurationError, Parts, connect, open_bus

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import click
 
 from orchestrator.cli.common import EXIT_UNAVAILABLE, _Abort, _actor, _bus, _settings, _store, cli
-from orchestrator.client import Client, describe
+from orchestrator.client import Client
 from orchestrator.contract import (
     AbortRelease,
     ApprovalRefused,
@@ -24,6 +24,7 @@ from orchestrator.contract import (
     ResumeRelease,
     RetryRelease,
 )
+from orchestrator.narration import describe
 
 __all__ = ["abort", "approve", "pause", "reject", "resume", "retry"]
 
