@@ -25,6 +25,7 @@ from orchestrator.store import Store, open_store
 from tests.conftest import REDIS_URL
 from tests.e2e.cluster import BROKERS, Cluster, running_cluster
 from tests.e2e.scenarios import drover
+from tests.support.graphite_server import GraphiteServer
 from tests.support.lb_server import LoadBalancer, loopback_hosts
 from workers.drivers.simulated import PEAK_DRAINED
 
@@ -59,7 +60,7 @@ def canary(*gates: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "canary", "batch": 2, "steps": steps}
 
 
-def fleet_data(tool: Path, lb: LoadBalancer) -> dict[str, Any]:
+def fleet_data(tool: Path, lb: LoadBalancer, graphite: GraphiteServer) -> dict[str, Any]:
     errors = {"name": "errors", "source": "sim", "target": "errors:{group}"}
     sim = {
         "kind": "simulated",
@@ -108,6 +109,20 @@ def fleet_data(tool: Path, lb: LoadBalancer) -> dict[str, Any]:
             "driver": simulated(),
         },
         "cart": {"hosts": ["cart-1", "cart-2"], "driver": simulated()},
+        "shop": {
+            "hosts": ["shop-1", "shop-2"],
+            "driver": simulated(),
+            # Checkouts a minute after the deploy against the same time before it.
+            "gates": [
+                {
+                    "name": "checkouts",
+                    "source": "graphite",
+                    "target": "sumSeries(stats.{environment}.{service}.checkouts)",
+                    "window_s": 3,
+                    "min_ratio_to_before": 0.5,
+                }
+            ],
+        },
         "tool": {
             "hosts": ["tool-1", "tool-2", "tool-3"],
             "driver": {
@@ -139,7 +154,10 @@ def fleet_data(tool: Path, lb: LoadBalancer) -> dict[str, Any]:
     }
     return {
         "environments": {
-            "staging": {"services": services, "metrics": {"sim": sim}},
+            "staging": {
+                "services": services,
+                "metrics": {"sim": sim, "graphite": {"kind": "graphite", "url": graphite.url}},
+            },
             "prod": {
                 "services": {"cart": {"hosts": ["pcart-1"], "driver": simulated()}},
                 "approval": {"required": True, "separate_approver": True},
@@ -154,6 +172,7 @@ class Stage:
 
     cluster: Cluster
     lb: LoadBalancer
+    graphite: GraphiteServer
     tool_dir: Path
     path: Path
 
@@ -202,12 +221,12 @@ def stage(
     tool = base / "tool"
     tool.write_text(TOOL_SCRIPT)
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
-    with LoadBalancer({"edge": EDGE_HOSTS}, version="1.0.0") as lb:
+    with LoadBalancer({"edge": EDGE_HOSTS}, version="1.0.0") as lb, GraphiteServer() as graphite:
         fleet = base / "fleet.yaml"
-        fleet.write_text(yaml.safe_dump(fleet_data(tool, lb)))
+        fleet.write_text(yaml.safe_dump(fleet_data(tool, lb, graphite)))
         workers = {"worker-all": ("all",)}
         with running_cluster(request.param, base, fleet=fleet, workers=workers) as cluster:
-            yield Stage(cluster, lb, base, base)
+            yield Stage(cluster, lb, graphite, base, base)
 
 
 def events(view: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -331,6 +350,43 @@ def test_a_flag_flip_after_its_deploy_is_flipped_back_when_the_release_fails(
         assert store.service_state("staging", "cart")["flag:new-checkout"] == "off"
     finally:
         store.close()
+
+
+# --- metric gates over Graphite -----------------------------------------------------------
+
+CHECKOUTS = "sumSeries(stats.staging.shop.checkouts)"
+
+
+def checkouts_from_now(stage: Stage, after: float) -> None:
+    """120 checkouts a minute until now, then ``after``: one point a second, as StatsD sends."""
+    now = int(time.time())
+    past = [(t, 120.0) for t in range(now - 120, now + 1)]
+    stage.graphite.replace(CHECKOUTS, past + [(t, after) for t in range(now + 1, now + 120)])
+
+
+def test_a_deploy_that_flat_lines_checkouts_is_rolled_back(stage: Stage) -> None:
+    checkouts_from_now(stage, after=0.0)
+
+    view = stage.submit(stage.release({"service": "shop", "version": "2.0.0"}))
+
+    assert view["state"] == "rolled_back"
+    (judged,) = payloads(view, "GateJudged")
+    assert (judged["gate"], judged["verdict"]) == ("checkouts", "fail")
+    assert judged["inputs"]["value"] == 0 and judged["inputs"]["before"] > 0
+    assert judged["thresholds"]["min_ratio_to_before"] == 0.5
+    hosts = json.loads(drover("fleet", "--json", env=stage.env).stdout)["staging"]["shop"]
+    assert set(hosts.values()) == {"1.0.0"}
+
+
+def test_a_deploy_that_keeps_checkouts_going_passes_its_gate(stage: Stage) -> None:
+    checkouts_from_now(stage, after=117.0)
+
+    view = stage.submit(stage.release({"service": "shop", "version": "2.0.1"}))
+
+    assert view["state"] == "succeeded"
+    (judged,) = payloads(view, "GateJudged")
+    assert judged["verdict"] == "pass"
+    assert [r.params["target"] for r in stage.graphite.requests][-2:] == [[CHECKOUTS]] * 2
 
 
 # --- people -------------------------------------------------------------------------------

@@ -108,6 +108,11 @@ class GraphiteServer:
         with self._lock:
             self._series.setdefault(target, []).extend(points)
 
+    def replace(self, target: str, points: Iterable[Point]) -> None:
+        """The target's points from now on are these, and only these."""
+        with self._lock:
+            self._series[target] = list(points)
+
     def answer(self, status: int = 200, body: str | bytes | None = None) -> None:
         """Answer every request with ``status`` and, if given, ``body`` instead of data."""
         with self._lock:
