@@ -22,8 +22,9 @@ _PRIVATE_PREFIX = "DROVER_"
 @dataclass(frozen=True)
 class CommandResult:
     exit_code: int | None  # None: it did not finish (timed out) or could not start
-    output: str  # stdout and stderr together, cut to the limit
+    output: str  # stdout, then stderr, cut to the limit: for people
     problem: str = ""  # why it did not finish or start, in words
+    stdout: str = ""  # stdout alone, cut to the limit: the answer of a command that answers
 
     @property
     def ok(self) -> bool:
@@ -53,19 +54,22 @@ def run_command(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             env=env,
             start_new_session=True,
         )
     except OSError as exc:
         return CommandResult(None, "", f"cannot run {argv[0]!r}: {exc.strerror or exc}")
+    # Apart, so that a warning on stderr cannot spoil what a query prints on stdout.
     try:
-        raw, _ = process.communicate(timeout=timeout_s)
+        out, err = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(process)
-        raw, _ = process.communicate()
-        return CommandResult(None, _cut(raw, output_limit), f"timed out after {timeout_s:g} s")
-    return CommandResult(process.returncode, _cut(raw, output_limit))
+        out, err = process.communicate()
+        problem = f"timed out after {timeout_s:g} s"
+        return CommandResult(None, _cut(out + err, output_limit), problem, _cut(out, output_limit))
+    both = _cut(out + err, output_limit)
+    return CommandResult(process.returncode, both, stdout=_cut(out, output_limit))
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -94,6 +94,9 @@ elif action == "fail":
     print("to stdout:", args[1])
     print("to stderr:", args[1], file=sys.stderr)
     sys.exit(int(args[0]))
+elif action == "warn-version":
+    print("warning: the version cache is stale", file=sys.stderr)
+    print(read(host(args[0], "version"), "{OLD}"))
 elif action == "spam":
     print("x" * int(args[0]) + "END", end="")
 else:
@@ -536,6 +539,12 @@ def test_the_output_holds_stdout_and_stderr(fleet: Fleet) -> None:
     assert caught.value.reason == "undrain command exited with 1"
     assert "to stdout: lb said no" in caught.value.output
     assert "to stderr: lb said no" in caught.value.output
+
+
+def test_a_warning_on_stderr_does_not_spoil_a_query(fleet: Fleet) -> None:
+    driver = fleet.driver(version=fleet.command("warn-version", "{host}"))
+
+    assert driver.current_version("h1") == OLD
 
 
 def test_a_timeout_ends_the_command_and_what_it_started(fleet: Fleet, tmp_path: Path) -> None:

@@ -71,7 +71,9 @@ class ShellDriver:
     # -- hosts ------------------------------------------------------------------------
 
     def current_version(self, host: str) -> str:
-        output = self._run(Step.DEPLOY, host, "version", self._commands.version, {"host": host})
+        output = self._run(
+            Step.DEPLOY, host, "version", self._commands.version, {"host": host}, answer=True
+        )
         version = output.strip()
         if not _matches("version", version):
             raise StepError(
@@ -90,7 +92,7 @@ class ShellDriver:
         if template is None:
             self._check(Step.DRAIN, host, {"host": host})
             return 0  # the driver cannot tell: the drain does not wait
-        output = self._run(Step.DRAIN, host, "in_flight", template, {"host": host})
+        output = self._run(Step.DRAIN, host, "in_flight", template, {"host": host}, answer=True)
         text = output.strip()
         if not _COUNT.fullmatch(text):
             raise StepError(
@@ -123,7 +125,7 @@ class ShellDriver:
         template = self._commands.live_colour
         if template is None:
             return None  # no blue/green here
-        output = self._run(Step.SWITCH, "", "live_colour", template, {})
+        output = self._run(Step.SWITCH, "", "live_colour", template, {}, answer=True)
         word = output.strip().lower()
         if not word:
             return None  # blue/green was never used
@@ -146,7 +148,7 @@ class ShellDriver:
         template = self._commands.get_flag
         if template is None:
             raise StepError(Step.TOGGLE, "", _NO_FLAG_COMMANDS)
-        output = self._run(Step.TOGGLE, "", "get_flag", template, {"flag": name})
+        output = self._run(Step.TOGGLE, "", "get_flag", template, {"flag": name}, answer=True)
         word = output.strip().lower()
         if word not in _FLAG_STATES:
             raise StepError(
@@ -167,7 +169,14 @@ class ShellDriver:
     # -- running a command -------------------------------------------------------------
 
     def _run(
-        self, step: Step, host: str, label: str, template: Argv | None, values: Mapping[str, str]
+        self,
+        step: Step,
+        host: str,
+        label: str,
+        template: Argv | None,
+        values: Mapping[str, str],
+        *,
+        answer: bool = False,
     ) -> str:
         """Check the values, fill them into ``template``, run it; its output, or StepError.
 
@@ -181,7 +190,8 @@ class ShellDriver:
         result = run_command(argv, timeout_s=self._timeout_s, output_limit=self._output_limit)
         if not result.ok:
             raise StepError(step, host, f"{label} command {result.failure()}", result.output)
-        return result.output
+        # A query's answer is its stdout alone; an action's output is all it said.
+        return result.stdout if answer else result.output
 
     def _check(self, step: Step, host: str, values: Mapping[str, str]) -> dict[str, str]:
         """All of an operation's values, each refused unless it matches its pattern.
