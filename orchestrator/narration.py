@@ -64,7 +64,9 @@ def _release(p: Message, actor: str) -> str | None:
     match p:
         case SubmitRelease():
             return f"{p.environment}: " + ", ".join(
-                f"{c.service}@{c.version}" if c.flag is None else f"{c.name} {c.enabled}"
+                f"{c.service}@{c.version}"
+                if c.flag is None
+                else f"{c.name} {'on' if c.enabled else 'off'}"
                 for c in p.components
             )
         case ReleaseAccepted():
