@@ -149,6 +149,31 @@ def test_worker_killed_in_the_middle_of_a_batch(
         ended_correctly(store, fleet, release_id, before, ReleaseStatus.SUCCEEDED)
 
 
+def test_worker_killed_while_its_canary_waits_for_a_person(
+    broker: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, fleet: Fleet
+) -> None:
+    with drover_cluster(broker, tmp_path_factory) as (cluster, store):
+        before = versions_now(fleet, store)
+        release_id = submit(cluster, tmp_path, [{"service": "canary", "version": "2.0.0"}])
+        wait_for(lambda: status(store, release_id) is ReleaseStatus.PAUSED, "the canary held")
+        victim = worker_holding(cluster, store, release_id, "canary")
+
+        cluster.kill(victim)
+        cluster.restart(victim)
+        approved = drover("approve", release_id, "--actor", "bob", env=cluster.env)
+
+        assert approved.returncode == 0, approved.stderr
+        # The worker that takes over finds the canary's batch in the journal (it is not
+        # deployed again: the invariants count effects), asks again, and is let go on.
+        ended = ended_correctly(store, fleet, release_id, before, ReleaseStatus.SUCCEEDED)
+        assert [m.type for m in ended.timeline].count("ReleaseApproved") == 1
+
+
+def status(store: Store, release_id: str) -> ReleaseStatus | None:
+    stored = store.load(release_id)
+    return stored.state.status if stored else None
+
+
 @pytest.mark.parametrize("point", ["worker.after_effect:6", "worker.before_ack:2"])
 def test_worker_killed_between_an_effect_and_its_record(
     broker: str,
