@@ -32,7 +32,9 @@ from orchestrator.vocabulary import Step
 from workers.drivers import Colour, Driver, StepError
 from workers.drivers.factory import driver_for
 from workers.progress import ComponentProgress, StoreJournal
-from workers.rollout import Run, roll_back, roll_out
+from workers.rollout import roll_out
+from workers.steps import Run
+from workers.undo import roll_back
 from workers.verification.wiring import gate_judge, host_checker
 
 __all__ = ["Work", "started_key"]

@@ -19,7 +19,9 @@ from orchestrator.vocabulary import Step
 from workers.drivers import Colour, StepError
 from workers.drivers.simulated import SimulatedDriver
 from workers.progress import StoreJournal
-from workers.rollout import RollbackResult, RolloutResult, Run, roll_back, roll_out
+from workers.rollout import roll_out
+from workers.steps import RollbackResult, RolloutResult, Run
+from workers.undo import roll_back
 from workers.verification.gates import GateResult
 
 ENVIRONMENT = "prod"
