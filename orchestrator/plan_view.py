@@ -142,5 +142,5 @@ def _stage_line(stage: dict[str, Any]) -> str:
                 stage["gates"]
             )
         case "switch":
-            return f"switch traffic to {stage['to']}"
+            return f"switch traffic to {stage['to']} (the idle colour, when the other serves)"
     return "gates: " + ", ".join(stage["gates"])
