@@ -31,6 +31,7 @@ from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
 from orchestrator.contract import DeployComponent, Envelope, RollbackComponent, ToggleFlag
+from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
 from orchestrator.settings import redacted
 
@@ -152,11 +153,14 @@ class Bus:
         *,
         visibility_timeout_s: float,
         drills: BusDrills | None = None,
+        metrics: Metrics | None = None,
     ):
         self.broker_url = broker_url
         self.topology = topology
         self.celery = celery
         self._drills = drills or BusDrills()
+        # Every event is counted where it is published, once: by the process that made it.
+        self.metrics: Metrics = metrics or NoMetrics()
         self._jitter = random.Random()  # drills only: nothing here is security-sensitive
         self._connection = Connection(
             broker_url, transport_options=transport_options(broker_url, visibility_timeout_s)
@@ -190,6 +194,7 @@ class Bus:
                     threading.Timer(delay_s, self._publish_late, [message]).start()
                 else:
                     self._publish(message)
+        self.metrics.record(message)
 
     def _publish_late(self, message: Envelope) -> None:
         try:
@@ -274,8 +279,12 @@ class Bus:
         return rows
 
     def close(self) -> None:
+        # The producers' pool holds connections of its own: closing the pool alone leaves
+        # their sockets open until the garbage collector finds them.
         self._producers.force_close_all()
+        self._producers.connections.force_close_all()
         self._connection.release()
+        self.metrics.close()
 
 
 _PUBLISH_LIMITS: Final[dict[str, Any]] = {

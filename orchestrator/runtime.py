@@ -22,12 +22,14 @@ from celery import Celery
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
-from orchestrator.bus import Bus, BusDrills, Topology
+from orchestrator.bus import BrokerUnavailable, Bus, BusDrills, Topology
 from orchestrator.coordinator import Coordinator
 from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
+from orchestrator.metrics import create_metrics
 from orchestrator.observability import get_logger
 from orchestrator.plans import load_fleet
+from orchestrator.queues import queue_depths
 from orchestrator.settings import Settings
 from orchestrator.store import Store, open_store
 from workers.app import create_celery
@@ -45,6 +47,9 @@ __all__ = [
 
 log = get_logger(__name__)
 
+# Reading depths costs several broker round trips per queue: not every tick.
+_QUEUE_GAUGE_EVERY_S = 15.0
+
 
 @dataclass(frozen=True)
 class Parts:
@@ -58,6 +63,7 @@ class Parts:
 
     def close(self) -> None:
         self.bus.close()
+        self.celery.close()  # its own pool of broker connections, for sending tasks
         self.store.close()
 
 
@@ -89,6 +95,7 @@ def open_bus(settings: Settings) -> Bus:
             copies=2 if settings.drill_duplicate_publishes else 1,
             reorder_events_ms=settings.drill_reorder_events_ms,
         ),
+        metrics=create_metrics(settings.statsd_host, settings.statsd_port, settings.statsd_prefix),
     )
 
 
@@ -104,7 +111,23 @@ def run_coordinator(parts: Parts) -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     crash_points = CrashPoints.parse(parts.settings.crash_at)
+    if parts.settings.statsd_host:
+        threading.Thread(
+            target=_gauge_queues, args=(parts, stop), name="drover-queue-gauges", daemon=True
+        ).start()
     Coordinator(parts.store, parts.bus, parts.fleet, crash_points).run(stop)
+
+
+def _gauge_queues(parts: Parts, stop: threading.Event) -> None:
+    """Queue depths as StatsD gauges, from the coordinator, every so often until ``stop``."""
+    while not stop.wait(_QUEUE_GAUGE_EVERY_S):
+        try:
+            for row in queue_depths(parts):
+                parts.bus.metrics.queue_depth(
+                    row["name"], row["ready"], row["unacked"], row["oldest_age_s"]
+                )
+        except BrokerUnavailable as exc:  # the next round tries again
+            log.warning("queue depths unreadable for metrics", error=str(exc))
 
 
 def run_worker(parts: Parts, services: Sequence[str]) -> None:

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    statsd_host: str | None = Field(
+        default=None, description="StatsD host (UDP) for Drover's metrics; unset: none are sent."
+    )
+    statsd_port: int = Field(default=8125, ge=1, le=65_535, description="StatsD UDP port.")
+    statsd_prefix: str = Field(
+        default="drover",
+        pattern=r"^([a-z0-9_-]+(\.[a-z0-9_-]+)*)?$",
+        description="First part of every metric name; empty for none.",
+    )
 
     @field_validator("broker_url")
     @classmethod
