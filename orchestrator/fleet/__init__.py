@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from orchestrator.fleet.access import AccessGroups, EnvironmentAccess, access_problem
 from orchestrator.fleet.base import FleetModel
 from orchestrator.fleet.checks import HealthChecks, MetricGate, MetricSource
 from orchestrator.fleet.drivers import DriverConfig, HttpDriverConfig, ShellDriverConfig
@@ -146,6 +147,15 @@ class EnvironmentConfig(FleetModel):
         default_factory=dict
     )  # where metric gates read, by name
     approval: ApprovalPolicy = ApprovalPolicy()
+    # Who may deploy, approve and operate here by chat; none: nobody may.
+    access: EnvironmentAccess | None = None
+
+    @model_validator(mode="after")
+    def _access_names_known_services(self) -> EnvironmentConfig:
+        problem = access_problem(self.access, self.services) if self.access else ""
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _gates_read_known_sources(self) -> EnvironmentConfig:
@@ -162,6 +172,7 @@ class EnvironmentConfig(FleetModel):
 
 class Fleet(FleetModel):
     environments: dict[Name, EnvironmentConfig] = Field(min_length=1)
+    access: AccessGroups = AccessGroups()  # named groups of chat users
 
     def service(self, environment: str, service: str) -> ServiceConfig:
         return self.environments[environment].services[service]
