@@ -23,6 +23,7 @@ from orchestrator.cli.common import (
     _actor,
     _bus,
     _connected,
+    _distributed_settings,
     _emit,
     _exit_code,
     _fleet,
@@ -43,7 +44,7 @@ from orchestrator.runtime import ConfigurationError, embedded
 from orchestrator.runtime import run_coordinator as _run_coordinator
 from orchestrator.runtime import run_worker as _run_worker
 from orchestrator.saga import ReleaseStatus
-from orchestrator.settings import EMBEDDED_BROKER_URL, Settings
+from orchestrator.settings import EMBEDDED_BROKER_URL
 from orchestrator.store import DeadLetter
 
 
@@ -132,16 +133,6 @@ def worker(fleet_path: Path | None, services: tuple[str, ...]) -> None:
             _run_worker(parts, chosen)
         except ConfigurationError as error:
             raise _Abort(str(error)) from error
-
-
-def _distributed_settings(fleet_path: Path | None) -> Settings:
-    settings = _settings(fleet=fleet_path)
-    if settings.embedded:
-        raise _Abort(
-            "DROVER_BROKER_URL is memory:// (one process only); set it to redis://… or "
-            "amqp://… to run roles as separate processes, or use `drover run`"
-        )
-    return settings
 
 
 # --- submitting and inspecting ------------------------------------------------------------
@@ -241,25 +232,6 @@ def fleet(fleet_path: Path | None, as_json: bool) -> None:
         _emit(versions)
     else:
         _print_versions(versions)
-
-
-@cli.command()
-@_FLEET_OPTION
-@_JSON_OPTION
-def queues(fleet_path: Path | None, as_json: bool) -> None:
-    """Each Drover queue: messages ready, in flight (unacked), and consumers."""
-    from orchestrator.queues import queue_depths
-
-    with _connected(_distributed_settings(fleet_path)) as parts:
-        rows = queue_depths(parts)
-    if as_json:
-        _emit(rows)
-        return
-    click.echo(f"{'queue':<40} {'ready':>7} {'unacked':>8} {'consumers':>10}")
-    for row in rows:
-        unacked = "?" if row["unacked"] is None else row["unacked"]
-        consumers = "?" if row["consumers"] is None else row["consumers"]
-        click.echo(f"{row['name']:<40} {row['ready']:>7} {unacked:>8} {consumers:>10}")
 
 
 @cli.group("dead-letters", invoke_without_command=True)

@@ -196,3 +196,13 @@ def _actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _distributed_settings(fleet_path: Path | None) -> Settings:
+    settings = _settings(fleet=fleet_path)
+    if settings.embedded:
+        raise _Abort(
+            "DROVER_BROKER_URL is memory:// (one process only); set it to redis://… or "
+            "amqp://… to run roles as separate processes, or use `drover run`"
+        )
+    return settings
