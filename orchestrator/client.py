@@ -16,6 +16,7 @@ from orchestrator.contract import (
     Envelope,
     Message,
     SubmitRelease,
+    derived_id,
     envelope,
 )
 from orchestrator.fleet import Fleet
@@ -44,8 +45,13 @@ class Client:
         self._bus = bus
 
     def submit(self, request: SubmitRelease, actor: str, release_id: str | None = None) -> str:
+        """Publish the submission; a given ``release_id`` also fixes the message's id, so
+        that sending it again is a duplicate the coordinator recognises."""
+        message_id = derived_id(release_id, "submit") if release_id else None
         release_id = release_id or new_release_id()
-        self._bus.publish(envelope(request, release_id=release_id, actor=actor))
+        self._bus.publish(
+            envelope(request, release_id=release_id, actor=actor, message_id=message_id)
+        )
         return release_id
 
     def follow(self, release_id: str, timeout_s: float, poll_s: float = 0.1) -> Iterator[Envelope]:

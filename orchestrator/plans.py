@@ -35,6 +35,7 @@ __all__ = [
     "InvalidInput",
     "ReleasePlan",
     "load_fleet",
+    "load_model",
     "load_release",
     "plan_release",
 ]
@@ -134,15 +135,19 @@ def _validate(model: type[_M], data: Any, source: str) -> _M:
         raise InvalidInput(source, problems_from(exc)) from exc
 
 
-def load_fleet(path: str | Path) -> Fleet:
+def load_model(model: type[_M], path: str | Path) -> _M:
+    """Any YAML file Drover reads, into its model, or InvalidInput naming every problem."""
     path = Path(path)
-    return _validate(Fleet, _read_yaml(path), str(path))
+    return _validate(model, _read_yaml(path), str(path))
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    return load_model(Fleet, path)
 
 
 def load_release(path: str | Path) -> SubmitRelease:
     """Read a release file; it has the shape of the ``SubmitRelease`` command."""
-    path = Path(path)
-    return _validate(SubmitRelease, _read_yaml(path), str(path))
+    return load_model(SubmitRelease, path)
 
 
 # --- checking a release against the fleet -------------------------------------------------

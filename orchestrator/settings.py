@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_tokens: Path | None = Field(
+        default=None,
+        description="drover api: the file of token hashes and what each may do "
+        "(orchestrator/api/tokens.py); unset: every call is refused.",
+    )
     statsd_host: str | None = Field(
         default=None, description="StatsD host (UDP) for Drover's metrics; unset: none are sent."
     )

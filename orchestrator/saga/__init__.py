@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from orchestrator.contract import (
+    ApprovalRefused,
     ApprovalRequested,
     CheckDeadlines,
     Envelope,
@@ -76,7 +77,12 @@ def decide(state: ReleaseState | None, message: Envelope, fleet: Fleet) -> Decis
     at = message.occurred_at
     try:
         if state.status.is_terminal and not isinstance(payload, RetryRelease):
-            return Decision(state)  # only a human's retry leaves a terminal state
+            # Only a person's retry leaves a terminal state; anything else they ask is
+            # answered, so that they know nothing happened.
+            if isinstance(payload, HUMAN_COMMANDS):
+                reason = f"the release has ended ({state.status})"
+                return Decision(state, (ApprovalRefused(command=message.type, reason=reason),))
+            return Decision(state)
         if isinstance(payload, HUMAN_COMMANDS):
             return decide_for_human(state, payload, message.actor, at, fleet)
         match payload:

@@ -67,12 +67,15 @@ def test_abort_of_an_ended_or_unknown_release_is_refused(cluster: Cluster) -> No
 def test_release_show_says_what_a_queued_release_waits_for(
     cluster: Cluster, store: Store, tmp_path: Path
 ) -> None:
-    first = submit(cluster, tmp_path, CHAIN[:2])
+    # The first holds api (its component waits for an approval) while the test looks.
+    gated = {**CHAIN[1], "requires_approval": True}
+    first = submit(cluster, tmp_path, [CHAIN[0], gated])
     second = submit(cluster, tmp_path, [{"service": "api", "version": "9.0.0"}])
     wait_for(lambda: any(m.type == "ReleaseQueued" for m in store.timeline(second)), "the queueing")
 
     shown = json.loads(drover("release", "show", second, "--json", env=cluster.env).stdout)
     text = drover("release", "show", second, env=cluster.env).stdout
+    drover("approve", first, env=cluster.env)
 
     assert shown["state"] == "queued"
     assert shown["waiting_for"] == [first]

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.contract import (
     AbortRelease,
+    ApprovalRefused,
     CheckDeadlines,
     ComponentRequest,
     DeployComponent,
@@ -733,7 +734,7 @@ def test_cycle_is_named_in_the_rejection() -> None:
 
 @pytest.mark.parametrize(
     "after",
-    [deployed("api"), StartRelease(), AbortRelease(), CheckDeadlines(now=later(10_000))],
+    [deployed("api"), StartRelease(), CheckDeadlines(now=later(10_000))],
     ids=lambda m: type(m).__name__,
 )
 def test_rejected_release_ignores_everything_after(after: Message) -> None:
@@ -743,6 +744,18 @@ def test_rejected_release_ignores_everything_after(after: Message) -> None:
     again = decide(decision.state, event(after, at=later(1)), fleet("api"))
 
     assert again == Decision(decision.state, ())
+
+
+def test_a_person_asking_anything_of_a_rejected_release_is_told_it_has_ended() -> None:
+    request, _ = INVALID["unknown service"]
+    decision = decide(None, event(request), fleet("api"))
+
+    again = decide(decision.state, event(AbortRelease(), at=later(1)), fleet("api"))
+
+    reason = "the release has ended (rejected)"
+    assert again == Decision(
+        decision.state, (ApprovalRefused(command="AbortRelease", reason=reason),)
+    )
 
 
 def test_unreadable_submission_is_refused_as_a_rejected_release() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from orchestrator.contract import ReleaseFailed, ReleaseRolledBack
+from orchestrator.contract import ApprovalRefused, ReleaseFailed, ReleaseRolledBack
 from orchestrator.saga import ComponentStatus, ReleaseStatus
 from tests.unit.builders import (
     OPERATOR,
@@ -228,6 +228,9 @@ def test_abort_after_the_end_changes_nothing(
     assert release.status is status
     done = release.state
 
-    assert release.abort() == ()
+    (refused,) = release.abort()
+    assert refused == ApprovalRefused(
+        command="AbortRelease", reason=f"the release has ended ({status})"
+    )
     assert release.state == done
     assert release.release.aborted_by is None
