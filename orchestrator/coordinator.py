@@ -31,6 +31,7 @@ from orchestrator.contract import (
 )
 from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
+from orchestrator.manual_locks import expire, lock_key
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import Decision, ReleaseState, ReleaseStatus, decide, refuse_submission
 from orchestrator.store import (
@@ -42,18 +43,13 @@ from orchestrator.store import (
     StoreUnavailable,
 )
 
-__all__ = ["COORDINATOR_ACTOR", "Coordinator", "lock_key"]
+__all__ = ["COORDINATOR_ACTOR", "Coordinator"]
 
 log = get_logger(__name__)
 
 COORDINATOR_ACTOR: Final = "drover-coordinator"
 _MAX_CONFLICT_RETRIES: Final = 20
 _STORE_RETRY_S: Final = 1.0
-
-
-def lock_key(environment: str, service: str) -> str:
-    """What two releases must not hold at once: one service in one environment."""
-    return f"{environment}/{service}"
 
 
 def _wake_time(state: ReleaseState) -> datetime | None:
@@ -172,7 +168,10 @@ class Coordinator:
         """About once a second: publish what is pending, and wake releases that are due."""
         self._relay_safely()
         try:
-            for release_id in self._store.due(datetime.now(UTC)):
+            now = datetime.now(UTC)
+            for held in expire(self._store, now):
+                log.info("a lock's time is up", lock=lock_key(held.environment, held.service))
+            for release_id in self._store.due(now):
                 self._wake(release_id)
         except StoreUnavailable as exc:
             log.warning("store unavailable; wake-ups wait", error=str(exc))

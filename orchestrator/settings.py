@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.drills import CrashPoints
@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         default=None,
         description="drover api: the file of token hashes and what each may do "
         "(orchestrator/api/tokens.py); unset: every call is refused.",
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="drover api: Slack's signing secret for /chatops/slack; unset: the "
+        "webhook refuses every request.",
     )
     statsd_host: str | None = Field(
         default=None, description="StatsD host (UDP) for Drover's metrics; unset: none are sent."

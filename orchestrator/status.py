@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from orchestrator.bus import BrokerUnavailable
 from orchestrator.contract import Envelope, GateJudged
+from orchestrator.manual_locks import ManualLock, current
 from orchestrator.queues import QueueDepth, queue_depths
 from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.store import StoreUnavailable
@@ -76,6 +77,7 @@ class Facts:
     queues: Sequence[QueueDepth] = ()
     dead_letters: int = 0
     unreachable: Sequence[str] = ()  # "broker: …", "store: …"
+    locks: Sequence[ManualLock] = ()  # services people hold by hand
 
 
 _RELEASES_LOOKED_AT: Final = 200  # the newest; older ones have ended long ago
@@ -90,6 +92,10 @@ def judge(facts: Facts, limits: Thresholds = Thresholds()) -> tuple[Light, list[
         *(r for release in facts.releases for r in _release_reasons(release, facts, limits)),
         *(r for queue in facts.queues for r in _queue_reasons(queue, facts, limits)),
     ]
+    for held in facts.locks:
+        until = f" until {held.until:%H:%M} UTC" if held.until else ""
+        detail = f"{held.environment}/{held.service} by {held.owner}{until}: {held.reason}"
+        reasons.append(Reason(Light.AMBER, "locked", detail))
     if facts.dead_letters:
         detail = f"{facts.dead_letters} dead letter(s) waiting: drover dead-letters"
         reasons.append(Reason(Light.AMBER, "dead letters", detail))
@@ -146,6 +152,7 @@ def gather(parts: Parts, now: datetime, limits: Thresholds = Thresholds()) -> Fa
     unreachable: list[str] = []
     releases: list[ReleaseFacts] = []
     dead_letters = 0
+    locks: list[ManualLock] = []
     try:
         for state in parts.store.releases(limit=_RELEASES_LOOKED_AT):
             ended_long_ago = state.finished_at is not None and now - state.finished_at > max(
@@ -157,6 +164,7 @@ def gather(parts: Parts, now: datetime, limits: Thresholds = Thresholds()) -> Fa
             last_word = max((m.occurred_at for m in timeline), default=None)
             releases.append(ReleaseFacts(state, last_word, flat_lines(timeline)))
         dead_letters = len(parts.store.dead_letters())
+        locks = current(parts.store)
     except StoreUnavailable as exc:
         unreachable.append(f"store: {exc}")
     queues: list[QueueDepth] = []
@@ -164,7 +172,7 @@ def gather(parts: Parts, now: datetime, limits: Thresholds = Thresholds()) -> Fa
         queues = queue_depths(parts)
     except BrokerUnavailable as exc:
         unreachable.append(f"broker: {exc}")
-    return Facts(now, releases, queues, dead_letters, unreachable)
+    return Facts(now, releases, queues, dead_letters, unreachable, locks)
 
 
 def flat_lines(timeline: Sequence[Envelope]) -> tuple[str, ...]:

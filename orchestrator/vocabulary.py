@@ -7,13 +7,14 @@ held to strict patterns here, once, rather than escaped everywhere later.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import StringConstraints
 
-__all__ = ["HostName", "Name", "Step", "Version"]
+__all__ = ["NAME_PATTERN", "HostName", "Name", "Step", "Version"]
 
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")]
 

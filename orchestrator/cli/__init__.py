@@ -12,14 +12,14 @@ import sys
 import click
 
 from orchestrator.bus import BrokerUnavailable
-from orchestrator.cli import commands, oncall, people, planning, serving
+from orchestrator.cli import commands, locking, oncall, people, planning, serving
 from orchestrator.cli.common import EXIT_INVALID, EXIT_UNAVAILABLE, _Abort, cli
 from orchestrator.store import StoreUnavailable
 
 __all__ = ["main"]
 
 # The modules whose commands join the group when they are imported.
-_COMMANDS = (commands, oncall, people, planning, serving)
+_COMMANDS = (commands, locking, oncall, people, planning, serving)
 
 
 def main() -> None:

@@ -207,6 +207,19 @@ class Store(Protocol):
         """The keys a release queued for (empty once it released them)."""
         ...
 
+    # --- notes: small records of their own (manual locks and their history) ---------------
+    def set_note(self, key: str, value: str) -> None: ...
+
+    def note(self, key: str) -> str | None: ...
+
+    def delete_note(self, key: str) -> bool:
+        """Forget a note; True if there was one."""
+        ...
+
+    def notes(self, prefix: str) -> dict[str, str]:
+        """Every note whose key starts with ``prefix``."""
+        ...
+
     # --- messages nobody could use --------------------------------------------------------
     def add_dead_letter(self, letter: DeadLetter) -> None: ...
 

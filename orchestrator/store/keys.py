@@ -115,6 +115,11 @@ class Keys:
         # HASH: host -> the version Drover last recorded for it
         return f"{self.namespace}:hosts:{environment}:{service}"
 
+    @property
+    def notes(self) -> str:
+        # HASH: note key -> value (manual locks, their history)
+        return f"{self.namespace}:notes"
+
     def service_state(self, environment: str, service: str) -> str:
         # HASH: field -> value, the simulator's facts about a service (colour, flags)
         return f"{self.namespace}:service-state:{environment}:{service}"

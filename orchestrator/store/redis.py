@@ -361,6 +361,28 @@ class RedisStore:
             # One script, so that "changed" is the truth even with two writers.
             return bool(self._set_field(keys=[key], args=[field, value]))
 
+    # --- notes ---------------------------------------------------------------------------
+
+    def set_note(self, key: str, value: str) -> None:
+        with _translated():
+            self._client.hset(self._keys.notes, key, value)
+
+    def note(self, key: str) -> str | None:
+        with _translated():
+            value = self._client.hget(self._keys.notes, key)
+        return None if value is None else _text(value)
+
+    def delete_note(self, key: str) -> bool:
+        with _translated():
+            return bool(self._client.hdel(self._keys.notes, key))
+
+    def notes(self, prefix: str) -> dict[str, str]:
+        # HSCAN's MATCH is a glob: the prefix's own glob characters are escaped.
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        with _translated():
+            found = self._client.hscan_iter(self._keys.notes, match=pattern, count=500)
+            return {_text(k): _text(v) for k, v in found}
+
     # --- workers: one owner per component, and what each command did ----------------------
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:

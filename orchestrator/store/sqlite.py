@@ -99,6 +99,10 @@ _SCHEMA: Final = (
         at REAL NOT NULL  -- epoch seconds, as in Redis's wake index
     )""",
     "CREATE INDEX IF NOT EXISTS wakes_earliest ON wakes (at, release_id)",
+    """CREATE TABLE IF NOT EXISTS notes (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS service_state (
         environment TEXT NOT NULL,
         service TEXT NOT NULL,
@@ -326,6 +330,34 @@ class SqliteStore:
                 (environment, service, field, value),
             ).rowcount
         return changed > 0
+
+    # --- notes ---------------------------------------------------------------------------
+
+    def set_note(self, key: str, value: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO notes (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def note(self, key: str) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT value FROM notes WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def delete_note(self, key: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM notes WHERE key = ?", (key,)).rowcount > 0
+
+    def notes(self, prefix: str) -> dict[str, str]:
+        # A range on the primary key, not LIKE: the prefix may hold % or _.
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT key, value FROM notes WHERE key >= ? AND key < ?",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+        return dict(rows)
 
     # --- workers: one owner per component, and what each command did ----------------------
 

@@ -374,6 +374,23 @@ def test_count_effect_counts_each_effect_of_a_release(store: Store) -> None:
     }
 
 
+def test_notes_are_kept_replaced_listed_by_prefix_and_forgotten(store: Store) -> None:
+    assert store.note("lock/prod/api") is None
+    store.set_note("lock/prod/api", "alice")
+    store.set_note("lock/prod/api", "bob")  # replaced
+    store.set_note("lock/prod/db", "carol")
+    store.set_note("lock/staging/api", "dave")
+    store.set_note("lock/prod_x", "not under lock/prod/")
+    store.set_note("lo*k/prod/api", "a glob character in a key")
+
+    assert store.note("lock/prod/api") == "bob"
+    assert store.notes("lock/prod/") == {"lock/prod/api": "bob", "lock/prod/db": "carol"}
+    assert store.notes("lo*k/") == {"lo*k/prod/api": "a glob character in a key"}
+    assert store.delete_note("lock/prod/api") is True
+    assert store.delete_note("lock/prod/api") is False
+    assert store.notes("lock/prod/") == {"lock/prod/db": "carol"}
+
+
 def test_service_state_is_kept_per_environment_and_service(store: Store) -> None:
     assert store.service_state("prod", "api") == {}
     assert store.set_service_state("prod", "api", "live_colour", "blue") is True

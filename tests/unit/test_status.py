@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.manual_locks import ManualLock
 from orchestrator.queues import QueueDepth
 from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.status import Facts, Light, ReleaseFacts, judge
@@ -77,6 +78,20 @@ def test_nothing_to_say_is_green() -> None:
         ({"queues": [queue(oldest_age_s=61.0, ready=1)]}, (Light.AMBER, ["queue old"])),
         ({"queues": [queue(ready=101)]}, (Light.AMBER, ["queue backing up"])),
         ({"dead_letters": 3}, (Light.AMBER, ["dead letters"])),
+        (
+            {
+                "locks": [
+                    ManualLock(
+                        environment="prod",
+                        service="api",
+                        owner="alice",
+                        reason="freeze",
+                        since=NOW,
+                    )
+                ]
+            },
+            (Light.AMBER, ["locked"]),
+        ),
         (
             {"releases": [ReleaseFacts(release(ReleaseStatus.ROLLED_BACK, finished_at=NOW), NOW)]},
             (Light.AMBER, ["release rolled back"]),
