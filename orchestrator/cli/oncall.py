@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -22,7 +22,7 @@ from orchestrator.cli.common import (
 )
 from orchestrator.queues import QueueDepth, queue_depths
 from orchestrator.runtime import Parts
-from orchestrator.status import gather, judge
+from orchestrator.status import Thresholds, gather, judge
 from orchestrator.watching import watch_lines
 
 __all__ = ["queues", "status", "watch"]
@@ -33,13 +33,49 @@ _WATCH_OPTION = click.option(
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: a redraw on a terminal
 
 
+_DEFAULTS = Thresholds()
+
+
 @cli.command()
 @_FLEET_OPTION
 @_JSON_OPTION
-def status(fleet_path: Path | None, as_json: bool) -> None:
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.stuck_after.total_seconds(),
+    show_default=True,
+    help="Seconds a running release may be silent.",
+)
+@click.option(
+    "--old-after",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.age_amber_s,
+    show_default=True,
+    help="Seconds a message may wait (amber; red at five times that).",
+)
+@click.option(
+    "--backing-up-over",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.queue_amber,
+    show_default=True,
+    help="Messages a queue may hold.",
+)
+def status(
+    fleet_path: Path | None,
+    as_json: bool,
+    stuck_after: float,
+    old_after: float,
+    backing_up_over: int,
+) -> None:
     """One light, green, amber or red, with every reason; exit 0, 1 or 2 by it."""
+    limits = Thresholds(
+        stuck_after=timedelta(seconds=stuck_after),
+        age_amber_s=old_after,
+        age_red_s=old_after * 5,
+        queue_amber=backing_up_over,
+    )
     with _connected(_distributed_settings(fleet_path)) as parts:
-        light, reasons = judge(gather(parts, datetime.now(UTC)))
+        light, reasons = judge(gather(parts, datetime.now(UTC), limits), limits)
     if as_json:
         _emit(
             {

@@ -107,6 +107,13 @@ def test_a_worker_gone_with_work_waiting_is_red_and_says_which_queue(
         assert ".svc." in reason["detail"] and "a worker down" in reason["detail"]
         waiting = {row["name"]: row for row in queues(cluster)}
         assert any(row["ready"] and row["oldest_age_s"] is not None for row in waiting.values())
+        # Tighter limits, and a little patience, turn the rest of the light's reasons on.
+        time.sleep(2)
+        tight = ["--stuck-after", "1", "--old-after", "1", "--backing-up-over", "0"]
+        result = drover("status", "--json", *tight, env=cluster.env)
+        strict = json.loads(result.stdout)
+        assert result.returncode == 2
+        assert {"release stuck", "queue old", "queue backing up"} <= whats(strict)
     finally:
         cluster.restart("worker")
 

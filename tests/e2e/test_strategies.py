@@ -118,7 +118,9 @@ def fleet_data(tool: Path, lb: LoadBalancer, graphite: GraphiteServer) -> dict[s
                     "name": "checkouts",
                     "source": "graphite",
                     "target": "sumSeries(stats.{environment}.{service}.checkouts)",
-                    "window_s": 3,
+                    # Wide enough that the window before the deploy reaches back to before
+                    # the test turned checkouts off, however long the deploy took to start.
+                    "window_s": 8,
                     "min_ratio_to_before": 0.5,
                 }
             ],
@@ -376,6 +378,10 @@ def test_a_deploy_that_flat_lines_checkouts_is_rolled_back(stage: Stage) -> None
     assert judged["thresholds"]["min_ratio_to_before"] == 0.5
     hosts = json.loads(drover("fleet", "--json", env=stage.env).stdout)["staging"]["shop"]
     assert set(hosts.values()) == {"1.0.0"}
+    light = json.loads(drover("status", "--json", env=stage.env).stdout)
+    flat = [r for r in light["reasons"] if r["what"] == "business signal flat-lined"]
+    assert light["light"] == "red"
+    assert flat and "shop checkouts" in flat[0]["detail"]
 
 
 def test_a_deploy_that_keeps_checkouts_going_passes_its_gate(stage: Stage) -> None:

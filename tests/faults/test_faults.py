@@ -569,3 +569,9 @@ def test_rollback_that_keeps_failing_ends_failed_naming_what_needs_a_human(
         assert "brittle-2" in gave_up.payload.hosts  # type: ignore[union-attr]
         # Nothing further is done to it: no rollback is sent again.
         assert [m.type for m in brittle].count("RollbackComponent") == 1
+        # And on-call's light says so, naming the release.
+        light = drover("status", "--json", env=cluster.env)
+        found = json.loads(light.stdout)
+        assert (light.returncode, found["light"]) == (2, "red")
+        (failed,) = [r for r in found["reasons"] if r["what"] == "release failed"]
+        assert release_id in failed["detail"]
