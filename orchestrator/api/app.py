@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from orchestrator.api.slack import chatops_router
 from orchestrator.api.tokens import Action, ApiTokens, Caller
 from orchestrator.bus import BrokerUnavailable
 from orchestrator.client import Client, fleet_versions, release_view, show
@@ -72,6 +73,7 @@ def create_app(parts: Parts, tokens: ApiTokens) -> FastAPI:
     guard = _Guard(tokens)
     app.include_router(_reading(parts, guard))
     app.include_router(_acting(parts, guard))
+    app.include_router(chatops_router(parts))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:
