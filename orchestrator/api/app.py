@@ -34,6 +34,7 @@ from orchestrator.contract import (
     RetryRelease,
     SubmitRelease,
 )
+from orchestrator.manual_locks import LockHeld, NotLocked, NotYours, current, history, lock, unlock
 from orchestrator.narration import describe
 from orchestrator.plans import InvalidInput, plan_release
 from orchestrator.queues import queue_depths
@@ -73,6 +74,7 @@ def create_app(parts: Parts, tokens: ApiTokens) -> FastAPI:
     guard = _Guard(tokens)
     app.include_router(_reading(parts, guard))
     app.include_router(_acting(parts, guard))
+    app.include_router(_locking(parts, guard))
     app.include_router(chatops_router(parts))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -218,6 +220,70 @@ def _acting(parts: Parts, guard: _Guard) -> APIRouter:
         return decide(release_id, RetryRelease(reason=body.reason), who, "operate")
 
     return router
+
+
+class LockRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+    for_s: float | None = Field(
+        default=None, gt=0, le=30 * 86_400, description="None: until unlocked"
+    )
+
+
+def _locking(parts: Parts, guard: _Guard) -> APIRouter:
+    router = APIRouter(prefix="/api/locks")
+    Who = Annotated[Caller, Depends(guard.caller)]
+
+    @router.get("", summary="Services held by people, and the history of locks")
+    def get_locks(who: Who) -> dict[str, Any]:
+        guard.allow(who, "read")
+        held = [h.model_dump(mode="json") for h in current(parts.store)]
+        return {"locks": held, "history": history(parts.store)}
+
+    @router.put("/{environment}/{service}", summary="Hold a service: releases needing it wait")
+    def put_lock(environment: str, service: str, body: LockRequest, who: Who) -> dict[str, Any]:
+        guard.allow(who, "operate", environment)
+        _known(parts, environment, service)
+        try:
+            taken = lock(
+                parts.store,
+                environment,
+                service,
+                owner=who.actor,
+                reason=body.reason,
+                for_s=body.for_s,
+                now=datetime.now(UTC),
+            )
+        except LockHeld as held:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(held)) from held
+        return taken.model_dump(mode="json")
+
+    @router.delete("/{environment}/{service}", summary="Let a service go (force: another's)")
+    def delete_lock(
+        environment: str, service: str, who: Who, force: bool = False
+    ) -> dict[str, Any]:
+        guard.allow(who, "operate", environment)
+        try:
+            released = unlock(
+                parts.store,
+                environment,
+                service,
+                actor=who.actor,
+                force=force,
+                now=datetime.now(UTC),
+            )
+        except NotLocked as missing:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(missing)) from missing
+        except NotYours as theirs:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(theirs)) from theirs
+        return released.model_dump(mode="json")
+
+    return router
+
+
+def _known(parts: Parts, environment: str, service: str) -> None:
+    known = parts.fleet.environments.get(environment)
+    if known is None or service not in known.services:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no service {environment}/{service}")
 
 
 def _idempotent_id(who: Caller, key: str | None) -> str | None:

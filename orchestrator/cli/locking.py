@@ -13,6 +13,7 @@ from orchestrator.cli.common import (
     _Abort,
     _actor,
     _emit,
+    _fleet,
     _settings,
     _store,
     cli,
@@ -62,7 +63,12 @@ def _duration_s(text: str | None) -> float | None:
 def lock_command(target: str, reason: str, for_: str | None, actor: str | None) -> None:
     """Hold a service: releases that need it wait (a running one finishes first)."""
     environment, service = _where(target)
-    with _store(_settings()) as store:
+    settings = _settings()
+    if settings.fleet is not None:  # with a fleet file at hand, a typo is caught here
+        known = _fleet(settings).environments.get(environment)
+        if known is None or service not in known.services:
+            raise _Abort(f"{target}: not a service of the fleet file")
+    with _store(settings) as store:
         try:
             taken = lock(
                 store,

@@ -204,3 +204,17 @@ def test_the_dashboard_shows_the_light_a_release_and_the_queues(api: Api, tmp_pa
     namespace = api.cluster.env["DROVER_NAMESPACE"]
     queue = page.one("tr", {"data-queue": f"{namespace}.svc.api"})
     assert queue.attrs["data-ready"] == "0"
+
+
+def test_locks_over_the_api_need_operate_and_are_listed(api: Api) -> None:
+    body = {"reason": "db migration", "for_s": 600}
+
+    assert api.call("PUT", "/api/locks/staging/cache", as_="pipeline", body=body)[0] == 403
+    code, taken = api.call("PUT", "/api/locks/staging/cache", as_="oncall", body=body)
+    assert code == 200 and (taken["owner"], taken["reason"]) == ("api:oncall", "db migration")
+    code, listed = api.call("GET", "/api/locks", as_="reader")
+    assert code == 200 and [h["service"] for h in listed["locks"]] == ["cache"]
+
+    assert api.call("DELETE", "/api/locks/staging/cache", as_="oncall")[0] == 200
+    assert api.call("DELETE", "/api/locks/staging/cache", as_="oncall")[0] == 404
+    assert api.call("PUT", "/api/locks/staging/nope", as_="oncall", body=body)[0] == 404
