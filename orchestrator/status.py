@@ -115,7 +115,9 @@ def _release_reasons(release: ReleaseFacts, facts: Facts, limits: Thresholds) ->
         found.append(Reason(Light.RED, "release failed", detail))
     elif state.status is ReleaseStatus.ROLLED_BACK and recent:
         found.append(Reason(Light.AMBER, "release rolled back", f"{state.id}: {state.failure}"))
-    elif state.status in _WAITING_FOR_PEOPLE:
+    elif state.status in _WAITING_FOR_PEOPLE or state.waiting_for_approval:
+        # A component waiting to be approved leaves its release running, and silent: that
+        # is a person's turn, not a stuck release.
         waits = ", ".join(state.waiting_for_approval) or f"paused by {state.paused_by}"
         found.append(Reason(Light.AMBER, "waiting for a person", f"{state.id}: {waits}"))
     elif state.status in _IN_FLIGHT and release.last_word is not None:

@@ -147,3 +147,23 @@ def test_watch_of_an_unknown_release_is_refused(cluster: Cluster) -> None:
 
     assert result.returncode == 2
     assert "no release 'R-nope'" in result.stderr
+
+
+def test_a_release_waiting_for_a_person_is_amber_until_approved(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    path = tmp_path / "gated.yaml"
+    gated = {"service": "cache", "version": "8.0.0", "requires_approval": True}
+    path.write_text(json.dumps({"environment": "staging", "components": [gated]}))
+    submitted = drover("release", "submit", str(path), "--json", env=cluster.env)
+    release_id = json.loads(submitted.stdout)["id"]
+    found: dict[str, Any] = {"reasons": []}
+    deadline = time.monotonic() + 20
+    while "waiting for a person" not in whats(found) and time.monotonic() < deadline:
+        _, found = status(cluster.env)
+        time.sleep(0.2)
+
+    waiting = [r for r in found["reasons"] if r["what"] == "waiting for a person"]
+    assert waiting and "cache (to start)" in waiting[0]["detail"]
+    assert drover("approve", release_id, env=cluster.env).returncode == 0
+    assert drover("watch", release_id, env=cluster.env).returncode == 0

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.manual_locks import ManualLock
 from orchestrator.queues import QueueDepth
-from orchestrator.saga import ReleaseState, ReleaseStatus
+from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus
 from orchestrator.status import Facts, Light, ReleaseFacts, judge
 from tests.unit.builders import T0
 
@@ -102,6 +102,26 @@ def test_nothing_to_say_is_green() -> None:
         ),
         (
             {"releases": [ReleaseFacts(release(ReleaseStatus.PAUSED, paused_by="al"), NOW)]},
+            (Light.AMBER, ["waiting for a person"]),
+        ),
+        (
+            {
+                "releases": [
+                    ReleaseFacts(
+                        release(
+                            ReleaseStatus.RUNNING,
+                            components={
+                                "api": ComponentState(
+                                    service="api",
+                                    version="2.0.0",
+                                    status=ComponentStatus.AWAITING_APPROVAL,
+                                )
+                            },
+                        ),
+                        NOW - timedelta(hours=1),  # silent long, but it is a person's turn
+                    )
+                ]
+            },
             (Light.AMBER, ["waiting for a person"]),
         ),
     ],
