@@ -68,14 +68,23 @@ def test_a_locked_service_holds_releases_back_until_unlocked(
 
 
 def test_a_lock_lets_go_when_its_time_is_up(cluster: Cluster, tmp_path: Path) -> None:
-    drover("lock", "staging/jobs", "--reason", "quick check", "--for", "2s", env=cluster.env)
+    taken = drover(
+        "lock", "staging/jobs", "--reason", "quick check", "--for", "3s", env=cluster.env
+    )
+    assert taken.returncode == 0, taken.stderr
     release_id = submit(cluster, tmp_path, "jobs", "7.0.0")
-    assert until(cluster, release_id, "queued")["state"] == "queued"
 
-    assert until(cluster, release_id, "succeeded")["state"] == "succeeded"
+    ended = until(cluster, release_id, "succeeded")
+
+    # It waited behind the lock (the timeline says so), and started once the lock expired.
+    queued = [e for e in ended["timeline"] if e["type"] == "ReleaseQueued"]
+    assert queued and queued[0]["behind"] == ["hold:staging/jobs"]
     listed = json.loads(drover("locks", "--json", env=cluster.env).stdout)
     assert listed["locks"] == []
-    assert any(e["action"] == "expired" and e["lock"] == "staging/jobs" for e in listed["history"])
+    (expired,) = [e for e in listed["history"] if e["action"] == "expired"]
+    assert expired["lock"] == "staging/jobs"
+    started = [e for e in ended["timeline"] if e["type"] == "StartRelease"]
+    assert started[0]["at"] >= expired["at"]
 
 
 def test_another_persons_lock_goes_only_by_force_and_that_is_recorded(cluster: Cluster) -> None:
