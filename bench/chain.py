@@ -1,0 +1,43 @@
+"""P2: a release of components in a chain, each depending on the one before it, against
+one Celery round trip.
+
+``BENCH_P2_COMPONENTS`` (default 200) simulated services, one host each and no latency,
+one coordinator and one worker process. Only one component can be in flight at a time,
+so the time per component is Drover's round trip: the coordinator hears a component is
+deployed, commits, sends the next command, and the worker carries it out and reports.
+The bare figure is the p50 of a Celery task sent and its reply received. Goal: at most
+twice that.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from bench.bare import celery_round_trip
+from bench.drover_run import WORKER_CONCURRENCY, between, chain, drover_processes
+from bench.measure import Figure, timed
+from bench.options import Options
+from orchestrator.contract import Envelope
+
+__all__ = ["COMPONENTS", "chain_timeline", "run"]
+
+COMPONENTS: Final = int(os.environ.get("BENCH_P2_COMPONENTS", "200"))
+
+
+def run(options: Options) -> list[Figure]:
+    bare = celery_round_trip(options, concurrency=WORKER_CONCURRENCY)
+    drover = timed(options.runs, lambda: _ms_per_component(options), "time per component", "ms")
+    notes = {"components": COMPONENTS, "worker_concurrency": WORKER_CONCURRENCY}
+    return [Figure(f"p2 chain ({COMPONENTS})", drover, bare, "<= 2", notes)]
+
+
+def _ms_per_component(options: Options) -> float:
+    timeline = chain_timeline(options, COMPONENTS)
+    return between(timeline, "ReleaseAccepted", "ReleaseSucceeded") / COMPONENTS * 1000
+
+
+def chain_timeline(options: Options, count: int) -> list[Envelope]:
+    """The timeline of one chain release of ``count`` components, on fresh processes."""
+    with drover_processes(options, count) as drover:
+        return drover.run_release(drover.release_file(chain(count), "2.0.0"))
