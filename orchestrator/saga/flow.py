@@ -320,15 +320,7 @@ def begin_compensating(
     aborted_by: str | None = None,
 ) -> ReleaseState:
     """Stop going forward: what never started is skipped, and every clock runs again."""
-    not_started = (ComponentStatus.PENDING, ComponentStatus.AWAITING_APPROVAL)
-    components = {
-        name: (
-            component.moved_to(ComponentStatus.SKIPPED)
-            if component.status in not_started
-            else component
-        )
-        for name, component in state.components.items()
-    }
+    components = {name: _stopped(component) for name, component in state.components.items()}
     compensating = state.model_copy(
         update={
             "status": Status.COMPENSATING,
@@ -338,14 +330,17 @@ def begin_compensating(
             "components": components,
         }
     )
-    # A held worker is told by the abort to put its hosts back: it must be heard from.
-    unheld = {
-        n: c.model_copy(update={"held": ""}) for n, c in compensating.components.items() if c.held
-    }
-    compensating = compensating.model_copy(
-        update={"components": {**compensating.components, **unheld}}
-    )
     return rearm_deadlines(compensating, at, fleet)
+
+
+def _stopped(component: ComponentState) -> ComponentState:
+    """A component once the release stops going forward."""
+    if component.status in (ComponentStatus.PENDING, ComponentStatus.AWAITING_APPROVAL):
+        return component.moved_to(ComponentStatus.SKIPPED)
+    if component.held:
+        # A held worker is told by the abort to put its hosts back: it must be heard from.
+        return component.model_copy(update={"held": ""})
+    return component
 
 
 def _continue_compensating(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
