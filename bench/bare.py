@@ -45,9 +45,9 @@ from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
-from bench.drover_run import WORKER_CONCURRENCY, forget_keys
 from bench.measure import Figure, Runs, timed
 from bench.options import Options
+from bench.processes import WORKER_CONCURRENCY, forget_keys
 from orchestrator.bus import transport_options
 from workers.app import create_celery
 

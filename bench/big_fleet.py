@@ -32,21 +32,13 @@ from __future__ import annotations
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Final
 
 from bench.measure import Figure, Runs
 from bench.options import Options
-from bench.processes import (
-    cluster,
-    env_sizes,
-    release_seconds,
-    service_names,
-    wait_until_ended,
-    write_release,
-)
+from bench.processes import cluster, service_names, span_seconds, write_release
 
 __all__ = ["run"]
 
@@ -73,7 +65,7 @@ class Measured:
 
 
 def run(options: Options) -> list[Figure]:
-    sizes = env_sizes("BENCH_P3_HOSTS", [5_000, 10_000, 20_000])
+    sizes = _sizes("BENCH_P3_HOSTS", [5_000, 10_000, 20_000])
     timeout_s = float(os.environ.get("BENCH_P3_TIMEOUT_S", "3600"))
     by_size: dict[int, list[Measured]] = defaultdict(list)
     for index in range(options.runs):
@@ -87,22 +79,24 @@ def run(options: Options) -> list[Figure]:
     return figures
 
 
+def _sizes(variable: str, default: Sequence[int]) -> list[int]:
+    """Sizes from an environment variable such as ``BENCH_P3_HOSTS=5000,10000``."""
+    raw = os.environ.get(variable, "")
+    return [int(part) for part in raw.split(",") if part.strip()] if raw else list(default)
+
+
 def _once(options: Options, hosts: int, timeout_s: float) -> Measured:
     services = service_names(hosts // HOSTS_PER_SERVICE)
     fleet = dict.fromkeys(services, HOSTS_PER_SERVICE)
-    with (
-        cluster(options, "p3", fleet, batch=BATCH, timeouts=TIMEOUTS) as running,
-        TemporaryDirectory(prefix="bench-p3-") as scratch,
-    ):
+    with cluster(options, "p3", fleet, batch=BATCH, timeouts=TIMEOUTS) as running:
         idle_mb = running.peak_memory_mb("coordinator")
-        path = write_release(Path(scratch), "big", services, "2.0.0")
-        [release_id] = running.submit([path])
-        wait_until_ended(running, [release_id], timeout_s, poll_s=1.0)
-        # Read before the processes stop; the timeline is read afterwards, untimed.
+        path = write_release(running.folder, "big", services, "2.0.0")
+        timelines = running.wait_for(running.submit([path]), timeout_s, poll_s=1.0)
+        # Read before the processes stop; reading the timelines (this process's work)
+        # leaves their high-water marks where they were.
         coordinator_mb = running.peak_memory_mb("coordinator")
-        worker_mb = running.peak_memory_mb("worker-0")
-        seconds = release_seconds(running.parts.store.timeline(release_id))
-    return Measured(hosts, seconds, coordinator_mb, idle_mb, worker_mb)
+        worker_mb = running.peak_memory_mb("worker")
+    return Measured(hosts, span_seconds(timelines), coordinator_mb, idle_mb, worker_mb)
 
 
 def _say(index: int, m: Measured) -> None:

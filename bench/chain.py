@@ -15,9 +15,9 @@ import os
 from typing import Final
 
 from bench.bare import celery_round_trip
-from bench.drover_run import WORKER_CONCURRENCY, between, chain, drover_processes
 from bench.measure import Figure, timed
 from bench.options import Options
+from bench.processes import WORKER_CONCURRENCY, cluster, service_names, span_seconds, write_release
 from orchestrator.contract import Envelope
 
 __all__ = ["COMPONENTS", "chain_timeline", "run"]
@@ -34,10 +34,13 @@ def run(options: Options) -> list[Figure]:
 
 def _ms_per_component(options: Options) -> float:
     timeline = chain_timeline(options, COMPONENTS)
-    return between(timeline, "ReleaseAccepted", "ReleaseSucceeded") / COMPONENTS * 1000
+    return span_seconds([timeline], first="ReleaseAccepted") / COMPONENTS * 1000
 
 
 def chain_timeline(options: Options, count: int) -> list[Envelope]:
     """The timeline of one chain release of ``count`` components, on fresh processes."""
-    with drover_processes(options, count) as drover:
-        return drover.run_release(drover.release_file(chain(count), "2.0.0"))
+    services = service_names(count)
+    with cluster(options, "p2", dict.fromkeys(services, 1), batch=1) as running:
+        path = write_release(running.folder, "chain", services, "2.0.0", chained=True)
+        [timeline] = running.wait_for(running.submit([path]))
+    return timeline

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from bench.bare import celery_round_trip
 from bench.chain import COMPONENTS, chain_timeline
-from bench.drover_run import WORKER_CONCURRENCY
 from bench.measure import Figure, Runs
 from bench.options import Options
+from bench.processes import WORKER_CONCURRENCY
 from orchestrator.contract import Envelope
 
 __all__ = ["reaction_times_ms", "run"]

@@ -18,19 +18,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Final
 
 from bench.measure import Figure, Runs
 from bench.options import Options
-from bench.processes import (
-    cluster,
-    service_names,
-    span_seconds,
-    wait_until_ended,
-    write_release,
-)
+from bench.processes import cluster, service_names, span_seconds, write_release
 
 __all__ = ["run"]
 
@@ -79,12 +71,10 @@ def _wide_rate(options: Options, services: list[str]) -> float:
 def _rate(options: Options, tag: str, services: list[str], groups: list[list[str]]) -> float:
     """Components per second for ``groups`` (one release each) submitted together."""
     fleet = dict.fromkeys(services, 1)
-    with cluster(options, tag, fleet, batch=1) as running, TemporaryDirectory() as scratch:
+    with cluster(options, tag, fleet, batch=1) as running:
         # Written and read before the clock starts: only the submissions themselves count.
         paths = [
-            write_release(Path(scratch), f"r{i}", group, "2.0.0") for i, group in enumerate(groups)
+            write_release(running.folder, f"r{i}", group, "2.0.0") for i, group in enumerate(groups)
         ]
-        ids = running.submit(paths)
-        wait_until_ended(running, ids, TIMEOUT_S)
-        seconds = span_seconds([running.parts.store.timeline(i) for i in ids])
-    return len(services) / seconds
+        timelines = running.wait_for(running.submit(paths), TIMEOUT_S)
+    return len(services) / span_seconds(timelines)

@@ -16,9 +16,9 @@ import os
 from typing import Final
 
 from bench.bare import CELERY_TASKS, celery_noop_rate
-from bench.drover_run import WORKER_CONCURRENCY, between, drover_processes, independent
 from bench.measure import Figure, timed
 from bench.options import Options
+from bench.processes import WORKER_CONCURRENCY, cluster, service_names, span_seconds, write_release
 
 __all__ = ["COMPONENTS", "components_per_second", "run"]
 
@@ -43,6 +43,8 @@ def run(options: Options) -> list[Figure]:
 
 
 def components_per_second(options: Options, count: int) -> float:
-    with drover_processes(options, count) as drover:
-        timeline = drover.run_release(drover.release_file(independent(count), "2.0.0"))
-    return count / between(timeline, "ReleaseAccepted", "ReleaseSucceeded")
+    services = service_names(count)
+    with cluster(options, "p1", dict.fromkeys(services, 1), batch=1) as running:
+        path = write_release(running.folder, "wide", services, "2.0.0")
+        timelines = running.wait_for(running.submit([path]))
+    return count / span_seconds(timelines, first="ReleaseAccepted")
