@@ -5,6 +5,11 @@ outgoing messages (the outbox) and the timeline in one atomic store operation, a
 message, and only then publish the outbox. A crash anywhere leaves either nothing done
 (the message is delivered again) or a committed step whose outbox the relay publishes
 on the next start. A message seen before is recognised by the store and changes nothing.
+
+The coordinator remembers the releases it committed (:class:`KnownReleases`) and decides
+on that copy instead of loading and parsing the release for every report; the copy is
+only a guess at the stored revision, which every commit checks, so a release another
+coordinator moved on is loaded again (a CONFLICT) and nothing is decided on a stale copy.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -40,6 +46,7 @@ from orchestrator.store import (
     DeadLetter,
     KeepWake,
     Store,
+    StoredRelease,
     StoreUnavailable,
 )
 
@@ -50,6 +57,9 @@ log = get_logger(__name__)
 COORDINATOR_ACTOR: Final = "drover-coordinator"
 _MAX_CONFLICT_RETRIES: Final = 20
 _STORE_RETRY_S: Final = 1.0
+# Releases whose last committed state the coordinator keeps: more than run at once on any
+# fleet we know; the least recently used is forgotten first, and loaded again if needed.
+_KNOWN_RELEASES: Final = 1000
 
 
 def _wake_time(state: ReleaseState) -> datetime | None:
@@ -61,6 +71,34 @@ def _wake_time(state: ReleaseState) -> datetime | None:
     return state.next_deadline
 
 
+class KnownReleases:
+    """The releases this coordinator last committed or loaded, most recently used last."""
+
+    def __init__(self, store: Store, capacity: int = _KNOWN_RELEASES) -> None:
+        self._store = store
+        self._capacity = capacity
+        self._releases: OrderedDict[str, StoredRelease] = OrderedDict()
+
+    def get(self, release_id: str) -> StoredRelease | None:
+        """The release as last seen here, loaded from the store if it is not known."""
+        known = self._releases.get(release_id)
+        if known is None:
+            known = self._store.load(release_id)
+            if known is None:
+                return None
+        self.remember(release_id, known)
+        return known
+
+    def remember(self, release_id: str, stored: StoredRelease) -> None:
+        self._releases[release_id] = stored
+        self._releases.move_to_end(release_id)
+        if len(self._releases) > self._capacity:
+            self._releases.popitem(last=False)
+
+    def forget(self, release_id: str) -> None:
+        self._releases.pop(release_id, None)
+
+
 class Coordinator:
     def __init__(
         self, store: Store, bus: Bus, fleet: Fleet, crash_points: CrashPoints | None = None
@@ -69,6 +107,10 @@ class Coordinator:
         self._bus = bus
         self._fleet = fleet
         self._crash = crash_points or CrashPoints()
+        self._known = KnownReleases(store)
+        # Set by a commit that added to the outbox: only then has the relay work to do
+        # (the tick relays regardless, for what a crashed run left behind).
+        self._outbox_grew = False
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Consume commands and events until ``stop`` is set."""
@@ -99,7 +141,8 @@ class Coordinator:
             delivery.ack()
             return
         delivery.ack()
-        self._relay_safely()
+        if self._outbox_grew:
+            self._relay_safely()
 
     def _relay_safely(self) -> None:
         # What is not published now stays in the outbox; the next tick tries again.
@@ -143,7 +186,7 @@ class Coordinator:
     def _decide_and_commit(self, message: Envelope) -> ReleaseState | None:
         """The release as committed after ``message``; None if nothing was committed."""
         for _ in range(_MAX_CONFLICT_RETRIES):
-            stored = self._store.load(message.release_id)
+            stored = self._known.get(message.release_id)
             if stored is not None and isinstance(message.payload, SubmitRelease):
                 self._refuse_reused_id(message)
                 return None
@@ -152,11 +195,14 @@ class Coordinator:
             if decision.state is None:
                 log.warning("message for a release this store does not know; ignored")
                 return None
-            result = self._commit(message, decision, stored.revision if stored else 0, before)
+            revision = stored.revision if stored else 0
+            result = self._commit(message, decision, revision, before)
             if result is CommitResult.CONFLICT:
+                self._known.forget(message.release_id)
                 continue
             if result is CommitResult.DUPLICATE or decision.state == before:
                 return None
+            self._known.remember(message.release_id, StoredRelease(decision.state, revision + 1))
             self._crash.reached("coordinator.after_commit", decision.state.status)
             log.info("release advanced", state=decision.state.status)
             return decision.state
@@ -177,7 +223,7 @@ class Coordinator:
             log.warning("store unavailable; wake-ups wait", error=str(exc))
 
     def _wake(self, release_id: str) -> None:
-        stored = self._store.load(release_id)
+        stored = self._known.get(release_id)
         if stored is None:
             return
         state = stored.state
@@ -206,12 +252,12 @@ class Coordinator:
             self._start(waiting)
         # Ids of a release's own messages carry its attempt: a retried release queues,
         # starts and frees its locks again, and none of that is a duplicate of the first.
-        stored = self._store.load(release_id)
+        stored = self._known.get(release_id)
         attempt = stored.state.attempt if stored else 1
         self._note(release_id, derived_id(release_id, f"locks-freed/{attempt}"), wake_at=None)
 
     def _start(self, release_id: str) -> None:
-        stored = self._store.load(release_id)
+        stored = self._known.get(release_id)
         if stored is not None:
             start = self._own(StartRelease(), release_id, f"start/{stored.state.attempt}")
             self.process(start)
@@ -224,10 +270,11 @@ class Coordinator:
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         """Commit what the shell learned without deciding: the state stays as it is."""
+        self._outbox_grew |= bool(messages)
         return self._store.commit(
             release_id,
             message_id=message_id,
-            expected_revision=0,
+            expected_revision=None,
             state=None,
             outbox=messages,
             timeline=messages,
@@ -268,6 +315,7 @@ class Coordinator:
             for index, payload in enumerate(decision.outgoing)
         ]
         changed = decision.state != before
+        self._outbox_grew |= bool(outgoing)
         return self._store.commit(
             message.release_id,
             message_id=message.id,
@@ -276,18 +324,26 @@ class Coordinator:
             outbox=outgoing,
             timeline=[message, *outgoing],
             wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
+            changed_components=_changed_components(before, decision.state),
         )
 
     def relay(self) -> None:
         """Publish every committed message not yet published, oldest first."""
+        self._outbox_grew = False
         while True:
             pending = self._store.pending_outbox()
             if not pending:
                 return
-            for message in pending:
-                self._bus.publish(message)
-                self._crash.reached("coordinator.after_publish")
-                self._store.mark_published([message.id])
+            published: list[str] = []
+            try:
+                for message in pending:
+                    self._bus.publish(message)
+                    published.append(message.id)
+                    self._crash.reached("coordinator.after_publish")
+            finally:
+                # A crash before this publishes those again on the next start: the
+                # receivers' seen sets make that harmless.
+                self._store.mark_published(published)
 
     def _refuse(self, delivery: Delivery, error: MessageDecodeError) -> None:
         header = error.header
@@ -314,6 +370,7 @@ class Coordinator:
         outgoing = [
             envelope(p, release_id=release_id, actor=COORDINATOR_ACTOR) for p in decision.outgoing
         ]
+        self._outbox_grew = True
         self._store.commit(
             release_id,
             message_id=message_id,
@@ -331,3 +388,17 @@ class Coordinator:
             id=uuid.uuid4().hex, at=datetime.now(UTC), reason=reason, raw=raw, source=source
         )
         self._store.add_dead_letter(letter)
+
+
+def _changed_components(
+    before: ReleaseState | None, after: ReleaseState | None
+) -> list[str] | None:
+    """The components ``after`` changed, by name (None: all of them).
+
+    The saga copies a release with the components it did not touch shared, not copied,
+    so identity tells what changed without comparing a thousand components' fields.
+    """
+    if before is None or after is None:
+        return None
+    was = before.components
+    return [name for name, now in after.components.items() if was.get(name) is not now]

@@ -9,7 +9,7 @@ messages and the timeline, and records the message as processed, all or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
@@ -75,19 +75,25 @@ class Store(Protocol):
         release_id: str,
         *,
         message_id: str,
-        expected_revision: int,
+        expected_revision: int | None,
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
+        changed_components: Collection[str] | None = None,
     ) -> CommitResult:
         """Apply one saga step atomically.
 
         Refused as DUPLICATE if ``message_id`` was already committed for this release,
-        and as CONFLICT if ``state`` is given and the stored revision is not
-        ``expected_revision``. ``state=None`` leaves the state alone (a step report that
-        only adds to the timeline) and skips the revision check. Outbox ids are marked
-        seen under their own envelope's release.
+        and as CONFLICT if ``expected_revision`` is given and the stored revision is not
+        that (0: the release is not stored yet). A decision taken on a state checks its
+        revision even when it changed nothing: on a newer state it might have. A note
+        that decides nothing passes None. ``state=None`` leaves the state alone; a state
+        bumps the revision. Outbox ids are marked seen under their own envelope's release.
+
+        ``changed_components`` names the components of ``state`` that differ from the
+        stored ones; only those are written (None writes them all). The release's own
+        fields are always written with a state.
 
         ``wake_at`` sets when the release next needs the coordinator's attention even
         if no message comes (a deadline): a time sets it, ``None`` clears it, and

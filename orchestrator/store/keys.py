@@ -25,8 +25,13 @@ class Keys:
     # --- one release ---------------------------------------------------------------------
 
     def release(self, release_id: str) -> str:
-        # HASH: "state" -> ReleaseState JSON, "revision" -> int bumped by every state commit
+        # HASH: "state" -> ReleaseState JSON without its components, "revision" -> int
+        # bumped by every state commit
         return f"{self.namespace}:release:{release_id}"
+
+    def components(self, release_id: str) -> str:
+        # HASH: component name -> ComponentState JSON
+        return f"{self.namespace}:release:{release_id}:components"
 
     def seen(self, release_id: str) -> str:
         # SET: ids of messages committed for this release, and of the messages it sent

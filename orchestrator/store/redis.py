@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
@@ -39,24 +39,24 @@ _SOCKET_TIMEOUT_S: Final = 5.0
 _CONNECT_TIMEOUT_S: Final = 5.0
 
 # KEYS: 1 release hash, 2 its seen set, 3 its timeline, 4 release index, 5 outbox sequence,
-#       6 pending outbox ids, 7 outbox bodies, 8 wake index, then the seen set of each
-#       outbox envelope.
-# ARGV: 1 message id, 2 expected revision, 3 "1" when a state is given, 4 state JSON,
-#       5 created_at score, 6 release id, 7 outbox count n, 8 wake action ("keep", "set"
-#       or "clear"), 9 wake score, then n (id, body) pairs, then the timeline bodies.
+#       6 pending outbox ids, 7 outbox bodies, 8 wake index, 9 the release's components,
+#       then the seen set of each outbox envelope.
+# ARGV: 1 message id, 2 expected revision ("" for none), 3 "1" when a state is given,
+#       4 the release's own fields as JSON, 5 created_at score, 6 release id, 7 outbox
+#       count n, 8 wake action ("keep", "set" or "clear"), 9 wake score, 10 component
+#       count m, then m (name, "<place> <JSON>") pairs, then n (id, body) pairs, then the timeline.
 _COMMIT_LUA: Final = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'
 end
-local has_state = ARGV[3] == '1'
-if has_state then
+if ARGV[2] ~= '' then
   local revision = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
   if revision ~= tonumber(ARGV[2]) then
     return 'conflict'
   end
 end
 -- every check is done: from here on the script only writes
-if has_state then
+if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'state', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'revision', 1)
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
@@ -67,15 +67,19 @@ elseif ARGV[8] == 'clear' then
   redis.call('ZREM', KEYS[8], ARGV[6])
 end
 redis.call('SADD', KEYS[2], ARGV[1])
-local outbox_count = tonumber(ARGV[7])
-for i = 1, outbox_count do
-  local id = ARGV[8 + 2 * i]
-  local sequence = redis.call('INCR', KEYS[5])
-  redis.call('ZADD', KEYS[6], sequence, id)
-  redis.call('HSET', KEYS[7], id, ARGV[9 + 2 * i])
-  redis.call('SADD', KEYS[8 + i], id)
+local at = 11
+for _ = 1, tonumber(ARGV[10]) do
+  redis.call('HSET', KEYS[9], ARGV[at], ARGV[at + 1])
+  at = at + 2
 end
-for i = 10 + 2 * outbox_count, #ARGV do
+for i = 1, tonumber(ARGV[7]) do
+  local sequence = redis.call('INCR', KEYS[5])
+  redis.call('ZADD', KEYS[6], sequence, ARGV[at])
+  redis.call('HSET', KEYS[7], ARGV[at], ARGV[at + 1])
+  redis.call('SADD', KEYS[9 + i], ARGV[at])
+  at = at + 2
+end
+for i = at, #ARGV do
   redis.call('RPUSH', KEYS[3], ARGV[i])
 end
 return 'committed'
@@ -226,24 +230,26 @@ class RedisStore:
     # --- the saga ---------------------------------------------------------------------
 
     def load(self, release_id: str) -> StoredRelease | None:
-        with _translated():
-            state, revision = self._client.hmget(
-                self._keys.release(release_id), "state", "revision"
-            )
-        if state is None:
+        with _translated(), self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self._keys.release(release_id), "state", "revision")
+            pipe.hvals(self._keys.components(release_id))
+            (fields, revision), components = pipe.execute()
+        if fields is None:
             return None
-        return StoredRelease(ReleaseState.model_validate_json(state), int(revision or 0))
+        state = shared.state_from_record(fields, map(_placed, components))
+        return StoredRelease(state, int(revision or 0))
 
     def commit(
         self,
         release_id: str,
         *,
         message_id: str,
-        expected_revision: int,
+        expected_revision: int | None,
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
+        changed_components: Collection[str] | None = None,
     ) -> CommitResult:
         keys = [
             self._keys.release(release_id),
@@ -254,17 +260,26 @@ class RedisStore:
             self._keys.outbox_pending,
             self._keys.outbox_bodies,
             self._keys.wake_index,
+            self._keys.components(release_id),
             # an outbox message is seen by the release it names, where it will come back
             *(self._keys.seen(message.release_id) for message in outbox),
         ]
+        fields, components = (
+            ("", []) if state is None else shared.release_record(state, changed_components)
+        )
         args: list[str | bytes | int | float] = [
             message_id,
-            expected_revision,
-            *_state_args(state),
+            "" if expected_revision is None else expected_revision,
+            "0" if state is None else "1",
+            fields,
+            0.0 if state is None else state.created_at.timestamp(),
             release_id,
             len(outbox),
             *_wake_args(wake_at),
+            len(components),
         ]
+        for name, place, component in components:
+            args += [name, f"{place} {component}"]
         for message in outbox:
             args += [message.id, message.encode()]
         args += [message.encode() for message in timeline]
@@ -313,8 +328,14 @@ class RedisStore:
             with self._client.pipeline(transaction=False) as pipe:
                 for release_id in ids:
                     pipe.hget(self._keys.release(_text(release_id)), "state")
-                states = pipe.execute()
-        return [ReleaseState.model_validate_json(s) for s in states if s is not None]
+                    pipe.hvals(self._keys.components(_text(release_id)))
+                found = pipe.execute()
+        records = zip(found[::2], found[1::2], strict=True)
+        return [
+            shared.state_from_record(fields, map(_placed, components))
+            for fields, components in records
+            if fields
+        ]
 
     # --- the fleet's record -------------------------------------------------------------
 
@@ -519,11 +540,10 @@ class RedisStore:
         self._client.close()
 
 
-def _state_args(state: ReleaseState | None) -> list[str | float]:
-    """The script's "has state", state JSON and created_at score arguments."""
-    if state is None:
-        return ["0", "", 0.0]
-    return ["1", state.model_dump_json(), state.created_at.timestamp()]
+def _placed(component: object) -> tuple[int, bytes]:
+    """A component's place and JSON from its stored value, "<place> <JSON>"."""
+    place, _, json_ = _bytes(component).partition(b" ")
+    return int(place), json_
 
 
 def _wake_args(wake_at: datetime | KeepWake | None) -> list[str | float]:

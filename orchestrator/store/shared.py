@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Final
 
-__all__ = ["ATTEMPT_COUNT_TTL_S", "epoch_s", "lease_ttl_s", "steps_by_host"]
+from orchestrator.saga import ComponentState, ReleaseState
+
+__all__ = [
+    "ATTEMPT_COUNT_TTL_S",
+    "ReleaseRecord",
+    "epoch_s",
+    "lease_ttl_s",
+    "release_record",
+    "state_from_record",
+    "steps_by_host",
+]
 
 # How long a command's attempt count is kept after its last attempt. A broker gives up
 # redelivering long before this; without a limit the counters would grow forever.
@@ -39,3 +49,31 @@ def steps_by_host(done: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     for host, step in done:
         progress.setdefault(host, []).append(step)
     return progress
+
+
+# A release is kept as its own fields and one record per component, so that a commit
+# writes the components that changed rather than the whole release: a report from one
+# host of a thousand-component release must not cost a thousand components' JSON. Each
+# component keeps its place in the release, which a store's own order would lose.
+ComponentRecord = tuple[str, int, str]  # (name, place in the release, ComponentState JSON)
+ReleaseRecord = tuple[str, list[ComponentRecord]]  # (the release's own fields, components)
+
+
+def release_record(state: ReleaseState, changed: Collection[str] | None) -> ReleaseRecord:
+    """The JSON to write for ``state``: its own fields, and the ``changed`` components
+    (all of them when ``changed`` is None)."""
+    places = {name: place for place, name in enumerate(state.components)}
+    names = state.components.keys() if changed is None else changed
+    components = [(name, places[name], state.components[name].model_dump_json()) for name in names]
+    return state.model_dump_json(exclude={"components"}), components
+
+
+def state_from_record(
+    fields: str | bytes, components: Iterable[tuple[int, str | bytes]]
+) -> ReleaseState:
+    """The release a :func:`release_record` wrote, from its fields and (place, JSON) of
+    each component, put back together in the release's order."""
+    ordered = sorted(components, key=lambda component: component[0])
+    parsed = (ComponentState.model_validate_json(json) for _, json in ordered)
+    release = ReleaseState.model_validate_json(fields)
+    return release.model_copy(update={"components": {c.name: c for c in parsed}})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +39,8 @@ _BUSY_TIMEOUT_S: Final = 30.0
 _WAL_RETRY_S: Final = 0.01
 
 _SCHEMA: Final = (
-    # one row per release: its state and the revision its commits compare and set
+    # one row per release: its own fields (without its components) and the revision its
+    # commits compare and set
     """CREATE TABLE IF NOT EXISTS releases (
         id TEXT PRIMARY KEY,
         state TEXT NOT NULL,
@@ -47,6 +48,14 @@ _SCHEMA: Final = (
         created_at REAL NOT NULL  -- epoch seconds: the same sort key as Redis's index
     )""",
     "CREATE INDEX IF NOT EXISTS releases_newest ON releases (created_at DESC, id DESC)",
+    # one row per component of a release, written only when it changes
+    """CREATE TABLE IF NOT EXISTS components (
+        release_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        place INTEGER NOT NULL,  -- its place in the release's order
+        state TEXT NOT NULL,
+        PRIMARY KEY (release_id, name)
+    ) WITHOUT ROWID""",
     # ids of messages committed for a release, and of the messages it sent
     """CREATE TABLE IF NOT EXISTS seen (
         release_id TEXT NOT NULL,
@@ -184,28 +193,32 @@ class SqliteStore:
             row = db.execute(
                 "SELECT state, revision FROM releases WHERE id = ?", (release_id,)
             ).fetchone()
+            components = _components(db, release_id) if row else []
         if row is None:
             return None
-        return StoredRelease(ReleaseState.model_validate_json(row[0]), row[1])
+        return StoredRelease(shared.state_from_record(row[0], components), row[1])
 
     def commit(
         self,
         release_id: str,
         *,
         message_id: str,
-        expected_revision: int,
+        expected_revision: int | None,
         state: ReleaseState | None,
         outbox: Sequence[Envelope],
         timeline: Sequence[Envelope],
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
+        changed_components: Collection[str] | None = None,
     ) -> CommitResult:
         with self._write() as db:
             if _is_seen(db, release_id, message_id):
                 return CommitResult.DUPLICATE
+            revision = _revision(db, release_id)
+            if expected_revision is not None and revision != expected_revision:
+                return CommitResult.CONFLICT
             if state is not None:
-                if _revision(db, release_id) != expected_revision:
-                    return CommitResult.CONFLICT
-                _save_state(db, release_id, state, expected_revision + 1)
+                record = shared.release_record(state, changed_components)
+                _save_state(db, release_id, record, state.created_at, revision + 1)
             _append(db, release_id, message_id, outbox, timeline)
             _set_wake(db, release_id, wake_at)
         return CommitResult.COMMITTED
@@ -245,9 +258,10 @@ class SqliteStore:
             return []
         with self._read() as db:
             rows = db.execute(
-                "SELECT state FROM releases ORDER BY created_at DESC, id DESC LIMIT ?", (limit,)
+                "SELECT id, state FROM releases ORDER BY created_at DESC, id DESC LIMIT ?",
+                (limit,),
             ).fetchall()
-        return [ReleaseState.model_validate_json(state) for (state,) in rows]
+            return [shared.state_from_record(fields, _components(db, id_)) for id_, fields in rows]
 
     # --- the fleet's record -------------------------------------------------------------
 
@@ -624,14 +638,29 @@ def _revision(db: sqlite3.Connection, release_id: str) -> int:
 
 
 def _save_state(
-    db: sqlite3.Connection, release_id: str, state: ReleaseState, revision: int
+    db: sqlite3.Connection,
+    release_id: str,
+    record: shared.ReleaseRecord,
+    created_at: datetime,
+    revision: int,
 ) -> None:
+    fields, components = record
     db.execute(
         "INSERT INTO releases (id, state, revision, created_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
         " revision = excluded.revision, created_at = excluded.created_at",
-        (release_id, state.model_dump_json(), revision, state.created_at.timestamp()),
+        (release_id, fields, revision, created_at.timestamp()),
     )
+    db.executemany(
+        "INSERT INTO components (release_id, name, place, state) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (release_id, name) DO UPDATE SET state = excluded.state",
+        [(release_id, name, place, component) for name, place, component in components],
+    )
+
+
+def _components(db: sqlite3.Connection, release_id: str) -> list[tuple[int, str]]:
+    rows = db.execute("SELECT place, state FROM components WHERE release_id = ?", (release_id,))
+    return [(place, state) for place, state in rows]
 
 
 def _append(

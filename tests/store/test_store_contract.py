@@ -115,11 +115,12 @@ def _commit(
     release_id: str = "r1",
     *,
     message_id: str,
-    expected: int = 0,
+    expected: int | None = None,
     state: ReleaseState | None = None,
     outbox: Sequence[Envelope] = (),
     timeline: Sequence[Envelope] = (),
     wake_at: datetime | KeepWake | None = KEEP_WAKE,
+    changed_components: Sequence[str] | None = None,
 ) -> CommitResult:
     return store.commit(
         release_id,
@@ -129,6 +130,7 @@ def _commit(
         outbox=outbox,
         timeline=timeline,
         wake_at=wake_at,
+        changed_components=changed_components,
     )
 
 
@@ -235,8 +237,7 @@ def test_a_commit_without_state_adds_to_the_timeline_and_marks_seen(store: Store
     _commit(store, message_id="m1", state=_state())
     report = _report()
 
-    # no revision check: whatever revision the caller names
-    result = _commit(store, message_id=report.id, expected=42, state=None, timeline=[report])
+    result = _commit(store, message_id=report.id, expected=1, state=None, timeline=[report])
 
     assert result is CommitResult.COMMITTED
     stored = store.load("r1")
@@ -244,6 +245,43 @@ def test_a_commit_without_state_adds_to_the_timeline_and_marks_seen(store: Store
     assert (stored.state, stored.revision) == (_state(), 1)
     assert store.timeline("r1") == [report]
     assert _commit(store, message_id=report.id, state=None) is CommitResult.DUPLICATE
+
+
+def test_a_decision_that_changed_nothing_on_a_stale_state_is_a_conflict(store: Store) -> None:
+    # On the newer state the same message might have changed something: it must be
+    # decided again, not recorded as done.
+    _commit(store, message_id="m1", state=_state())
+    _commit(store, message_id="m2", expected=1, state=_state(status=ReleaseStatus.PAUSED))
+    report = _report()
+
+    result = _commit(store, message_id=report.id, expected=1, state=None, timeline=[report])
+
+    assert result is CommitResult.CONFLICT
+    assert store.timeline("r1") == []
+    # a note that decides nothing names no revision, and is never refused for one
+    assert _commit(store, message_id=report.id, state=None, timeline=[report]) is (
+        CommitResult.COMMITTED
+    )
+
+
+def test_a_commit_writes_the_components_it_names_and_keeps_their_order(store: Store) -> None:
+    first = _state()
+    api = first.components["api"]
+    names = ["web", "db", "api", "cache"]
+    components = {name: api.model_copy(update={"service": name}) for name in names}
+    _commit(store, message_id="m1", state=first.model_copy(update={"components": components}))
+    moved = components["db"].model_copy(update={"status": ComponentStatus.ROLLING_BACK})
+    later = first.model_copy(
+        update={"components": {**components, "db": moved}, "status": ReleaseStatus.COMPENSATING}
+    )
+
+    _commit(store, message_id="m2", expected=1, state=later, changed_components=["db"])
+
+    stored = store.load("r1")
+    assert stored is not None
+    assert stored.state == later
+    assert list(stored.state.components) == names
+    assert store.releases() == [later]
 
 
 def test_pending_outbox_is_in_commit_order_across_releases(store: Store) -> None:
