@@ -140,6 +140,7 @@ class Delivery:
     queue: str
     ack: Callable[[], None]
     requeue: Callable[[], None]
+    sent_at: float | None = None  # epoch seconds, from the publisher's drover_sent_at header
 
 
 class Bus:
@@ -243,10 +244,14 @@ class Bus:
         prefetch: int = 16,
         on_ready: Callable[[], None] | None = None,
         tick: Callable[[], None] | None = None,
+        on_idle: Callable[[float], None] | None = None,
     ) -> None:
         """Deliver messages to ``handle`` until ``stop`` is set, reconnecting as needed.
 
-        ``tick`` is called about once a second while consuming, for periodic work.
+        ``tick`` is called about once a second while consuming, for periodic work;
+        ``on_idle(started)`` whenever a wait for messages that began at ``started``
+        (epoch seconds) brought none: every message sent to the queues before then has
+        been handed to ``handle``.
         """
         consumer = _Consumer(
             self._connection.clone(),
@@ -256,6 +261,7 @@ class Bus:
             prefetch=prefetch,
             on_ready=on_ready,
             tick=tick,
+            on_idle=on_idle,
         )
         try:
             consumer.run()
@@ -329,6 +335,11 @@ def _headers(message: Envelope) -> dict[str, Any]:
     }
 
 
+def _sent_at(headers: object) -> float | None:
+    sent_at = headers.get("drover_sent_at") if isinstance(headers, dict) else None
+    return float(sent_at) if isinstance(sent_at, int | float) else None
+
+
 class _Consumer(ConsumerMixin):
     def __init__(
         self,
@@ -340,10 +351,17 @@ class _Consumer(ConsumerMixin):
         prefetch: int,
         on_ready: Callable[[], None] | None,
         tick: Callable[[], None] | None,
+        on_idle: Callable[[float], None] | None,
     ):
         self.connection = connection
         self._tick = tick
         self._next_tick = 0.0
+        self._on_idle = on_idle
+        # The mixin calls on_iteration before each wait for messages: a wait that handed
+        # over no message between two calls timed out on empty queues.
+        self._waited = False
+        self._handled = False
+        self._wait_started = 0.0
         self._queues = queues
         self._handle = handle
         self._stop = stop
@@ -375,6 +393,7 @@ class _Consumer(ConsumerMixin):
         return consumers
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **_: Any) -> None:
+        self._waited = False  # a new connection: no wait on it has ended yet
         if self._on_ready is not None:
             self._on_ready()
 
@@ -382,17 +401,22 @@ class _Consumer(ConsumerMixin):
         log.warning("broker unreachable, retrying", error=str(exc), retry_in_s=interval)
 
     def _on_message(self, queue: str, message: Any) -> None:
+        self._handled = True
         self._handle(
             Delivery(
                 body=message.body if isinstance(message.body, bytes) else message.body.encode(),
                 queue=queue,
                 ack=message.ack,
                 requeue=message.requeue,
+                sent_at=_sent_at(message.headers),
             )
         )
 
     def on_iteration(self) -> None:
         # The mixin's loop comes here after every message and at least once a second.
+        if self._waited and not self._handled and self._on_idle is not None:
+            self._on_idle(self._wait_started)
+        self._waited, self._handled, self._wait_started = True, False, time.time()
         if self._tick is not None and time.monotonic() >= self._next_tick:
             self._next_tick = time.monotonic() + 1.0
             self._tick()

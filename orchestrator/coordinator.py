@@ -71,6 +71,37 @@ def _wake_time(state: ReleaseState) -> datetime | None:
     return state.next_deadline
 
 
+class ReadUpTo:
+    """The moment before which every message sent to the coordinator has been read: the
+    time its deadlines are judged at.
+
+    Judged by the wall clock, a coordinator that falls behind (a backlog, a stalled
+    machine) would time out components whose reports were sent in time and wait unread
+    in its queue; their resends would add to the backlog, and the release would be
+    rolled back for the coordinator's own delay. So a deadline is passed only if no
+    report came by then *as far as the coordinator has read*: up to the latest message
+    it handled while messages keep coming, up to the start of its last wait that found
+    the queues empty. Until it knows either (just started) it judges nothing.
+    """
+
+    def __init__(self) -> None:
+        self._at: float | None = None  # epoch seconds
+
+    def handled(self, sent_at: float | None) -> None:
+        """A message was handled; ``sent_at`` is when it was published, if known."""
+        if sent_at is not None:
+            self._at = sent_at if self._at is None else max(self._at, sent_at)
+
+    def caught_up(self, started: float) -> None:
+        """A wait for messages that began at ``started`` brought none: whatever was sent
+        before then had been read. (Not "until now": the wait may have ended long ago,
+        if this process was stopped since, and messages have come in the meantime.)"""
+        self._at = started if self._at is None else max(self._at, started)
+
+    def moment(self) -> datetime | None:
+        return None if self._at is None else datetime.fromtimestamp(self._at, UTC)
+
+
 class KnownReleases:
     """The releases this coordinator last committed or loaded, most recently used last."""
 
@@ -108,6 +139,7 @@ class Coordinator:
         self._fleet = fleet
         self._crash = crash_points or CrashPoints()
         self._known = KnownReleases(store)
+        self._read_up_to = ReadUpTo()
         # Set by a commit that added to the outbox: only then has the relay work to do
         # (the tick relays regardless, for what a crashed run left behind).
         self._outbox_grew = False
@@ -123,10 +155,12 @@ class Coordinator:
             stop,
             on_ready=on_ready,
             tick=self._tick,
+            on_idle=self._read_up_to.caught_up,
         )
 
     def handle(self, delivery: Delivery) -> None:
         """Settle one delivery; never raises, so one bad message cannot stop the loop."""
+        self._read_up_to.handled(delivery.sent_at)
         try:
             self._handle(delivery)
         except StoreUnavailable as exc:
@@ -213,16 +247,18 @@ class Coordinator:
     def _tick(self) -> None:
         """About once a second: publish what is pending, and wake releases that are due."""
         self._relay_safely()
+        judged_now = self._read_up_to.moment()
         try:
-            now = datetime.now(UTC)
-            for held in expire(self._store, now):
+            for held in expire(self._store, datetime.now(UTC)):
                 log.info("a lock's time is up", lock=lock_key(held.environment, held.service))
-            for release_id in self._store.due(now):
-                self._wake(release_id)
+            if judged_now is None:
+                return
+            for release_id in self._store.due(judged_now):
+                self._wake(release_id, judged_now)
         except StoreUnavailable as exc:
             log.warning("store unavailable; wake-ups wait", error=str(exc))
 
-    def _wake(self, release_id: str) -> None:
+    def _wake(self, release_id: str, now: datetime) -> None:
         stored = self._known.get(release_id)
         if stored is None:
             return
@@ -233,7 +269,6 @@ class Coordinator:
             elif state.status is ReleaseStatus.QUEUED:
                 self._try_to_start(state)
             else:
-                now = datetime.now(UTC)
                 self.process(self._own(CheckDeadlines(now=now), release_id, f"check@{now}"))
 
     def _try_to_start(self, state: ReleaseState) -> None:
