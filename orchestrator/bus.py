@@ -63,6 +63,8 @@ _TASKS: Final[dict[type, str]] = {
 # confirm) on a connection that broke under it can block its thread for good, and the
 # coordinator's one thread with it. A timeout is retried like any connection error.
 _PUBLISH_TIMEOUT_S: Final = 10.0
+# How long a consumer waits for a message before it looks up (ticks, stop requests).
+_WAIT_S: Final = 1.0
 _RETRY_POLICY: Final = {
     "max_retries": 10,
     "interval_start": 0.2,
@@ -249,9 +251,8 @@ class Bus:
         """Deliver messages to ``handle`` until ``stop`` is set, reconnecting as needed.
 
         ``tick`` is called about once a second while consuming, for periodic work;
-        ``on_idle(started)`` whenever a wait for messages that began at ``started``
-        (epoch seconds) brought none: every message sent to the queues before then has
-        been handed to ``handle``.
+        ``on_idle(until)`` whenever a wait for messages brought none: every message sent
+        to the queues before ``until`` (epoch seconds) has been handed to ``handle``.
         """
         consumer = _Consumer(
             self._connection.clone(),
@@ -264,7 +265,7 @@ class Bus:
             on_idle=on_idle,
         )
         try:
-            consumer.run()
+            consumer.run(safety_interval=_WAIT_S)
         finally:
             consumer.connection.release()
 
@@ -414,9 +415,12 @@ class _Consumer(ConsumerMixin):
 
     def on_iteration(self) -> None:
         # The mixin's loop comes here after every message and at least once a second.
+        now = time.time()
         if self._waited and not self._handled and self._on_idle is not None:
-            self._on_idle(self._wait_started)
-        self._waited, self._handled, self._wait_started = True, False, time.time()
+            # The broker listened for us from the wait's start for one wait's time. Not
+            # until now: if this process was stopped since, messages came meanwhile.
+            self._on_idle(min(now, self._wait_started + _WAIT_S))
+        self._waited, self._handled, self._wait_started = True, False, now
         if self._tick is not None and time.monotonic() >= self._next_tick:
             self._next_tick = time.monotonic() + 1.0
             self._tick()

@@ -80,7 +80,7 @@ class ReadUpTo:
     in its queue; their resends would add to the backlog, and the release would be
     rolled back for the coordinator's own delay. So a deadline is passed only if no
     report came by then *as far as the coordinator has read*: up to the latest message
-    it handled while messages keep coming, up to the start of its last wait that found
+    it handled while messages keep coming, up to the end of its last wait that found
     the queues empty. Until it knows either (just started) it judges nothing.
     """
 
@@ -92,11 +92,9 @@ class ReadUpTo:
         if sent_at is not None:
             self._at = sent_at if self._at is None else max(self._at, sent_at)
 
-    def caught_up(self, started: float) -> None:
-        """A wait for messages that began at ``started`` brought none: whatever was sent
-        before then had been read. (Not "until now": the wait may have ended long ago,
-        if this process was stopped since, and messages have come in the meantime.)"""
-        self._at = started if self._at is None else max(self._at, started)
+    def caught_up(self, until: float) -> None:
+        """The queues were found empty: whatever was sent before ``until`` was read."""
+        self._at = until if self._at is None else max(self._at, until)
 
     def moment(self) -> datetime | None:
         return None if self._at is None else datetime.fromtimestamp(self._at, UTC)
