@@ -230,10 +230,12 @@ class ComponentRunner:
         wanted: its rollback (or nothing, or the next attempt) now owns the hosts, and it
         must not touch them again. None: the store does not know the release.
         """
-        stored = self.store.load(command.release_id)
+        name = component_name(command)
+        # Only this component: a worker of a wide release must not read all of them.
+        stored = self.store.load(command.release_id, components=[name])
         if stored is None:
             return None
-        component = stored.state.components.get(component_name(command))
+        component = stored.state.components.get(name)
         if component is None:
             return stored.state
         payload = command.payload

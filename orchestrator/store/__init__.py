@@ -68,7 +68,13 @@ class DeadLetter:
 
 class Store(Protocol):
     # --- the saga ---------------------------------------------------------------------
-    def load(self, release_id: str) -> StoredRelease | None: ...
+    def load(
+        self, release_id: str, components: Collection[str] | None = None
+    ) -> StoredRelease | None:
+        """The release as stored. With ``components``, only those of its components that
+        it has: how a worker reads the one it carries out without parsing a thousand
+        others. Such a partial release is for reading, never for a commit."""
+        ...
 
     def commit(
         self,

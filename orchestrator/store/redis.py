@@ -229,14 +229,21 @@ class RedisStore:
 
     # --- the saga ---------------------------------------------------------------------
 
-    def load(self, release_id: str) -> StoredRelease | None:
+    def load(
+        self, release_id: str, components: Collection[str] | None = None
+    ) -> StoredRelease | None:
+        parts = self._keys.components(release_id)
         with _translated(), self._client.pipeline(transaction=True) as pipe:
             pipe.hmget(self._keys.release(release_id), "state", "revision")
-            pipe.hvals(self._keys.components(release_id))
-            (fields, revision), components = pipe.execute()
+            if components is None:
+                pipe.hvals(parts)
+            elif components:
+                pipe.hmget(parts, list(components))
+            (fields, revision), *found = pipe.execute()
         if fields is None:
             return None
-        state = shared.state_from_record(fields, map(_placed, components))
+        stored = (part for part in (found[0] if found else []) if part is not None)
+        state = shared.state_from_record(fields, map(_placed, stored))
         return StoredRelease(state, int(revision or 0))
 
     def commit(

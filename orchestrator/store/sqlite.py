@@ -188,15 +188,17 @@ class SqliteStore:
 
     # --- the saga ---------------------------------------------------------------------
 
-    def load(self, release_id: str) -> StoredRelease | None:
+    def load(
+        self, release_id: str, components: Collection[str] | None = None
+    ) -> StoredRelease | None:
         with self._read() as db:
             row = db.execute(
                 "SELECT state, revision FROM releases WHERE id = ?", (release_id,)
             ).fetchone()
-            components = _components(db, release_id) if row else []
+            found = _components(db, release_id, components) if row else []
         if row is None:
             return None
-        return StoredRelease(shared.state_from_record(row[0], components), row[1])
+        return StoredRelease(shared.state_from_record(row[0], found), row[1])
 
     def commit(
         self,
@@ -658,8 +660,18 @@ def _save_state(
     )
 
 
-def _components(db: sqlite3.Connection, release_id: str) -> list[tuple[int, str]]:
-    rows = db.execute("SELECT place, state FROM components WHERE release_id = ?", (release_id,))
+def _components(
+    db: sqlite3.Connection, release_id: str, names: Collection[str] | None = None
+) -> list[tuple[int, str]]:
+    """(place, JSON) of a release's components: all of them, or those of ``names``."""
+    query = "SELECT place, state FROM components WHERE release_id = ?"
+    if names is None:
+        rows = db.execute(query, (release_id,))
+    else:
+        chosen = list(names)
+        rows = db.execute(
+            f"{query} AND name IN ({','.join('?' * len(chosen))})", (release_id, *chosen)
+        )
     return [(place, state) for place, state in rows]
 
 

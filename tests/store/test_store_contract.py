@@ -284,6 +284,22 @@ def test_a_commit_writes_the_components_it_names_and_keeps_their_order(store: St
     assert store.releases() == [later]
 
 
+def test_a_release_loads_with_only_the_components_asked_for(store: Store) -> None:
+    api = _state().components["api"]
+    components = {name: api.model_copy(update={"service": name}) for name in ["a", "b", "c"]}
+    _commit(store, message_id="m1", state=_state().model_copy(update={"components": components}))
+
+    some = store.load("r1", components=["c", "a", "nope"])
+    none = store.load("r1", components=[])
+
+    assert some is not None and none is not None
+    assert list(some.state.components) == ["a", "c"]
+    assert some.state.components["c"] == components["c"]
+    assert none.state.components == {}
+    assert (some.revision, none.state.status) == (1, ReleaseStatus.RUNNING)
+    assert store.load("nope", components=["a"]) is None
+
+
 def test_pending_outbox_is_in_commit_order_across_releases(store: Store) -> None:
     first, second, third, fourth = (_deploy(r) for r in ("r2", "r1", "r2", "r1"))
     _commit(store, "r2", message_id="a", state=_state("r2"), outbox=[first])
