@@ -59,10 +59,10 @@ class Client:
         seen = 0
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            state = self.state(release_id)
-            timeline = self._store.timeline(release_id)
-            yield from timeline[seen:]
-            seen = len(timeline)
+            state = self.state(release_id)  # first: what the timeline has then is final
+            new = self._store.timeline(release_id, start=seen)
+            yield from new
+            seen += len(new)
             if state is not None and state.status.is_terminal:
                 return
             time.sleep(poll_s)

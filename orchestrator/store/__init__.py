@@ -118,8 +118,9 @@ class Store(Protocol):
 
     def mark_published(self, message_ids: Sequence[str]) -> None: ...
 
-    def timeline(self, release_id: str) -> list[Envelope]:
-        """Every message of a release in the order the coordinator committed them."""
+    def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
+        """Every message of a release in the order the coordinator committed them, from
+        the ``start``-th on (a follower reads only what it has not seen)."""
         ...
 
     def releases(self, limit: int = 50) -> list[ReleaseState]:

@@ -322,9 +322,9 @@ class RedisStore:
             pipe.hdel(self._keys.outbox_bodies, *message_ids)
             pipe.execute()
 
-    def timeline(self, release_id: str) -> list[Envelope]:
+    def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
         with _translated():
-            bodies = self._client.lrange(self._keys.timeline(release_id), 0, -1)
+            bodies = self._client.lrange(self._keys.timeline(release_id), max(start, 0), -1)
         return [decode(_bytes(body)) for body in bodies]
 
     def releases(self, limit: int = 50) -> list[ReleaseState]:

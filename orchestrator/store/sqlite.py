@@ -248,10 +248,11 @@ class SqliteStore:
         with self._write() as db:
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in message_ids])
 
-    def timeline(self, release_id: str) -> list[Envelope]:
+    def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT body FROM timeline WHERE release_id = ? ORDER BY seq", (release_id,)
+                "SELECT body FROM timeline WHERE release_id = ? ORDER BY seq LIMIT -1 OFFSET ?",
+                (release_id, max(start, 0)),
             ).fetchall()
         return [decode(body) for (body,) in rows]
 

@@ -300,6 +300,16 @@ def test_a_release_loads_with_only_the_components_asked_for(store: Store) -> Non
     assert store.load("nope", components=["a"]) is None
 
 
+def test_a_timeline_reads_from_where_a_follower_left_off(store: Store) -> None:
+    reports = [_report() for _ in range(4)]
+    _commit(store, message_id="m1", state=_state(), timeline=reports[:3])
+    _commit(store, message_id="m2", timeline=reports[3:])
+
+    assert store.timeline("r1", start=2) == reports[2:]
+    assert store.timeline("r1", start=4) == []
+    assert store.timeline("r1", start=0) == store.timeline("r1") == reports
+
+
 def test_pending_outbox_is_in_commit_order_across_releases(store: Store) -> None:
     first, second, third, fourth = (_deploy(r) for r in ("r2", "r1", "r2", "r1"))
     _commit(store, "r2", message_id="a", state=_state("r2"), outbox=[first])
