@@ -7,9 +7,11 @@ Topology, for a namespace ``ns`` (``drover`` unless configured):
   workers: ``DeployComponent`` and ``RollbackComponent`` as Celery tasks.
 * ``ns.events`` — a topic exchange every event is published to with the routing key
   ``<Type>.<release id>``; ``ns.coordinator`` binds all of it, and any other listener
-  can bind what it wants with a queue of its own.
+  can bind what it wants with a queue of its own. A worker's step reports travel in
+  batches under ``Progress.<release id>``.
 
-Every body is the JSON of one :class:`~orchestrator.contract.Envelope`.
+Every body is the JSON of one :class:`~orchestrator.contract.Envelope`, or of a batch
+of them (a JSON array, :func:`~orchestrator.contract.encode_batch`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import functools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -30,7 +32,13 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.mixins import ConsumerMixin
 from kombu.pools import ProducerPool
 
-from orchestrator.contract import DeployComponent, Envelope, RollbackComponent, ToggleFlag
+from orchestrator.contract import (
+    DeployComponent,
+    Envelope,
+    RollbackComponent,
+    ToggleFlag,
+    encode_batch,
+)
 from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
 from orchestrator.settings import redacted
@@ -199,27 +207,53 @@ class Bus:
                     self._publish(message)
         self.metrics.record(message)
 
-    def _publish_late(self, message: Envelope) -> None:
+    def publish_batch(self, events: Sequence[Envelope]) -> None:
+        """Send events of one release as one message (one alone as itself).
+
+        One message on the bus, and one delivery for the coordinator, instead of one
+        each: the cost of a message, not of its size, is what a wide release pays.
+        """
+        if len(events) == 1:
+            self.publish(events[0])
+            return
+        if any(e.is_command or type(e.payload) in _TASKS for e in events):
+            raise ValueError("only events travel in batches")
+        with _broker_errors(self.broker_url):
+            for _ in range(self._drills.copies):
+                if self._drills.reorder_events_ms:
+                    delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
+                    threading.Timer(delay_s, self._publish_late, [events]).start()
+                else:
+                    self._publish(events)
+        for event in events:
+            self.metrics.record(event)
+
+    def _publish_late(self, message: Envelope | Sequence[Envelope]) -> None:
         try:
             self._publish(message)
         except Exception:
             log.exception("a drill's delayed event could not be published")
 
-    def _publish(self, message: Envelope) -> None:
+    def _publish(self, message: Envelope | Sequence[Envelope]) -> None:
         self.declare()
-        if message.is_command:  # the coordinator's: submit, approve, abort, ...
+        if isinstance(message, Envelope):
+            body, headers = message.encode(), _headers(message)
+        else:
+            body, headers = encode_batch(message), _headers(message[0], count=len(message))
+        if isinstance(message, Envelope) and message.is_command:  # submit, approve, ...
             exchange, routing_key = self.topology.commands_exchange, "commands"
         else:
-            exchange, routing_key = self.topology.events_exchange, _event_key(message)
+            exchange = self.topology.events_exchange
+            routing_key = f"{headers['drover_type']}.{headers['drover_release_id']}"
         with self._producers.acquire(block=True) as producer:
             producer.publish(
-                message.encode(),
+                body,
                 exchange=exchange,
                 routing_key=routing_key,
                 content_type="application/json",
                 content_encoding="utf-8",
                 delivery_mode=2,
-                headers=_headers(message),
+                headers=headers,
                 # kombu's virtual transports (Redis, memory) route by the exchange type
                 # this connection has seen declared, and would treat an undeclared topic
                 # exchange as direct and drop the message. Declaring is cached per channel.
@@ -321,19 +355,16 @@ def transport_options(broker_url: str, visibility_timeout_s: float) -> dict[str,
     }
 
 
-def _event_key(message: Envelope) -> str:
-    return f"{message.type}.{message.release_id}"
-
-
-def _headers(message: Envelope) -> dict[str, Any]:
+def _headers(message: Envelope, count: int = 1) -> dict[str, Any]:
     # Carried outside the body so that logs, queue tools and age measurements can read
-    # them without parsing the payload.
-    return {
+    # them without parsing the payload. A batch is named by its first message.
+    headers = {
         "drover_release_id": message.release_id,
         "drover_message_id": message.id,
-        "drover_type": message.type,
+        "drover_type": message.type if count == 1 else "Progress",
         "drover_sent_at": time.time(),
     }
+    return headers if count == 1 else {**headers, "drover_batch": count}
 
 
 def _sent_at(headers: object) -> float | None:

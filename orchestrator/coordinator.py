@@ -31,7 +31,7 @@ from orchestrator.contract import (
     ReleaseQueued,
     StartRelease,
     SubmitRelease,
-    decode,
+    decode_body,
     derived_id,
     envelope,
 )
@@ -185,15 +185,24 @@ class Coordinator:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            message = decode(delivery.body)
+            messages = decode_body(delivery.body)
         except MessageDecodeError as error:
             self._refuse(delivery, error)
             return
+        # A batch is handled message by message, in order; a crash halfway leaves the
+        # first ones committed, and the redelivered batch finds them seen.
+        for message in messages:
+            # Dead-lettered as it came: the body itself, or its part of a batch.
+            raw = delivery.body if len(messages) == 1 else message.encode()
+            self._handle_one(message, raw, delivery.queue)
+
+    def _handle_one(self, message: Envelope, raw: bytes, queue: str) -> None:
         if isinstance(message.payload, StartRelease | CheckDeadlines):
             # The coordinator gives these to itself; from the bus they would let anyone
             # start a release past its locks or time components out early.
             log.warning("coordinator-only command arrived on the bus; dead-lettered")
-            self._dead_letter(delivery, f"{message.type} is the coordinator's own command")
+            reason = f"{message.type} is the coordinator's own command"
+            self._dead_letter_raw(raw, reason, queue)
             return
         with message_context(
             release_id=message.release_id,

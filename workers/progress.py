@@ -50,13 +50,22 @@ class _Runner(Protocol):
 
     def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None: ...
 
+    def publish_batch(self, events: Sequence[Event], command: Envelope) -> None: ...
+
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
         """The release, if the saga still waits for ``command``; raises Superseded if not."""
         ...
 
 
 class ComponentProgress:
-    """Reports steps as events, and answers the rollout's "stop?" and "go on?" questions."""
+    """Reports steps as events, and answers the rollout's "stop?" and "go on?" questions.
+
+    Reports are sent in batches: each is kept until a step starts (its effects come
+    next, and must be on record first), the rollout stops to look at the release or to
+    wait, or the command ends (:meth:`flush`). So the reports made between two steps
+    (a step's success, the hosts it drained, the next step's start) go as one message,
+    and none waits longer than the code between two steps takes.
+    """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
         self._runner = runner
@@ -65,11 +74,19 @@ class ComponentProgress:
         self._service: str = getattr(command.payload, "service", "")
         self._component = component_name(command)
         self._lease = lease
+        self._unsent: list[Event] = []
+
+    def flush(self) -> None:
+        """Send the reports kept so far."""
+        if self._unsent:
+            self._runner.publish_batch(self._unsent, self._command)
+            self._unsent = []
 
     # --- asked by the rollout -------------------------------------------------------------
 
     def should_stop(self) -> str | None:
         """Between stages: why to stop (an abort), or None; waits while a human paused."""
+        self.flush()
         waited = False
         while True:
             state = self._runner.wanted_state(self._command)
@@ -86,6 +103,7 @@ class ComponentProgress:
 
     def hold(self, hold: str, reason: str) -> str | None:
         """Stop for a human: None once the hold is approved, or why to stop instead."""
+        self.flush()
         said_at = 0.0
         while True:
             state = self._runner.wanted_state(self._command)
@@ -173,7 +191,9 @@ class ComponentProgress:
 
     def _say(self, event: Event) -> None:
         self._lease.check()
-        self._runner.publish(event, self._command)
+        self._unsent.append(event)
+        if isinstance(event, StepStarted):
+            self.flush()
 
     def _where(
         self, step: Step, batch: int, hosts: Sequence[str], rollback: bool

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -164,16 +165,22 @@ class ComponentRunner:
             self._finish(command, outcome)
 
     def _body(self, command: Envelope, payload: WorkerCommand, lease: Lease) -> Event:
+        progress = ComponentProgress(self, command, lease)
         work = Work(
             fleet=self._fleet,
             store=self.store,
             command=command,
             key=work_key(command),
-            progress=ComponentProgress(self, command, lease),
+            progress=progress,
             check=lease.check,
             crash=self.crash,
             started=lambda event: self._started(command, event),
         )
+        outcome = self._perform(work, command, payload)
+        progress.flush()  # the last reports before the outcome, which follows them
+        return outcome
+
+    def _perform(self, work: Work, command: Envelope, payload: WorkerCommand) -> Event:
         match payload:
             case DeployComponent():
                 return deploy(work, payload)
@@ -284,6 +291,9 @@ class ComponentRunner:
 
     def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None:
         self._bus.publish(self.message(event, command, purpose))
+
+    def publish_batch(self, events: Sequence[Event], command: Envelope) -> None:
+        self._bus.publish_batch([self.message(event, command) for event in events])
 
 
 def work_key(command: Envelope) -> str:

@@ -69,7 +69,9 @@ __all__ = [
     "Message",
     "MessageDecodeError",
     "decode",
+    "decode_body",
     "derived_id",
+    "encode_batch",
     "envelope",
     "json_schema",
     "problems_from",
@@ -266,21 +268,65 @@ def derived_id(cause: str, purpose: str | int) -> str:
     return uuid.uuid5(uuid.NAMESPACE_OID, f"{cause}/{purpose}").hex
 
 
+def encode_batch(messages: Sequence[Envelope]) -> bytes:
+    """Several events of one release as one body: a JSON array, in the order they were made.
+
+    A worker sends the reports it makes between two effects together (see
+    ``workers.progress``): one message on the bus instead of one each.
+    """
+    if not messages or len({m.release_id for m in messages}) != 1:
+        raise ValueError("a batch holds one or more messages of one release")
+    return b"[" + b",".join(m.encode() for m in messages) + b"]"
+
+
+def decode_body(raw: bytes) -> list[Envelope]:
+    """Read a body off the wire: one message, or a batch (:func:`encode_batch`).
+
+    Raises :class:`MessageDecodeError` if the body, or any message of a batch, is not a
+    valid message; its ``raw`` is then the whole body, so that nothing of it is lost.
+    """
+    data = _json(raw)
+    if not isinstance(data, list):
+        return [_from_data(data, raw)]
+    if not data:
+        raise MessageDecodeError(raw, [Problem(path="", reason="an empty batch")])
+    messages = []
+    for index, item in enumerate(data):
+        try:
+            messages.append(_from_data(item, raw))
+        except MessageDecodeError as error:
+            problems = [
+                Problem(path=f"[{index}].{p.path}".rstrip("."), reason=p.reason)
+                for p in error.problems
+            ]
+            raise MessageDecodeError(raw, problems) from error
+    if len({m.release_id for m in messages}) != 1:
+        problem = Problem(path="", reason="a batch holds messages of more than one release")
+        raise MessageDecodeError(raw, [problem])
+    return messages
+
+
 def decode(raw: bytes | str | Mapping[str, Any]) -> Envelope:
     """Read a message off the wire, or raise :class:`MessageDecodeError` saying why not."""
-    data: Any
     if isinstance(raw, Mapping):
-        data, raw_bytes = raw, json.dumps(raw, default=str).encode()
-    else:
-        raw_bytes = raw if isinstance(raw, bytes) else raw.encode()
-        try:
-            data = json.loads(raw_bytes)
-        except (ValueError, UnicodeDecodeError) as exc:
-            problem = Problem(path="", reason=f"not JSON: {exc}")
-            raise MessageDecodeError(raw_bytes, [problem]) from exc
-        except RecursionError as exc:
-            problem = Problem(path="", reason="JSON nested too deeply")
-            raise MessageDecodeError(raw_bytes, [problem]) from exc
+        return _from_data(raw, json.dumps(raw, default=str).encode())
+    raw_bytes = raw if isinstance(raw, bytes) else raw.encode()
+    return _from_data(_json(raw_bytes), raw_bytes)
+
+
+def _json(raw_bytes: bytes) -> Any:
+    try:
+        return json.loads(raw_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        problem = Problem(path="", reason=f"not JSON: {exc}")
+        raise MessageDecodeError(raw_bytes, [problem]) from exc
+    except RecursionError as exc:
+        problem = Problem(path="", reason="JSON nested too deeply")
+        raise MessageDecodeError(raw_bytes, [problem]) from exc
+
+
+def _from_data(data: Any, raw_bytes: bytes) -> Envelope:
+    """The message ``data`` (parsed JSON) holds; ``raw_bytes`` is what it came in."""
     try:
         header = _Header.model_validate(data)
     except ValidationError as exc:

@@ -29,6 +29,7 @@ from orchestrator.contract import (
     ComponentWaiting,
     DeadlinePassed,
     DeployComponent,
+    Envelope,
     FlagToggled,
     FlagToggleFailed,
     GateJudged,
@@ -58,6 +59,8 @@ from orchestrator.contract import (
     StepSucceeded,
     ToggleFlag,
     decode,
+    decode_body,
+    encode_batch,
     envelope,
     json_schema,
     problems_from,
@@ -676,3 +679,54 @@ def test_schema_checks_nested_payload_models() -> None:
     assert _violations(data, schema, schema) == [
         f"$.payload.components[0].version: '2.0 beta' fails pattern {pattern!r}"
     ]
+
+
+# --- batches: a worker's reports made between two steps travel as one message -----------
+
+
+def _reports(release_id: str = RELEASE_ID) -> list[Envelope]:
+    where = {"environment": "prod", "service": "api", "batch": 1, "hosts": HOSTS}
+    return [
+        event(StepSucceeded(**where, step=Step.DRAIN, duration_ms=3.0), release_id=release_id),
+        event(StepStarted(**where, step=Step.DEPLOY), release_id=release_id),
+    ]
+
+
+def test_a_batch_decodes_to_its_messages_in_order() -> None:
+    reports = _reports()
+
+    assert decode_body(encode_batch(reports)) == reports
+    assert decode_body(reports[0].encode()) == reports[:1]
+
+
+def test_a_batch_with_a_bad_message_is_refused_whole_and_says_which() -> None:
+    good, _ = _reports()
+    bad = json.loads(good.encode())
+    bad["payload"]["step"] = "dance"
+    body = f"[{good.encode().decode()},{json.dumps(bad)}]".encode()
+
+    with pytest.raises(MessageDecodeError) as refused:
+        decode_body(body)
+
+    assert refused.value.raw == body  # nothing of it is lost: the whole body is kept
+    assert refused.value.problems[0].path.startswith("[1].payload.step")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"[]", "an empty batch"), (b"[1]", "")],
+)
+def test_an_empty_or_malformed_batch_is_refused(body: bytes, reason: str) -> None:
+    with pytest.raises(MessageDecodeError) as refused:
+        decode_body(body)
+    assert reason in str(refused.value)
+
+
+def test_a_batch_holds_one_release() -> None:
+    mixed = [_reports("r-1")[0], _reports("r-2")[1]]
+
+    with pytest.raises(ValueError, match="one release"):
+        encode_batch(mixed)
+    body = b"[" + b",".join(m.encode() for m in mixed) + b"]"
+    with pytest.raises(MessageDecodeError, match="more than one release"):
+        decode_body(body)
