@@ -38,6 +38,10 @@ class Lease:
         self._lost = threading.Event()
         self._done = threading.Event()
 
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
     def check(self) -> None:
         """Raise :class:`LeaseLost` if the lease is no longer ours; call before each effect."""
         if self._lost.is_set():

@@ -50,7 +50,9 @@ class _Runner(Protocol):
 
     def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None: ...
 
-    def publish_batch(self, events: Sequence[Event], command: Envelope) -> None: ...
+    def message(self, event: Event, command: Envelope) -> Envelope: ...
+
+    def publish_batch(self, messages: Sequence[Envelope]) -> None: ...
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
         """The release, if the saga still waits for ``command``; raises Superseded if not."""
@@ -61,10 +63,10 @@ class ComponentProgress:
     """Reports steps as events, and answers the rollout's "stop?" and "go on?" questions.
 
     Reports are sent in batches: each is kept until a step starts (its effects come
-    next, and must be on record first), the rollout stops to look at the release or to
-    wait, or the command ends (:meth:`flush`). So the reports made between two steps
-    (a step's success, the hosts it drained, the next step's start) go as one message,
-    and none waits longer than the code between two steps takes.
+    next, and must be on record first), the rollout waits (for a person, or while the
+    release is paused), or the command ends (:meth:`flush`). So the reports made between
+    two steps (a step's success, the hosts it drained, the next step's start) go as one
+    message, and none waits longer than the code between two steps takes.
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
@@ -74,19 +76,22 @@ class ComponentProgress:
         self._service: str = getattr(command.payload, "service", "")
         self._component = component_name(command)
         self._lease = lease
-        self._unsent: list[Event] = []
+        self._unsent: list[Envelope] = []
+
+    def keep(self, message: Envelope) -> None:
+        """Send a message already made (and recorded) with the next batch."""
+        self._unsent.append(message)
 
     def flush(self) -> None:
         """Send the reports kept so far."""
         if self._unsent:
-            self._runner.publish_batch(self._unsent, self._command)
+            self._runner.publish_batch(self._unsent)
             self._unsent = []
 
     # --- asked by the rollout -------------------------------------------------------------
 
     def should_stop(self) -> str | None:
         """Between stages: why to stop (an abort), or None; waits while a human paused."""
-        self.flush()
         waited = False
         while True:
             state = self._runner.wanted_state(self._command)
@@ -98,6 +103,7 @@ class ComponentProgress:
                 return None
             if not waited:
                 log.info("release paused; waiting before the next stage", by=state.paused_by)
+                self.flush()
                 waited = True
             self._wait()
 
@@ -191,7 +197,7 @@ class ComponentProgress:
 
     def _say(self, event: Event) -> None:
         self._lease.check()
-        self._unsent.append(event)
+        self._unsent.append(self._runner.message(event, self._command))
         if isinstance(event, StepStarted):
             self.flush()
 

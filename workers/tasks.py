@@ -174,11 +174,15 @@ class ComponentRunner:
             progress=progress,
             check=lease.check,
             crash=self.crash,
-            started=lambda event: self._started(command, event),
+            started=lambda event: self._started(command, event, progress),
         )
-        outcome = self._perform(work, command, payload)
-        progress.flush()  # the last reports before the outcome, which follows them
-        return outcome
+        try:
+            return self._perform(work, command, payload)
+        finally:
+            # What was said goes out ahead of whatever ends the work, a crash included;
+            # a worker that lost its lease to another says nothing more.
+            if not lease.lost:
+                progress.flush()
 
     def _perform(self, work: Work, command: Envelope, payload: WorkerCommand) -> Event:
         match payload:
@@ -197,7 +201,9 @@ class ComponentRunner:
             case ToggleFlag():
                 return toggle(work, payload)
 
-    def _started(self, command: Envelope, event: ComponentStarted) -> ComponentStarted:
+    def _started(
+        self, command: Envelope, event: ComponentStarted, progress: ComponentProgress
+    ) -> ComponentStarted:
         """What the hosts ran before this command touched them, recorded once.
 
         A worker taking over reads the first worker's record: asking the hosts again
@@ -209,7 +215,7 @@ class ComponentRunner:
             self.store.record_outcome(key, self.message(event, command, purpose="started"))
         recorded = self.store.outcome(key)  # first write wins: read what was kept
         assert recorded is not None and isinstance(recorded.payload, ComponentStarted)
-        self._bus.publish(recorded)
+        progress.keep(recorded)  # with the first step's start, before any effect
         return recorded.payload
 
     def _replayed(self, command: Envelope) -> bool:
@@ -292,8 +298,8 @@ class ComponentRunner:
     def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None:
         self._bus.publish(self.message(event, command, purpose))
 
-    def publish_batch(self, events: Sequence[Event], command: Envelope) -> None:
-        self._bus.publish_batch([self.message(event, command) for event in events])
+    def publish_batch(self, messages: Sequence[Envelope]) -> None:
+        self._bus.publish_batch(messages)
 
 
 def work_key(command: Envelope) -> str:
