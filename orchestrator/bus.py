@@ -196,15 +196,12 @@ class Bus:
 
         Retries while the broker is away, then raises :class:`BrokerUnavailable`.
         """
-        with _broker_errors(self.broker_url):
-            for _ in range(self._drills.copies):
-                if type(message.payload) in _TASKS:
+        if type(message.payload) in _TASKS:
+            with _broker_errors(self.broker_url):
+                for _ in range(self._drills.copies):
                     self._send_task(message)
-                elif self._drills.reorder_events_ms and not message.is_command:
-                    delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
-                    threading.Timer(delay_s, self._publish_late, [message]).start()
-                else:
-                    self._publish(message)
+        else:
+            self._publish_as_drilled(message, event=not message.is_command)
         self.metrics.record(message)
 
     def publish_batch(self, events: Sequence[Envelope]) -> None:
@@ -218,15 +215,19 @@ class Bus:
             return
         if any(e.is_command or type(e.payload) in _TASKS for e in events):
             raise ValueError("only events travel in batches")
-        with _broker_errors(self.broker_url):
-            for _ in range(self._drills.copies):
-                if self._drills.reorder_events_ms:
-                    delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
-                    threading.Timer(delay_s, self._publish_late, [events]).start()
-                else:
-                    self._publish(events)
+        self._publish_as_drilled(events, event=True)
         for event in events:
             self.metrics.record(event)
+
+    def _publish_as_drilled(self, message: Envelope | Sequence[Envelope], *, event: bool) -> None:
+        """Publish as many times as the drills say, events held back by up to their delay."""
+        with _broker_errors(self.broker_url):
+            for _ in range(self._drills.copies):
+                if event and self._drills.reorder_events_ms:
+                    delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
+                    threading.Timer(delay_s, self._publish_late, [message]).start()
+                else:
+                    self._publish(message)
 
     def _publish_late(self, message: Envelope | Sequence[Envelope]) -> None:
         try:
