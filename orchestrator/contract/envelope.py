@@ -279,12 +279,14 @@ def encode_batch(messages: Sequence[Envelope]) -> bytes:
     return b"[" + b",".join(m.encode() for m in messages) + b"]"
 
 
-def decode_body(raw: bytes) -> list[Envelope]:
+def decode_body(body: bytes | str) -> list[Envelope]:
     """Read a body off the wire: one message, or a batch (:func:`encode_batch`).
 
     Raises :class:`MessageDecodeError` if the body, or any message of a batch, is not a
     valid message; its ``raw`` is then the whole body, so that nothing of it is lost.
     """
+    # A client library may hand the body over decoded (kombu over AMQP, for one).
+    raw = body if isinstance(body, bytes) else body.encode()
     data = _json(raw)
     if not isinstance(data, list):
         return [_from_data(data, raw)]

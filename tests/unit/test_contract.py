@@ -697,6 +697,7 @@ def test_a_batch_decodes_to_its_messages_in_order() -> None:
 
     assert decode_body(encode_batch(reports)) == reports
     assert decode_body(reports[0].encode()) == reports[:1]
+    assert decode_body(encode_batch(reports).decode()) == reports  # a body handed over as text
 
 
 def test_a_batch_with_a_bad_message_is_refused_whole_and_says_which() -> None:
