@@ -5,10 +5,12 @@ Topology, for a namespace ``ns`` (``drover`` unless configured):
 * ``ns.commands`` — a queue the coordinator consumes: release submissions.
 * ``ns.svc.<service>`` — one queue per service, consumed by that service's Celery
   workers: ``DeployComponent`` and ``RollbackComponent`` as Celery tasks.
-* ``ns.events`` — a topic exchange every event is published to with the routing key
-  ``<Type>.<release id>``; ``ns.coordinator`` binds all of it, and any other listener
-  can bind what it wants with a queue of its own. A worker's step reports travel in
-  batches under ``Progress.<release id>``.
+* ``ns.events`` — a topic exchange every event the saga decides on or announces is
+  published to with the routing key ``<Type>.<release id>``; ``ns.coordinator`` binds
+  all of it, and any other listener can bind what it wants with a queue of its own.
+* ``ns.progress`` — a topic exchange for the workers' step reports, in batches under
+  ``Progress.<release id>``, for whoever wants them live; no Drover queue binds it (the
+  reports are recorded in the store, where the coordinator reads them when it must).
 
 Every body is the JSON of one :class:`~orchestrator.contract.Envelope`, or of a batch
 of them (a JSON array, :func:`~orchestrator.contract.encode_batch`).
@@ -57,6 +59,8 @@ __all__ = [
 
 log = get_logger(__name__)
 
+# The type in the headers and routing key of a batch of a worker's step reports.
+PROGRESS: Final = "Progress"
 DEPLOY_TASK: Final = "drover.deploy_component"
 ROLLBACK_TASK: Final = "drover.rollback_component"
 TOGGLE_TASK: Final = "drover.toggle_flag"
@@ -103,6 +107,10 @@ class Topology:
     @property
     def events_exchange(self) -> Exchange:
         return Exchange(f"{self.namespace}.events", type="topic", durable=True)
+
+    @property
+    def progress_exchange(self) -> Exchange:
+        return Exchange(f"{self.namespace}.progress", type="topic", durable=True)
 
     @property
     def coordinator_queue(self) -> Queue:
@@ -200,52 +208,54 @@ class Bus:
             with _broker_errors(self.broker_url):
                 for _ in range(self._drills.copies):
                     self._send_task(message)
+        elif message.is_command:  # submit, approve, ...
+            self._publish_as_drilled(message, self.topology.commands_exchange, "commands")
         else:
-            self._publish_as_drilled(message, event=not message.is_command)
+            routing_key = f"{message.type}.{message.release_id}"
+            self._publish_as_drilled(message, self.topology.events_exchange, routing_key)
         self.metrics.record(message)
 
-    def publish_batch(self, events: Sequence[Envelope]) -> None:
-        """Send events of one release as one message (one alone as itself).
-
-        One message on the bus, and one delivery for the coordinator, instead of one
-        each: the cost of a message, not of its size, is what a wide release pays.
-        """
-        if len(events) == 1:
-            self.publish(events[0])
+    def publish_progress(self, reports: Sequence[Envelope]) -> None:
+        """Send a worker's step reports on one release, as one message, to listeners."""
+        if not reports:
             return
-        if any(e.is_command or type(e.payload) in _TASKS for e in events):
-            raise ValueError("only events travel in batches")
-        self._publish_as_drilled(events, event=True)
-        for event in events:
-            self.metrics.record(event)
+        if any(r.is_command for r in reports):
+            raise ValueError("only events are progress reports")
+        routing_key = f"{PROGRESS}.{reports[0].release_id}"
+        self._publish_as_drilled(reports, self.topology.progress_exchange, routing_key)
+        for report in reports:
+            self.metrics.record(report)
 
-    def _publish_as_drilled(self, message: Envelope | Sequence[Envelope], *, event: bool) -> None:
+    def _publish_as_drilled(
+        self, message: Envelope | Sequence[Envelope], exchange: Exchange, routing_key: str
+    ) -> None:
         """Publish as many times as the drills say, events held back by up to their delay."""
+        event = not isinstance(message, Envelope) or not message.is_command
         with _broker_errors(self.broker_url):
             for _ in range(self._drills.copies):
                 if event and self._drills.reorder_events_ms:
                     delay_s = self._jitter.uniform(0, self._drills.reorder_events_ms / 1000)
-                    threading.Timer(delay_s, self._publish_late, [message]).start()
+                    args = [message, exchange, routing_key]
+                    threading.Timer(delay_s, self._publish_late, args).start()
                 else:
-                    self._publish(message)
+                    self._publish(message, exchange, routing_key)
 
-    def _publish_late(self, message: Envelope | Sequence[Envelope]) -> None:
+    def _publish_late(
+        self, message: Envelope | Sequence[Envelope], exchange: Exchange, routing_key: str
+    ) -> None:
         try:
-            self._publish(message)
+            self._publish(message, exchange, routing_key)
         except Exception:
             log.exception("a drill's delayed event could not be published")
 
-    def _publish(self, message: Envelope | Sequence[Envelope]) -> None:
+    def _publish(
+        self, message: Envelope | Sequence[Envelope], exchange: Exchange, routing_key: str
+    ) -> None:
         self.declare()
         if isinstance(message, Envelope):
             body, headers = message.encode(), _headers(message)
         else:
-            body, headers = encode_batch(message), _headers(message[0], count=len(message))
-        if isinstance(message, Envelope) and message.is_command:  # submit, approve, ...
-            exchange, routing_key = self.topology.commands_exchange, "commands"
-        else:
-            exchange = self.topology.events_exchange
-            routing_key = f"{headers['drover_type']}.{headers['drover_release_id']}"
+            body, headers = encode_batch(message), _headers(message[0], batch=len(message))
         with self._producers.acquire(block=True) as producer:
             producer.publish(
                 body,
@@ -356,16 +366,16 @@ def transport_options(broker_url: str, visibility_timeout_s: float) -> dict[str,
     }
 
 
-def _headers(message: Envelope, count: int = 1) -> dict[str, Any]:
+def _headers(message: Envelope, batch: int | None = None) -> dict[str, Any]:
     # Carried outside the body so that logs, queue tools and age measurements can read
     # them without parsing the payload. A batch is named by its first message.
     headers = {
         "drover_release_id": message.release_id,
         "drover_message_id": message.id,
-        "drover_type": message.type if count == 1 else "Progress",
+        "drover_type": message.type if batch is None else PROGRESS,
         "drover_sent_at": time.time(),
     }
-    return headers if count == 1 else {**headers, "drover_batch": count}
+    return headers if batch is None else {**headers, "drover_batch": batch}
 
 
 def _sent_at(headers: object) -> float | None:

@@ -31,7 +31,7 @@ from orchestrator.contract import (
     ReleaseQueued,
     StartRelease,
     SubmitRelease,
-    decode_body,
+    decode,
     derived_id,
     envelope,
 )
@@ -39,7 +39,14 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
 from orchestrator.manual_locks import expire, lock_key
 from orchestrator.observability import get_logger, message_context
-from orchestrator.saga import Decision, ReleaseState, ReleaseStatus, decide, refuse_submission
+from orchestrator.saga import (
+    Decision,
+    ReleaseState,
+    ReleaseStatus,
+    decide,
+    overdue,
+    refuse_submission,
+)
 from orchestrator.store import (
     KEEP_WAKE,
     CommitResult,
@@ -48,6 +55,7 @@ from orchestrator.store import (
     Store,
     StoredRelease,
     StoreUnavailable,
+    awaited_word,
 )
 
 __all__ = ["COORDINATOR_ACTOR", "Coordinator"]
@@ -185,24 +193,16 @@ class Coordinator:
 
     def _handle(self, delivery: Delivery) -> None:
         try:
-            messages = decode_body(delivery.body)
+            message = decode(delivery.body)
         except MessageDecodeError as error:
             self._refuse(delivery, error)
             return
-        # A batch is handled message by message, in order; a crash halfway leaves the
-        # first ones committed, and the redelivered batch finds them seen.
-        for message in messages:
-            # Dead-lettered as it came: the body itself, or its part of a batch.
-            raw = delivery.body if len(messages) == 1 else message.encode()
-            self._handle_one(message, raw, delivery.queue)
-
-    def _handle_one(self, message: Envelope, raw: bytes, queue: str) -> None:
         if isinstance(message.payload, StartRelease | CheckDeadlines):
             # The coordinator gives these to itself; from the bus they would let anyone
-            # start a release past its locks or time components out early.
+            # start a release past its locks, or time components out early (or keep them
+            # alive with last words nobody said).
             log.warning("coordinator-only command arrived on the bus; dead-lettered")
-            reason = f"{message.type} is the coordinator's own command"
-            self._dead_letter_raw(raw, reason, queue)
+            self._dead_letter(delivery, f"{message.type} is the coordinator's own command")
             return
         with message_context(
             release_id=message.release_id,
@@ -276,7 +276,19 @@ class Coordinator:
             elif state.status is ReleaseStatus.QUEUED:
                 self._try_to_start(state)
             else:
-                self.process(self._own(CheckDeadlines(now=now), release_id, f"check@{now}"))
+                check = CheckDeadlines(now=now, last_words=self._last_words(state, now))
+                self.process(self._own(check, release_id, f"check@{now}"))
+
+    def _last_words(self, state: ReleaseState, now: datetime) -> dict[str, datetime]:
+        """When the workers of the components overdue by ``now`` last reported.
+
+        Their reports go to the store, not to the coordinator: read only now, when a
+        deadline has come, instead of deciding on every step of every component.
+        """
+        words = {awaited_word(c): c.name for c in overdue(state, now)}
+        if not words:
+            return {}
+        return {words[w]: at for w, at in self._store.last_words(state.id, words).items()}
 
     def _try_to_start(self, state: ReleaseState) -> None:
         """Start the release if it holds all its locks; otherwise say what it waits for."""

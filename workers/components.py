@@ -147,8 +147,8 @@ def roll_back_component(
     """Undo a deployed component: hosts back to their versions, or blue/green switched back."""
     service = work.service(payload.environment, payload.service)
     strategy = payload.strategy or service.strategy
-    # The saga sends no versions when the component timed out before its ComponentStarted
-    # reached it; the deploying worker recorded them all the same.
+    # The saga sends no versions for a component that timed out (only an outcome carries
+    # them to it); the deploying worker recorded them before its first effect.
     to_versions = payload.to_versions or (before.previous_versions if before else {})
     if before is None and not payload.to_versions:
         return ComponentRolledBack(

@@ -52,7 +52,7 @@ class _Runner(Protocol):
 
     def message(self, event: Event, command: Envelope) -> Envelope: ...
 
-    def publish_batch(self, messages: Sequence[Envelope]) -> None: ...
+    def report(self, reports: Sequence[Envelope], command: Envelope) -> None: ...
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
         """The release, if the saga still waits for ``command``; raises Superseded if not."""
@@ -62,11 +62,13 @@ class _Runner(Protocol):
 class ComponentProgress:
     """Reports steps as events, and answers the rollout's "stop?" and "go on?" questions.
 
-    Reports are sent in batches: each is kept until a step starts (its effects come
-    next, and must be on record first), the rollout waits (for a person, or while the
-    release is paused), or the command ends (:meth:`flush`). So the reports made between
-    two steps (a step's success, the hosts it drained, the next step's start) go as one
-    message, and none waits longer than the code between two steps takes.
+    Reports are recorded in batches (the release's timeline and the time of the
+    worker's last word, in the store; then published for listeners): each is kept
+    until a step starts (its effects come next, and must be on record first), the
+    rollout waits (for a person, or while the release is paused), or the command ends
+    (:meth:`flush`). So the reports made between two steps (a step's success, the hosts
+    it drained, the next step's start) are one write, and none waits longer than the
+    code between two steps takes.
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
@@ -85,7 +87,7 @@ class ComponentProgress:
     def flush(self) -> None:
         """Send the reports kept so far."""
         if self._unsent:
-            self._runner.publish_batch(self._unsent)
+            self._runner.report(self._unsent, self._command)
             self._unsent = []
 
     # --- asked by the rollout -------------------------------------------------------------

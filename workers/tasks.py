@@ -42,7 +42,7 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
-from orchestrator.store import DeadLetter, Store, StoreUnavailable
+from orchestrator.store import DeadLetter, Store, StoreUnavailable, word_key
 from workers.components import Work, deploy, roll_back_component, started_key, toggle
 from workers.leases import Lease, LeaseLost, held
 from workers.progress import ComponentProgress, Superseded, component_name
@@ -122,12 +122,17 @@ class ComponentRunner:
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
             finished=lambda: self.store.outcome(work_key(command)) is not None,
-            waiting=lambda holder: self.publish(
-                ComponentWaiting(
-                    environment=payload.environment,
-                    service=payload.service,
-                    holder=holder or "?",
-                ),
+            waiting=lambda holder: self.report(
+                [
+                    self.message(
+                        ComponentWaiting(
+                            environment=payload.environment,
+                            service=payload.service,
+                            holder=holder or "?",
+                        ),
+                        command,
+                    )
+                ],
                 command,
             ),
             # Word well within the step deadline, or the coordinator would give up on us.
@@ -252,8 +257,7 @@ class ComponentRunner:
         if component is None:
             return stored.state
         payload = command.payload
-        undoing = isinstance(payload, RollbackComponent) or getattr(payload, "undo", False)
-        in_flight = ComponentStatus.ROLLING_BACK if undoing else ComponentStatus.DEPLOYING
+        in_flight = ComponentStatus.ROLLING_BACK if _undoes(payload) else ComponentStatus.DEPLOYING
         if component.status is not in_flight or component.attempt != getattr(payload, "attempt", 1):
             raise Superseded(command.id)
         return stored.state
@@ -298,8 +302,17 @@ class ComponentRunner:
     def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None:
         self._bus.publish(self.message(event, command, purpose))
 
-    def publish_batch(self, messages: Sequence[Envelope]) -> None:
-        self._bus.publish_batch(messages)
+    def report(self, reports: Sequence[Envelope], command: Envelope) -> None:
+        """Step reports: into the release's timeline, with the time of this word from
+        the command's worker (what its deadline is judged by), then out to listeners."""
+        payload = command.payload
+        word = word_key(
+            component_name(command),
+            rollback=_undoes(payload),
+            attempt=getattr(payload, "attempt", 1),
+        )
+        self.store.record_reports(command.release_id, word, reports, datetime.now(UTC))
+        self._bus.publish_progress(reports)
 
 
 def work_key(command: Envelope) -> str:
@@ -320,6 +333,11 @@ def work_key(command: Envelope) -> str:
             phase = "undo" if getattr(payload, "undo", False) else "flip"
     attempt = getattr(payload, "attempt", 1)
     return f"{command.release_id}/{component_name(command)}/{phase}/{attempt}"
+
+
+def _undoes(payload: object) -> bool:
+    """Whether a command undoes its component (a rollback, or a flag flipped back)."""
+    return isinstance(payload, RollbackComponent) or bool(getattr(payload, "undo", False))
 
 
 def _crashed(payload: WorkerCommand, reason: str) -> Event:

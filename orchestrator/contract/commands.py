@@ -159,6 +159,12 @@ class StartRelease(Payload):
 
 
 class CheckDeadlines(Payload):
-    """The coordinator's own: look at the release's deadlines as of ``now``."""
+    """The coordinator's own: look at the release's deadlines as of ``now``.
+
+    ``last_words`` says when the worker of each overdue component last reported on the
+    command in flight, as the store has it: a worker's reports go to the store, not to
+    the coordinator, and are read only when a deadline comes.
+    """
 
     now: datetime
+    last_words: dict[ComponentName, datetime] = Field(default_factory=dict)

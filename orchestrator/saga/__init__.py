@@ -42,7 +42,13 @@ from orchestrator.contract import (
 )
 from orchestrator.fleet import Fleet
 from orchestrator.plans import InvalidInput, plan_release
-from orchestrator.saga.flow import MAX_RESENDS, advance, check_deadlines, continue_release
+from orchestrator.saga.flow import (
+    MAX_RESENDS,
+    advance,
+    check_deadlines,
+    continue_release,
+    overdue,
+)
 from orchestrator.saga.humans import HUMAN_COMMANDS, decide_for_human
 from orchestrator.saga.state import (
     COMPONENT_TRANSITIONS,
@@ -63,6 +69,7 @@ __all__ = [
     "ReleaseState",
     "ReleaseStatus",
     "decide",
+    "overdue",
     "refuse_submission",
 ]
 
@@ -89,8 +96,8 @@ def decide(state: ReleaseState | None, message: Envelope, fleet: Fleet) -> Decis
             case StartRelease() if state.status is ReleaseStatus.QUEUED:
                 running = state.model_copy(update={"status": ReleaseStatus.RUNNING})
                 return continue_release(running, at, fleet)
-            case CheckDeadlines(now=now):
-                return check_deadlines(state, now, fleet)
+            case CheckDeadlines(now=now, last_words=last_words):
+                return check_deadlines(state, now, last_words, fleet)
         return advance(state, payload, at, fleet)
     except IllegalTransition:
         return Decision(state)  # a duplicate or late report: it changes nothing

@@ -3,7 +3,7 @@ compensation in reverse dependency order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -14,8 +14,6 @@ from orchestrator.contract import (
     ComponentHeld,
     ComponentRollbackFailed,
     ComponentRolledBack,
-    ComponentStarted,
-    ComponentWaiting,
     DeadlinePassed,
     DeployComponent,
     FlagToggled,
@@ -25,9 +23,6 @@ from orchestrator.contract import (
     ReleaseRolledBack,
     ReleaseSucceeded,
     RollbackComponent,
-    StepFailed,
-    StepStarted,
-    StepSucceeded,
     ToggleFlag,
 )
 from orchestrator.fleet import Fleet
@@ -41,6 +36,7 @@ __all__ = [
     "check_deadlines",
     "continue_release",
     "end_compensation",
+    "overdue",
     "rearm_deadlines",
     "with_component",
 ]
@@ -66,27 +62,16 @@ def _key(payload: Message) -> str:
 
 
 def advance(state: ReleaseState, payload: Message, at: datetime, fleet: Fleet) -> Decision:
-    """What a worker's report changes."""
+    """What a worker's outcome, or its stop for a human, changes.
+
+    Its other reports (steps, drains, gates) go to the store and change nothing here;
+    when they last came is read when a deadline passes (:func:`check_deadlines`).
+    """
     component = state.components.get(_key(payload))
     if component is None:
         return Decision(state)  # release-level events: nothing to decide
-    rolling_back = component.status is ComponentStatus.ROLLING_BACK
-    match payload:
-        case ComponentStarted(previous_versions=previous) if component.status is (
-            ComponentStatus.DEPLOYING
-        ):
-            updated = component.model_copy(update={"previous_versions": previous})
-            return _heard_from(state, updated, at, fleet)
-        case ComponentWaiting() if component.deadline is not None:
-            return _heard_from(state, component, at, fleet)
-        case StepStarted() | StepSucceeded() | StepFailed() if component.deadline is not None:
-            # Only word from the command in flight counts: a late step of a deploy that
-            # timed out must not hold off the deadline of its rollback.
-            if payload.rollback != rolling_back:
-                return Decision(state)
-            return _heard_from(state, component, at, fleet)
-        case ComponentHeld(hold=hold, reason=reason):
-            return _held(state, component, hold, reason, at)
+    if isinstance(payload, ComponentHeld):
+        return _held(state, component, payload.hold, payload.reason, at)
     ended = _outcome(component, payload)
     if ended is None:
         return Decision(state)
@@ -137,15 +122,6 @@ def _held(
     return Decision(paused, (ApprovalRequested(component=component.name, reason=reason),))
 
 
-def _heard_from(
-    state: ReleaseState, component: ComponentState, at: datetime, fleet: Fleet
-) -> Decision:
-    """Word from the worker: it is alive, and the next report is due a step later."""
-    clock_runs = not component.held and state.paused_by is None
-    deadline = _deadline(component, at, state.environment, fleet) if clock_runs else None
-    return Decision(with_component(state, component.model_copy(update={"deadline": deadline}), at))
-
-
 def continue_release(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     if state.status in _FORWARD:
         return _continue_forward(state, at, fleet)
@@ -174,13 +150,32 @@ def rearm_deadlines(state: ReleaseState, at: datetime, fleet: Fleet) -> ReleaseS
     return state
 
 
-def check_deadlines(state: ReleaseState, now: datetime, fleet: Fleet) -> Decision:
-    overdue = [c for c in state.components.values() if c.deadline is not None and c.deadline <= now]
-    if not overdue:
+def overdue(state: ReleaseState, now: datetime) -> list[ComponentState]:
+    """The components in flight whose deadline has come by ``now``."""
+    return [c for c in state.components.values() if c.deadline is not None and c.deadline <= now]
+
+
+def check_deadlines(
+    state: ReleaseState, now: datetime, last_words: Mapping[str, datetime], fleet: Fleet
+) -> Decision:
+    """Overdue components: still heard from, sent again, or given up on.
+
+    A worker that reported since its deadline was set is alive: its next report is due
+    a step after its last one (``last_words``), as if that report had come here.
+    """
+    silent: list[ComponentState] = []
+    for component in overdue(state, now):
+        word = last_words.get(component.name)
+        deadline = _deadline(component, word, state.environment, fleet) if word else now
+        if deadline > now:
+            state = with_component(state, component.model_copy(update={"deadline": deadline}), now)
+        else:
+            silent.append(component)
+    if not silent:
         return Decision(state)
     resent: list[Message] = []
     late: list[ComponentState] = []
-    for component in overdue:
+    for component in silent:
         if component.resends < MAX_RESENDS and not _out_of_time(component, now, state, fleet):
             state, command = _resend(state, component, now, fleet)
             resent.append(command)

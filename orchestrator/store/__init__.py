@@ -16,7 +16,7 @@ from enum import Enum, StrEnum
 from typing import Final, Protocol
 
 from orchestrator.contract import Envelope
-from orchestrator.saga import ReleaseState
+from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState
 
 __all__ = [
     "KEEP_WAKE",
@@ -26,7 +26,9 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "StoredRelease",
+    "awaited_word",
     "open_store",
+    "word_key",
 ]
 
 
@@ -119,8 +121,20 @@ class Store(Protocol):
     def mark_published(self, message_ids: Sequence[str]) -> None: ...
 
     def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
-        """Every message of a release in the order the coordinator committed them, from
-        the ``start``-th on (a follower reads only what it has not seen)."""
+        """Every message of a release in the order it was recorded (the coordinator's
+        commits and the workers' reports), from the ``start``-th on (a follower reads
+        only what it has not seen)."""
+        ...
+
+    def record_reports(
+        self, release_id: str, word: str, reports: Sequence[Envelope], at: datetime
+    ) -> None:
+        """A worker's reports on a command: added to the release's timeline, and ``at``
+        kept as the last word under ``word`` (:func:`word_key`), in one atomic step."""
+        ...
+
+    def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
+        """When each of ``words`` was last reported under; those never reported are absent."""
         ...
 
     def releases(self, limit: int = 50) -> list[ReleaseState]:
@@ -251,6 +265,19 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def word_key(component: str, *, rollback: bool, attempt: int) -> str:
+    """Where a worker's last word on a command is kept: per component, direction and
+    attempt, so that a late report of a deploy that timed out never counts for its
+    rollback, nor one of a release's first run for its retry."""
+    return f"{component}/{'back' if rollback else 'forward'}/{attempt}"
+
+
+def awaited_word(component: ComponentState) -> str:
+    """The :func:`word_key` of the command the saga waits for on ``component``."""
+    rolling_back = component.status is ComponentStatus.ROLLING_BACK
+    return word_key(component.name, rollback=rolling_back, attempt=component.attempt)
 
 
 def open_store(url: str, namespace: str = "drover") -> Store:

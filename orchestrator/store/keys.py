@@ -38,8 +38,12 @@ class Keys:
         return f"{self.namespace}:release:{release_id}:seen"
 
     def timeline(self, release_id: str) -> str:
-        # LIST: the release's Envelope JSON, oldest first, in commit order
+        # LIST: the release's Envelope JSON, oldest first, in the order they were recorded
         return f"{self.namespace}:release:{release_id}:timeline"
+
+    def last_words(self, release_id: str) -> str:
+        # HASH: word key (see store.word_key) -> when a worker last reported (epoch seconds)
+        return f"{self.namespace}:release:{release_id}:words"
 
     def effects(self, release_id: str) -> str:
         # HASH: JSON [environment, service, host, step] -> how often that effect was done

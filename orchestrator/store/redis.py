@@ -327,6 +327,28 @@ class RedisStore:
             bodies = self._client.lrange(self._keys.timeline(release_id), max(start, 0), -1)
         return [decode(_bytes(body)) for body in bodies]
 
+    def record_reports(
+        self, release_id: str, word: str, reports: Sequence[Envelope], at: datetime
+    ) -> None:
+        seconds = shared.epoch_s(at)
+        with _translated(), self._client.pipeline(transaction=True) as pipe:
+            if reports:
+                pipe.rpush(self._keys.timeline(release_id), *(m.encode() for m in reports))
+            pipe.hset(self._keys.last_words(release_id), word, seconds)
+            pipe.execute()
+
+    def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
+        wanted = list(words)
+        if not wanted:
+            return {}
+        with _translated():
+            found = self._client.hmget(self._keys.last_words(release_id), wanted)
+        return {
+            word: shared.from_epoch_s(float(at))
+            for word, at in zip(wanted, found, strict=True)
+            if at is not None
+        }
+
     def releases(self, limit: int = 50) -> list[ReleaseState]:
         if limit <= 0:
             return []

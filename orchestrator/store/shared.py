@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 from orchestrator.saga import ComponentState, ReleaseState
@@ -12,6 +12,7 @@ __all__ = [
     "ATTEMPT_COUNT_TTL_S",
     "ReleaseRecord",
     "epoch_s",
+    "from_epoch_s",
     "lease_ttl_s",
     "release_record",
     "state_from_record",
@@ -33,6 +34,11 @@ def epoch_s(at: datetime) -> float:
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"a time zone is required, got the naive datetime {at.isoformat()}")
     return at.timestamp()
+
+
+def from_epoch_s(seconds: float) -> datetime:
+    """The instant :func:`epoch_s` stored, in UTC."""
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def lease_ttl_s(ttl_s: float) -> float:

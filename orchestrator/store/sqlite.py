@@ -77,6 +77,13 @@ _SCHEMA: Final = (
         body BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS timeline_by_release ON timeline (release_id, seq)",
+    # when a worker last reported on a command (see store.word_key)
+    """CREATE TABLE IF NOT EXISTS last_words (
+        release_id TEXT NOT NULL,
+        word TEXT NOT NULL,
+        at REAL NOT NULL,  -- epoch seconds
+        PRIMARY KEY (release_id, word)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS host_versions (
         environment TEXT NOT NULL,
         service TEXT NOT NULL,
@@ -255,6 +262,28 @@ class SqliteStore:
                 (release_id, max(start, 0)),
             ).fetchall()
         return [decode(body) for (body,) in rows]
+
+    def record_reports(
+        self, release_id: str, word: str, reports: Sequence[Envelope], at: datetime
+    ) -> None:
+        seconds = shared.epoch_s(at)
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO timeline (release_id, body) VALUES (?, ?)",
+                [(release_id, m.encode()) for m in reports],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO last_words (release_id, word, at) VALUES (?, ?, ?)",
+                (release_id, word, seconds),
+            )
+
+    def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
+        wanted = set(words)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT word, at FROM last_words WHERE release_id = ?", (release_id,)
+            ).fetchall()
+        return {word: shared.from_epoch_s(at) for word, at in rows if word in wanted}
 
     def releases(self, limit: int = 50) -> list[ReleaseState]:
         if limit <= 0:

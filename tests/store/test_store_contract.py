@@ -38,6 +38,7 @@ from orchestrator.store import (
     StoreUnavailable,
     open_store,
     shared,
+    word_key,
 )
 from orchestrator.store import sqlite as sqlite_store
 from orchestrator.store.keys import Keys
@@ -341,6 +342,46 @@ def test_the_timeline_keeps_commit_order_per_release(store: Store) -> None:
 
     assert store.timeline("r1") == [one, two, three]
     assert store.timeline("r2") == [other]
+
+
+def test_a_workers_reports_join_the_timeline_in_the_order_they_were_recorded(
+    store: Store,
+) -> None:
+    command, steps, outcome = _deploy(), [_report(), _report()], _report()
+    _commit(store, message_id="m1", state=_state(), outbox=[command], timeline=[command])
+    store.record_reports("r1", word_key("api", rollback=False, attempt=1), steps, T0)
+    _commit(store, message_id="m2", state=None, timeline=[outcome])
+
+    assert store.timeline("r1") == [command, *steps, outcome]
+    assert store.timeline("r1", start=1) == [*steps, outcome]
+
+
+def test_the_last_word_is_kept_per_component_direction_and_attempt(store: Store) -> None:
+    deploy, undo, retry = (
+        word_key("api", rollback=False, attempt=1),
+        word_key("api", rollback=True, attempt=1),
+        word_key("api", rollback=False, attempt=2),
+    )
+    later_on = T0 + timedelta(seconds=42.5)
+    store.record_reports("r1", deploy, [_report()], T0)
+    store.record_reports("r1", deploy, [], later_on)  # a word without reports (waiting)
+    store.record_reports("r1", undo, [_report()], T0)
+    store.record_reports("r2", retry, [_report("r2")], T0)
+
+    assert store.last_words("r1", [deploy, undo, retry]) == {deploy: later_on, undo: T0}
+    assert store.last_words("r1", [retry]) == {}
+    assert store.last_words("r2", [retry]) == {retry: T0}
+    assert store.last_words("r1", []) == {}
+    assert len(store.timeline("r1")) == 2
+
+
+def test_a_naive_time_of_a_word_is_refused_and_writes_nothing(store: Store) -> None:
+    word = word_key("api", rollback=False, attempt=1)
+    with pytest.raises(ValueError, match="time zone"):
+        store.record_reports("r1", word, [_report()], datetime(2026, 1, 1))
+
+    assert store.last_words("r1", [word]) == {}
+    assert store.timeline("r1") == []
 
 
 def test_releases_lists_the_newest_first(store: Store) -> None:

@@ -1,13 +1,15 @@
 """Small builders for unit tests: a fleet, a release request and an envelope, in one line each.
 
 Also what workers report, ways to read what the saga sent, and :class:`Release`, which
-drives one release through the saga as the coordinator would.
+drives one release through the saga as the coordinator would: outcomes go to the saga, while
+progress reports only leave a worker's last word in the store, which the coordinator reads
+when a deadline comes (:func:`last_words`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +37,15 @@ from orchestrator.contract import (
     envelope,
 )
 from orchestrator.fleet import Fleet
-from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus, decide
+from orchestrator.saga import (
+    ComponentState,
+    ComponentStatus,
+    ReleaseState,
+    ReleaseStatus,
+    decide,
+    overdue,
+)
+from orchestrator.store import awaited_word, word_key
 
 ENVIRONMENT = "prod"
 RELEASE_ID = "R-1"
@@ -121,6 +131,10 @@ def later(seconds: float) -> datetime:
 
 
 # --- what workers report ------------------------------------------------------------------
+#
+# Progress reports (started, waiting, steps) go to the store, not to the saga: a test that
+# wants a worker heard from records its word (``Release.report``); the builders below are
+# for tests that show the saga makes nothing of them.
 
 PREVIOUS = {"h1": OLD_VERSION, "h2": "1.0.1"}  # hosts may have run different versions
 
@@ -201,6 +215,19 @@ def step_failed(service: str, *, rollback: bool = False) -> StepFailed:
     )
 
 
+def last_words(
+    state: ReleaseState, now: datetime, words: Mapping[str, datetime]
+) -> dict[str, datetime]:
+    """What the coordinator puts in ``CheckDeadlines.last_words`` at ``now``.
+
+    As ``Coordinator._last_words`` does: for each component overdue by ``now``, the last
+    word recorded (``words``, by :func:`~orchestrator.store.word_key`) under the key of the
+    command the saga waits for on it, by component name; those never heard from are absent.
+    """
+    awaited = {awaited_word(c): c.name for c in overdue(state, now)}
+    return {name: words[word] for word, name in awaited.items() if word in words}
+
+
 # --- reading what the saga sent -----------------------------------------------------------
 
 
@@ -235,6 +262,9 @@ class Release:
     arrives ``wait`` seconds after the one before (one, unless told); ``settings`` apply to
     every service of the fleet (``step_timeout_s=60``, ...). ``approval`` is the
     environment's approval policy; ``requires_approval`` the submission's own ask.
+
+    ``words`` stands for the store's last words of the workers (:meth:`report`), read by
+    :meth:`check_deadlines` as the coordinator reads them.
     """
 
     def __init__(
@@ -253,6 +283,7 @@ class Release:
         self.fleet: Fleet = Fleet.model_validate(data)
         self.sent: list[Message] = []
         self.state: ReleaseState | None = None
+        self.words: dict[str, datetime] = {}  # word_key -> when a worker last reported
         self.clock: float = 0  # seconds after T0
         self.accepted = self.send(submit(*components, requires_approval=requires_approval))
         self.first = self.start() if start else ()
@@ -275,9 +306,23 @@ class Release:
     def abort(self, reason: str = "wrong build", *, actor: str = OPERATOR) -> tuple[Message, ...]:
         return self.send(AbortRelease(reason=reason), actor=actor)
 
+    def report(
+        self, service: str, *, rollback: bool = False, attempt: int | None = None, wait: float = 1
+    ) -> None:
+        """``service``'s worker reports progress ``wait`` seconds on; the saga hears nothing.
+
+        The worker records its word in the store under its own command's key: ``rollback``
+        if that command is a rollback (whatever the component's status is now), and the
+        component's attempt unless told (a worker of an earlier run says its own).
+        """
+        self.clock += wait
+        attempt = self.part(service).attempt if attempt is None else attempt
+        self.words[word_key(service, rollback=rollback, attempt=attempt)] = self.now
+
     def check_deadlines(self, at: datetime) -> tuple[Message, ...]:
-        """The coordinator's look at the deadlines, as of ``at``."""
-        return self.send(CheckDeadlines(now=at), wait=(at - self.now).total_seconds())
+        """The coordinator's look at the deadlines, as of ``at``, with the last words it read."""
+        check = CheckDeadlines(now=at, last_words=last_words(self.release, at, self.words))
+        return self.send(check, wait=(at - self.now).total_seconds())
 
     @property
     def status(self) -> ReleaseStatus:

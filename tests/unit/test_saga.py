@@ -4,7 +4,6 @@ rejection. Aborts, deadlines and the property over random runs have files of the
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
 
 import pytest
 
@@ -54,9 +53,7 @@ from tests.unit.builders import (
     rollbacks,
     rolled_back,
     started,
-    step_failed,
     step_started,
-    step_succeeded,
     submit,
 )
 
@@ -224,28 +221,6 @@ def test_independent_chains_progress_in_parallel() -> None:
     assert deploys(release.send(deployed("db"))) == ["api"]
 
 
-def test_component_started_records_previous_versions_and_sends_nothing() -> None:
-    release = Release(component("api"))
-
-    assert release.send(started("api")) == ()
-    assert release.part("api").previous_versions == PREVIOUS
-    assert release.component("api") is ComponentStatus.DEPLOYING
-
-
-def test_step_reports_change_nothing_but_the_deadline() -> None:
-    release = Release(component("api"))
-    before = release.part("api")
-
-    assert release.send(step_started("api")) == ()
-    assert release.send(step_succeeded("api")) == ()
-    assert release.send(step_failed("api")) == ()
-    after = release.part("api")
-    assert release.status is ReleaseStatus.RUNNING
-    assert after.deadline == release.now + timedelta(seconds=300)
-    assert after.deadline != before.deadline
-    assert after.model_dump(exclude={"deadline"}) == before.model_dump(exclude={"deadline"})
-
-
 def test_report_about_a_service_not_in_the_release_changes_nothing() -> None:
     release = Release(component("api"), services=["api", "web"])
     before = release.state
@@ -321,17 +296,6 @@ def test_failure_after_others_deployed_rolls_them_back_with_their_previous_versi
             to_versions={"h1": "0.9", "h2": "0.8"},
         ),
     )
-
-
-def test_previous_versions_come_from_component_deployed_over_component_started() -> None:
-    release = Release(component("api"), component("web"))
-    release.send(started("api"))
-    release.send(deployed("api", previous={"h1": "0.7", "h2": "0.7"}))
-
-    (rollback,) = release.send(failed("web"))
-
-    assert isinstance(rollback, RollbackComponent)
-    assert rollback.to_versions == {"h1": "0.7", "h2": "0.7"}
 
 
 # --- compensation order -------------------------------------------------------------------

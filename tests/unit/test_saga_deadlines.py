@@ -4,12 +4,21 @@ Unless a test says otherwise the fleet's defaults hold: a step may take 300 s fr
 word, a component 3600 s from when it was sent. Releases are submitted at ``later(1)`` and
 started, so their first components sent, at ``later(2)``.
 
-A command overdue is first sent again, ``MAX_RESENDS`` times, each with a new deadline a step
-on; only the next overdue check, or one past the component's own limit, gives up on it.
+A worker's progress reports never reach the saga: the worker records them in the store with
+the time of its last word on the command it carries out (``Release.report``). Only when a
+deadline comes does the coordinator read the last words of the components overdue, and tell
+the saga in ``CheckDeadlines``: a worker heard from within a step of now has its deadline
+moved a step past its word (never past the component's own limit), and nothing is sent.
+Only the word of the command the saga waits for counts: same direction, same attempt.
+
+A command overdue whose worker is silent is first sent again, ``MAX_RESENDS`` times, each
+with a new deadline a step on; only the next overdue check, or one past the component's own
+limit, gives up on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -19,14 +28,17 @@ from orchestrator.contract import (
     DeployComponent,
     Message,
     ReleaseFailed,
+    ReleaseRetried,
     ReleaseRolledBack,
     ReleaseSucceeded,
+    RetryRelease,
     RollbackComponent,
 )
 from orchestrator.saga import MAX_RESENDS, ComponentStatus, ReleaseStatus
 from tests.unit.builders import (
     ENVIRONMENT,
     NEW_VERSION,
+    OPERATOR,
     PREVIOUS,
     Release,
     component,
@@ -81,45 +93,88 @@ def test_deadline_is_the_component_limit_when_that_comes_first() -> None:
     assert release.deadline("api") == later(2 + 120)
 
 
-@pytest.mark.parametrize(
-    "word",
-    [
-        started("api"),
-        waiting("api"),
-        step_started("api"),
-        step_succeeded("api"),
-        step_failed("api"),
-    ],
-    ids=lambda m: type(m).__name__,
-)
-def test_word_from_the_worker_pushes_the_deadline_a_step_on(word: Message) -> None:
-    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+PROGRESS: list[Callable[[str], Message]] = [
+    started,
+    waiting,
+    step_started,
+    step_succeeded,
+    step_failed,
+]
 
-    assert release.send(word, wait=45) == ()
+
+@pytest.mark.parametrize("report", PROGRESS, ids=lambda r: r.__name__)
+def test_progress_reports_sent_to_the_saga_change_nothing_at_any_time(
+    report: Callable[[str], Message],
+) -> None:
+    # Workers record them in the store; were one to reach the saga, it is no answer, moves
+    # no deadline, and records nothing (not even the previous versions ComponentStarted
+    # carries: a rollback's worker reads those from what the deploying worker recorded).
+    release = Release(component("api"), component("web"))
+
+    for wait in (1, 400):  # in time, then past the deadline
+        before = release.state
+        assert release.send(report("api"), wait=wait) == ()
+        assert release.state == before
+    assert release.part("api").previous_versions == {}
+
+    assert timeline(release.check_deadlines(release.now)) == ["deploy api", "deploy web"]
+    before = release.state
+    assert release.send(report("api")) == ()  # nor while the command is resent
+    assert release.state == before
+
+
+def test_word_read_at_the_deadline_moves_it_a_step_past_the_word() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+    release.report("api", wait=45)  # at later(47)
+    assert release.deadline("api") == later(2 + 60)  # the saga has heard nothing yet
+
+    assert release.check_deadlines(later(62)) == ()
+
     assert release.deadline("api") == later(47 + 60)
     assert release.part("api").sent_at == later(2)
+    assert release.part("api").resends == 0  # heard from: nothing was sent again
     assert release.component("api") is ComponentStatus.DEPLOYING
+
+
+def test_worker_silent_since_its_last_word_is_sent_again_a_step_after_it() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+    release.report("api", wait=45)  # at later(47)
+    release.check_deadlines(later(62))  # moved to later(107)
+
+    assert timeline(release.check_deadlines(later(107))) == ["deploy api"]
+    assert release.part("api").resends == 1
+    assert release.deadline("api") == later(107 + 60)
 
 
 def test_deadline_never_passes_the_component_limit() -> None:
     release = Release(component("api"), step_timeout_s=60, component_timeout_s=100)
     limit = later(2 + 100)
 
-    release.send(step_started("api"), wait=30)
+    release.report("api", wait=30)  # at later(32)
+    assert release.check_deadlines(later(62)) == ()
     assert release.deadline("api") == later(32 + 60)
-    release.send(step_succeeded("api"), wait=30)
+    release.report("api", wait=30)  # at later(92)
+    assert release.check_deadlines(later(92)) == ()
     assert release.deadline("api") == limit
-    release.send(step_started("api"), wait=30)
-    assert release.deadline("api") == limit
+    release.report("api", wait=5)  # at later(97): still working, but out of time
+
+    assert timeline(release.check_deadlines(limit)) == ["late: deploy of api", "rollback api"]
+    assert release.part("api").reason == no_word(102, "deploy of api")
 
 
 def test_next_deadline_is_the_earliest_of_those_in_flight() -> None:
     release = Release(component("db"), component("cache"), step_timeout_s=60)
+    release.report("cache", wait=10)  # at later(12)
+    release.report("db", wait=20)  # at later(32)
+    assert release.release.next_deadline == later(62)
 
-    release.send(step_started("cache"), wait=10)
-    assert release.release.next_deadline == release.deadline("db") == later(62)
-    release.send(deployed("db"))
-    assert release.release.next_deadline == release.deadline("cache") == later(12 + 60)
+    assert release.check_deadlines(later(62)) == ()
+
+    assert release.deadline("cache") == later(12 + 60)
+    assert release.deadline("db") == later(32 + 60)
+    assert release.release.next_deadline == later(72)
+    release.send(deployed("cache"))
+    assert release.release.next_deadline == release.deadline("db") == later(92)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +198,8 @@ def test_rollback_sent_gets_its_own_deadline_pushed_by_its_reports() -> None:
     assert rollbacks(release.send(failed("web"), wait=10)) == ["api"]
     assert release.part("api").sent_at == later(13)
     assert release.deadline("api") == later(13 + 60)
-    release.send(step_started("api", rollback=True), wait=20)
+    release.report("api", rollback=True, wait=20)  # at later(33)
+    assert release.check_deadlines(later(73)) == ()
     assert release.deadline("api") == later(33 + 60)
     release.send(rolled_back("api"))
     assert release.part("api").deadline is None
@@ -155,7 +211,7 @@ def test_rollback_sent_gets_its_own_deadline_pushed_by_its_reports() -> None:
 
 def test_check_before_any_deadline_changes_nothing() -> None:
     release = Release(component("api"), component("web"))
-    release.send(started("api"))
+    release.report("api")
     before = release.state
 
     assert release.check_deadlines(later(2) + STEP - timedelta(seconds=1)) == ()
@@ -230,9 +286,10 @@ def test_resend_deadline_stops_at_the_component_limit_and_then_times_out() -> No
 def test_answer_after_a_resend_is_taken_as_any_answer() -> None:
     release = Release(component("api"))
     release.check_deadlines(later(302))
-    release.check_deadlines(later(602))
+    release.check_deadlines(later(602))  # resent MAX_RESENDS times: due at later(902)
+    release.report("api")  # the resent command's worker, at later(603)
 
-    assert release.send(started("api")) == ()
+    assert release.check_deadlines(later(902)) == ()  # heard from: not given up on
     assert release.deadline("api") == later(603) + STEP
     assert release.send(deployed("api")) == (ReleaseSucceeded(),)
     assert release.component("api") is ComponentStatus.DEPLOYED
@@ -273,8 +330,10 @@ def test_resends_start_again_from_nothing_for_the_rollback() -> None:
 
 def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
     release = Release(component("db"), component("api", "db"), component("mail"))
-    release.send(started("db"))  # db's deadline is now later(303)
+    release.report("db")  # db's worker starts, at later(3), then falls silent
     release.send(deployed("mail"))
+    assert release.check_deadlines(later(302)) == ()  # its word moves the deadline
+    assert release.deadline("db") == later(303)
     assert release.check_deadlines(later(303)) == (
         DeployComponent(environment=ENVIRONMENT, service="db", version=NEW_VERSION),
     )
@@ -285,8 +344,10 @@ def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
         DeadlinePassed(
             environment=ENVIRONMENT, service="db", deadline=later(903), waited_for="deploy of db"
         ),
+        # db never said it deployed: the saga has no previous versions for it, and its
+        # rollback's worker reads the versions the deploying worker recorded.
         RollbackComponent(
-            environment=ENVIRONMENT, service="db", from_version=NEW_VERSION, to_versions=PREVIOUS
+            environment=ENVIRONMENT, service="db", from_version=NEW_VERSION, to_versions={}
         ),
         RollbackComponent(
             environment=ENVIRONMENT, service="mail", from_version=NEW_VERSION, to_versions=PREVIOUS
@@ -319,9 +380,9 @@ def test_silent_deploy_times_out_at_its_deadline_and_is_rolled_back() -> None:
 def test_timed_out_deploy_waits_like_a_deployed_one_for_siblings_in_flight() -> None:
     release = Release(component("db"), component("mail"), step_timeout_s=60)
     for _ in range(MAX_RESENDS):
-        release.send(step_started("mail"), wait=30)  # mail keeps its deadline ahead
+        release.report("mail", wait=30)  # mail's worker keeps its deadline ahead
         assert timeline(release.check_deadlines(release.deadline("db"))) == ["deploy db"]
-    release.send(step_started("mail"), wait=30)
+    release.report("mail", wait=30)
 
     assert timeline(release.check_deadlines(release.deadline("db"))) == ["late: deploy of db"]
     assert release.status is ReleaseStatus.COMPENSATING
@@ -335,7 +396,6 @@ def test_timed_out_deploy_waits_like_a_deployed_one_for_siblings_in_flight() -> 
 def test_timed_out_dependent_is_rolled_back_before_what_it_depends_on() -> None:
     release = Release(component("db"), component("api", "db"))
     release.send(deployed("db"))  # api sent at later(3)
-    release.send(started("api"))
 
     assert timeline(time_out(release, "api")) == ["late: deploy of api", "rollback api"]
     assert release.component("db") is ComponentStatus.DEPLOYED
@@ -357,8 +417,8 @@ def test_several_late_components_are_each_named_before_any_command() -> None:
 
 def test_late_and_resent_in_one_check_names_the_late_before_compensating() -> None:
     release = Release(component("db"), component("mail"), step_timeout_s=60)
-    release.send(step_started("mail"), wait=30)  # mail's deadline is now later(92)
-    release.check_deadlines(later(62))  # db resent, due at later(122)
+    release.report("mail", wait=30)  # at later(32), then mail's worker falls silent
+    release.check_deadlines(later(62))  # db resent, due at later(122); mail due at later(92)
     release.check_deadlines(later(122))  # db resent again, due at later(182); mail too
 
     assert release.deadline("db") == release.deadline("mail") == later(182)
@@ -371,10 +431,9 @@ def test_late_and_resent_in_one_check_names_the_late_before_compensating() -> No
 
 def test_deploy_timing_out_during_a_compensation_keeps_the_first_failure() -> None:
     release = Release(component("api"), component("web"))
-    release.send(started("api"))
     release.send(failed("web"))
 
-    assert timeline(release.check_deadlines(later(3) + STEP)) == ["deploy api"]
+    assert timeline(release.check_deadlines(later(2) + STEP)) == ["deploy api"]
     assert timeline(time_out(release, "api")) == ["late: deploy of api", "rollback api"]
     assert release.release.failure == "web: verify failed on h2"
 
@@ -384,29 +443,20 @@ def test_deploy_timing_out_during_a_compensation_keeps_the_first_failure() -> No
 
 def _timed_out_waiting_for_mail() -> Release:
     release = Release(component("db"), component("mail"), step_timeout_s=60)
-    release.send(started("db"))
     for _ in range(MAX_RESENDS + 1):
-        release.send(step_started("mail"), wait=30)  # mail keeps its deadline ahead
+        release.report("mail", wait=30)  # mail's worker keeps its deadline ahead
         release.check_deadlines(release.deadline("db"))
     assert release.component("db") is ComponentStatus.TIMED_OUT
     assert release.component("mail") is ComponentStatus.DEPLOYING
     return release
 
 
-LATE_WORDS = [
-    deployed("db"),
-    failed("db"),
-    failed("db", restored=False),
-    started("db"),
-    waiting("db"),
-    step_started("db"),
-    step_succeeded("db"),
-    step_failed("db"),
-]
+LATE_OUTCOMES = [deployed("db"), failed("db"), failed("db", restored=False)]
+LATE_IDS = ["ComponentDeployed", "ComponentFailed", "ComponentFailed unrestored"]
 
 
-@pytest.mark.parametrize("late", LATE_WORDS, ids=lambda m: type(m).__name__)
-def test_late_word_from_a_timed_out_deploy_changes_nothing(late: Message) -> None:
+@pytest.mark.parametrize("late", LATE_OUTCOMES, ids=LATE_IDS)
+def test_late_outcome_of_a_timed_out_deploy_changes_nothing(late: Message) -> None:
     release = _timed_out_waiting_for_mail()
     before = release.state
 
@@ -414,11 +464,7 @@ def test_late_word_from_a_timed_out_deploy_changes_nothing(late: Message) -> Non
     assert release.state == before
 
 
-@pytest.mark.parametrize(
-    "late",
-    [deployed("db"), failed("db"), failed("db", restored=False), started("db")],
-    ids=["ComponentDeployed", "ComponentFailed", "ComponentFailed unrestored", "ComponentStarted"],
-)
+@pytest.mark.parametrize("late", LATE_OUTCOMES, ids=LATE_IDS)
 def test_late_outcome_of_a_timed_out_deploy_leaves_its_rollback_alone(late: Message) -> None:
     release = _timed_out_waiting_for_mail()
     assert rollbacks(release.send(deployed("mail"))) == ["db", "mail"]
@@ -436,11 +482,33 @@ def test_late_deploy_step_of_a_timed_out_deploy_does_not_hold_off_its_rollback()
     assert release.component("api") is ComponentStatus.ROLLING_BACK
     rollback_due = release.deadline("api")
 
-    release.send(step_succeeded("api", rollback=False), wait=30)  # the old deploy, still going
+    release.report("api", rollback=False, wait=30)  # the old deploy's worker, still going
 
-    assert release.deadline("api") == rollback_due
     assert timeline(release.check_deadlines(rollback_due)) == ["rollback api"]
+    assert release.part("api").resends == 1
+    release.report("api", rollback=False, wait=30)
     assert timeline(time_out(release, "api")) == ["late: rollback of api", "ReleaseFailed"]
+
+
+def test_word_from_a_first_run_does_not_count_for_its_retry() -> None:
+    release = Release(component("api"), step_timeout_s=60, component_timeout_s=1000)
+    time_out(release, "api")
+    time_out(release, "api")  # its rollback too: the release failed
+    assert release.status is ReleaseStatus.FAILED
+    assert release.send(RetryRelease(), actor=OPERATOR) == (
+        ReleaseRetried(attempt=2, components=("api",)),
+    )
+    assert deploys(release.start()) == ["api"]
+    due = release.deadline("api")
+
+    release.report("api", attempt=1, wait=30)  # the first run's deploy worker, still going
+
+    assert timeline(release.check_deadlines(due)) == ["deploy api"]
+    assert release.part("api").resends == 1
+    release.report("api", wait=30)  # the retry's own worker (attempt 2) is heard
+    heard = release.now
+    assert release.check_deadlines(release.deadline("api")) == ()
+    assert release.deadline("api") == heard + timedelta(seconds=60)
 
 
 # --- a rollback that does not report in time -------------------------------------------------
@@ -489,10 +557,10 @@ def test_rollback_timing_out_while_another_rolls_back_waits_for_it() -> None:
     release.send(deployed("api"))
     release.send(deployed("mail"))
     assert rollbacks(release.send(failed("web"))) == ["api", "mail"]  # at later(5)
-    release.send(step_started("mail", rollback=True), wait=100)
+    release.report("mail", rollback=True, wait=100)
     for _ in range(MAX_RESENDS):
         assert timeline(release.check_deadlines(release.deadline("api"))) == ["rollback api"]
-        release.send(step_started("mail", rollback=True), wait=100)  # mail keeps ahead
+        release.report("mail", rollback=True, wait=100)  # mail's worker keeps ahead
 
     assert timeline(release.check_deadlines(release.deadline("api"))) == ["late: rollback of api"]
     assert release.status is ReleaseStatus.COMPENSATING

@@ -38,8 +38,6 @@ from tests.unit.builders import (
     failed,
     rollbacks,
     rolled_back,
-    started,
-    step_succeeded,
 )
 
 APPROVER = "bob"
@@ -170,7 +168,8 @@ def test_a_paused_release_starts_nothing_and_its_clocks_stop() -> None:
     assert release.part("db").deadline is None  # a pause is nobody's fault
 
     # db's worker finishes the batch it was in; api does not start.
-    release.send(step_succeeded("db"))
+    release.report("db")
+    assert release.check_deadlines(release.now + timedelta(seconds=600)) == ()  # no clock
     assert release.part("db").deadline is None
     assert deploys(release.send(deployed("db"))) == []
     assert release.release.next_deadline is None
@@ -203,7 +202,7 @@ def test_pausing_twice_or_resuming_what_runs_is_refused() -> None:
 def test_a_paused_release_can_be_aborted() -> None:
     release = Release(component("db"), component("api", "db"))
     release.send(deployed("db"))
-    release.send(started("api"))
+    release.report("api")
     release.send(PauseRelease(), actor=OPERATOR)
 
     release.abort()

@@ -3,6 +3,10 @@
 Whatever the workers answer, or fail to answer, and whenever someone aborts, the release
 reaches exactly one end, and every ordering rule of the saga holds on the way there. A
 silent worker's command may be sent again when its deadline passes, and then answered.
+
+Workers may report progress before they answer (or fall silent): as real ones do, they
+record their last word in the store, which the coordinator reads for ``CheckDeadlines``
+when a deadline comes; it may hold off a resend for a while, never for ever.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from orchestrator.contract import (
 )
 from orchestrator.fleet import Fleet
 from orchestrator.saga import MAX_RESENDS, ComponentStatus, ReleaseState, ReleaseStatus, decide
+from orchestrator.store import word_key
 from tests.unit.builders import (
     OPERATOR,
     PREVIOUS,
@@ -38,12 +43,10 @@ from tests.unit.builders import (
     event,
     failed,
     fleet,
+    last_words,
     rollback_failed,
     rolled_back,
-    started,
-    step_started,
     submit,
-    waiting,
 )
 
 COMPONENT_LIMIT = timedelta(seconds=3600)  # the fleet's default component_timeout_s
@@ -72,7 +75,6 @@ class _Workers:
         }
         self.deploy_sent: set[str] = set()
         self.rollback_sent: set[str] = set()
-        self.started: set[str] = set()  # reported their hosts' previous versions in time
         self.deployed: set[str] = set()
         self.rolled_back: set[str] = set()
         self.failed: set[str] = set()
@@ -157,27 +159,27 @@ class _Workers:
         assert service not in self.rollback_sent
         assert self.dependents[service] & holding <= self.rolled_back
         assert not self.above(service) & self.stuck, f"{service} is pinned"
-        if service in self.deployed or service in self.started:
-            assert message.to_versions == PREVIOUS
+        # Only a deploy's outcome tells the saga its hosts' previous versions; the rollback
+        # of a timed-out deploy has none, its worker reads what the deploying one recorded.
+        assert message.to_versions == (PREVIOUS if service in self.deployed else {})
         self.rollback_sent.add(service)
         self.commands["rollback", service] = message
 
-    def answer(self, command: Message, data: st.DataObject) -> list[Message]:
-        """What the worker says now; a silent one may say the rest after its deadline."""
+    def answer(self, command: Message, data: st.DataObject) -> tuple[str | None, list[Message]]:
+        """What the worker says now: the key of the word it records in the store first, if it
+        reports progress, and its outcome; a silent one may say that after its deadline."""
         manner = data.draw(st.sampled_from(["answers", "answers", "answers", "silent", "late"]))
+        assert isinstance(command, DeployComponent | RollbackComponent)
+        rollback = isinstance(command, RollbackComponent)
+        word = word_key(command.service, rollback=rollback, attempt=command.attempt)
+        reports = data.draw(st.booleans(), label="reports progress")
         if isinstance(command, DeployComponent):
-            return self._deploy_answer(command.service, manner, data)
-        assert isinstance(command, RollbackComponent)
-        return self._rollback_answer(command.service, manner, data)
+            said = self._deploy_answer(command.service, manner, data)
+        else:
+            said = self._rollback_answer(command.service, manner, data)
+        return (word if reports else None), said
 
     def _deploy_answer(self, service: str, manner: str, data: st.DataObject) -> list[Message]:
-        before: list[Message] = []
-        if data.draw(st.booleans()):
-            before.append(started(service))
-            self.started.add(service)
-        word = data.draw(st.sampled_from([None, step_started, waiting]))
-        if word is not None:
-            before.append(word(service))
         outcome = data.draw(st.sampled_from(["deployed", "failed", "unrestored"]))
         said = (
             deployed(service)
@@ -187,27 +189,24 @@ class _Workers:
         if manner != "answers":
             self.silent.add(("deploy", service))
             self.late += [(("deploy", service), said)] if manner == "late" else []
-            return before
+            return []
         if outcome == "deployed":
             self.deployed.add(service)
         else:
             self.failed.add(service)
             if outcome == "unrestored":
                 self.stuck.add(service)
-        return [*before, said]
+        return [said]
 
     def _rollback_answer(self, service: str, manner: str, data: st.DataObject) -> list[Message]:
-        before: list[Message] = []
-        if data.draw(st.booleans()):
-            before.append(step_started(service, rollback=True))
         done = data.draw(st.booleans())
         said = rolled_back(service) if done else rollback_failed(service)
         if manner != "answers":
             self.silent.add(("rollback", service))
             self.late += [(("rollback", service), said)] if manner == "late" else []
-            return before
+            return []
         (self.rolled_back if done else self.stuck).add(service)
-        return [*before, said]
+        return [said]
 
 
 def _check_invariants(state: ReleaseState | None) -> None:
@@ -224,12 +223,6 @@ def _check_invariants(state: ReleaseState | None) -> None:
     assert state.next_deadline == min(deadlines, default=None)
 
 
-def _without_deadlines(state: ReleaseState | None) -> object:
-    assert state is not None
-    parts = {s: p.model_dump(exclude={"deadline"}) for s, p in state.components.items()}
-    return state.status, parts
-
-
 class _Run:
     """One release, driven message by message against the workers' checks."""
 
@@ -241,6 +234,7 @@ class _Run:
         self.seconds = 0
         self.pending: list[Message] = []  # commands sent that no worker took yet
         self.delivered: list[Message] = []
+        self.words: dict[str, datetime] = {}  # the store's last words, by word_key
 
     @property
     def now(self) -> datetime:
@@ -265,7 +259,11 @@ class _Run:
         """A worker takes one of the commands sent, at random, and answers it, or not."""
         index = self.data.draw(st.integers(0, len(self.pending) - 1), label="next")
         command = self.pending.pop(index)
-        for reply in self.workers.answer(command, self.data):
+        word, replies = self.workers.answer(command, self.data)
+        if word is not None:  # recorded in the store; the saga hears nothing of it
+            self.seconds += 1
+            self.words[word] = self.now
+        for reply in replies:
             self.deliver(reply)
             self.delivered.append(reply)
 
@@ -274,26 +272,35 @@ class _Run:
         old = self.data.draw(st.sampled_from(self.delivered))
         before = self.state
         assert self.deliver(old) == ()
-        assert _without_deadlines(self.state) == _without_deadlines(before)
+        assert self.state == before
+
+    def check_deadlines(self, at: datetime) -> tuple[Message, ...]:
+        """The coordinator's look at the deadlines at ``at``, with the last words it read."""
+        assert self.state is not None
+        self.seconds = int((at - T0).total_seconds()) - 1
+        return self.deliver(
+            CheckDeadlines(now=at, last_words=last_words(self.state, at, self.words))
+        )
 
     def wait_for_the_next_deadline(self) -> None:
         """Nothing comes: the coordinator's clock reaches the next deadline, no further.
 
-        The saga sends overdue commands again (those it then gives up on are named), and
-        the workers may answer them this time.
+        The saga moves the deadlines of workers heard from within a step, sends overdue
+        commands again (those it then gives up on are named), and the workers may answer
+        them this time.
         """
         assert self.state is not None
         due = self.state.next_deadline
         assert due is not None, "nothing in flight and nothing to send, yet no end"
         at = max(due, self.now + timedelta(seconds=1))
-        self.seconds = int((at - T0).total_seconds()) - 1
-        outgoing = self.deliver(CheckDeadlines(now=at))
-        assert outgoing, f"the deadline {due} passed and nothing was done"
+        outgoing = self.check_deadlines(at)
+        after = self.state.next_deadline
+        moved = after is not None and after > at
+        assert outgoing or moved, f"the deadline {due} passed and nothing was done"
 
     def wait_out_the_deadlines(self) -> None:
         """Nothing more comes: the coordinator's clock passes every deadline."""
-        self.seconds += 86_400
-        outgoing = self.deliver(CheckDeadlines(now=self.now + timedelta(seconds=1)))
+        outgoing = self.check_deadlines(self.now + timedelta(seconds=86_400))
         assert outgoing, "nothing in flight and nothing to send, yet no end"
         assert self.workers.passed == self.workers.silent
         for _, late in self.workers.late:  # what the silent workers say now changes nothing

@@ -3,7 +3,7 @@
 Host versions, drained hosts, the live colour and flags live in the store, so every
 process (and ``drover fleet``) sees the same truth. Every effect, i.e. every change to a
 host or a service (drained, deployed, undrained, switched, toggled), is counted per
-(release, host, step), so that a test can prove that nothing was done twice; doing again
+(release, host or flag, step), so that a test can prove that nothing was done twice; doing again
 what is already so (draining a drained host) changes nothing and counts nothing. A
 verify is a check, not an effect. Latency, failures and in-flight requests come from the
 fleet file.
@@ -108,7 +108,7 @@ class SimulatedDriver:
         self._act(Step.TOGGLE, _SERVICE, version=None)
         state = "on" if enabled else "off"
         if self._set(f"flag:{name}", state):
-            self._count(Step.TOGGLE, _SERVICE)
+            self._count(Step.TOGGLE, f"flag:{name}")  # each flag's flips counted apart
         return f"{name} is {state}"
 
     def _act(self, step: Step, host: str, version: str | None) -> None:
