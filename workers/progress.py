@@ -3,6 +3,7 @@ waits for people (a pause, an approval) without losing its place."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -226,9 +227,12 @@ class StoreJournal:
         self._key = command_key
         self._check = check
         self._crash = crash
-        self._steps = {
-            h: [Step(s) for s in done] for h, done in store.progress(command_key).items()
-        }
+
+    @functools.cached_property
+    def _steps(self) -> dict[str, list[Step]]:
+        # Read when first asked: a put-back journal is mostly never asked at all.
+        done = self._store.progress(self._key)
+        return {host: [Step(s) for s in steps] for host, steps in done.items()}
 
     def done(self, host: str) -> Sequence[Step]:
         return self._steps.get(host, [])

@@ -112,9 +112,11 @@ class ComponentRunner:
                     time.sleep(2**attempt)
 
     def _once(self, command: Envelope, payload: WorkerCommand) -> None:
-        """Carry out a command whose every delivery after the first changes nothing."""
-        if self._replayed(command):
-            return
+        """Carry out a command whose every delivery after the first changes nothing.
+
+        Whether it was finished before is asked once the lease is taken (or while waiting
+        for it): asked before, it could be finished between the question and the lease.
+        """
         service = self._fleet.service(payload.environment, payload.service)
         with held(
             self.store,
@@ -216,10 +218,10 @@ class ComponentRunner:
         """
         attempt = getattr(command.payload, "attempt", 1)
         key = started_key(command.release_id, event.service, attempt)
-        if self.store.outcome(key) is None:
-            self.store.record_outcome(key, self.message(event, command, purpose="started"))
-        recorded = self.store.outcome(key)  # first write wins: read what was kept
-        assert recorded is not None and isinstance(recorded.payload, ComponentStarted)
+        recorded = self.store.record_outcome(
+            key, self.message(event, command, purpose="started")
+        )  # the first worker's, if one recorded it before
+        assert isinstance(recorded.payload, ComponentStarted)
         progress.keep(recorded)  # with the first step's start, before any effect
         return recorded.payload
 
@@ -235,10 +237,10 @@ class ComponentRunner:
     def _finish(self, command: Envelope, outcome: Event) -> None:
         # Recorded before it is published, under an id derived from the command: after a
         # crash in between, a redelivered copy publishes this very message again, which
-        # the coordinator recognises as one it has seen.
+        # the coordinator recognises as one it has seen. What is published is what was
+        # kept: the first outcome recorded for the command, should a copy have been first.
         message = self.message(outcome, command, purpose="outcome")
-        self.store.record_outcome(work_key(command), message)
-        self._bus.publish(message)
+        self._bus.publish(self.store.record_outcome(work_key(command), message))
         self.crash.reached("worker.before_ack")
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:

@@ -201,8 +201,9 @@ class Store(Protocol):
         """``host -> steps done`` for a command, in the order they were recorded."""
         ...
 
-    def record_outcome(self, command_id: str, outcome: Envelope) -> None:
-        """Keep the event that ended a command, so a redelivered copy can replay it."""
+    def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
+        """Keep the event that ended a command, so a redelivered copy can replay it; the
+        first one recorded is kept, and returned (this one, or the one kept before)."""
         ...
 
     def outcome(self, command_id: str) -> Envelope | None: ...

@@ -108,6 +108,16 @@ end
 return 0
 """
 
+# The first outcome recorded is the one kept, and every caller learns which it is in the
+# same step: a later one is ignored, so every copy of a command replays the same event.
+# KEYS: 1 the outcome. ARGV: 1 the outcome offered.
+_KEEP_FIRST_LUA: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  return ARGV[1]
+end
+return redis.call('GET', KEYS[1])
+"""
+
 # The size of the set is the next step's place: read and add in one step, so two steps
 # recorded at once cannot take the same place (ties would sort by name, not by order).
 # KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
@@ -220,6 +230,7 @@ class RedisStore:
         self._commit_script = self._client.register_script(_COMMIT_LUA)
         self._lease_script = self._client.register_script(_LEASE_LUA)
         self._release_lease_script = self._client.register_script(_RELEASE_LEASE_LUA)
+        self._keep_first_script = self._client.register_script(_KEEP_FIRST_LUA)
         self._progress_script = self._client.register_script(_PROGRESS_LUA)
         self._set_field = self._client.register_script(_SET_FIELD_LUA)
         self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
@@ -466,11 +477,11 @@ class RedisStore:
             done = self._client.zrange(self._keys.progress(command_id), 0, -1)
         return shared.steps_by_host(_host_step(entry) for entry in done)
 
-    def record_outcome(self, command_id: str, outcome: Envelope) -> None:
-        # NX: the first outcome recorded is the one kept; a later one is ignored, so every
-        # redelivered copy of the command replays the same event
+    def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
+        key = self._keys.outcome(command_id)
         with _translated():
-            self._client.set(self._keys.outcome(command_id), outcome.encode(), nx=True)
+            kept = self._keep_first_script(keys=[key], args=[outcome.encode()])
+        return decode(_bytes(kept))
 
     def outcome(self, command_id: str) -> Envelope | None:
         with _translated():

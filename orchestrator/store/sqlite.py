@@ -456,7 +456,7 @@ class SqliteStore:
             ).fetchall()
         return shared.steps_by_host(rows)
 
-    def record_outcome(self, command_id: str, outcome: Envelope) -> None:
+    def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
         # OR IGNORE: the first outcome recorded is the one kept; a later one is ignored, so
         # every redelivered copy of the command replays the same event
         with self._write() as db:
@@ -464,6 +464,10 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO outcomes (command_id, body) VALUES (?, ?)",
                 (command_id, outcome.encode()),
             )
+            (kept,) = db.execute(
+                "SELECT body FROM outcomes WHERE command_id = ?", (command_id,)
+            ).fetchone()
+        return decode(kept)
 
     def outcome(self, command_id: str) -> Envelope | None:
         with self._read() as db:

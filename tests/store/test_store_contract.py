@@ -610,13 +610,13 @@ def test_progress_keeps_each_step_once_per_host_in_order(store: Store) -> None:
     assert store.progress("c2") == {"web-1": ["deploy"]}
 
 
-def test_the_first_outcome_of_a_command_is_the_one_kept(store: Store) -> None:
+def test_the_first_outcome_of_a_command_is_the_one_kept_and_told(store: Store) -> None:
     first, second = _report(), _report()
     assert store.outcome("c1") is None
 
-    store.record_outcome("c1", first)
-    store.record_outcome("c1", second)
-    store.record_outcome("c2", second)
+    assert store.record_outcome("c1", first) == first
+    assert store.record_outcome("c1", second) == first  # the caller learns what was kept
+    assert store.record_outcome("c2", second) == second
 
     assert store.outcome("c1") == first
     assert store.outcome("c2") == second
