@@ -65,6 +65,7 @@ log = get_logger(__name__)
 COORDINATOR_ACTOR: Final = "drover-coordinator"
 _MAX_CONFLICT_RETRIES: Final = 20
 _STORE_RETRY_S: Final = 1.0
+_RELAY_BATCH: Final = 500  # outbox messages read and published at a time
 # Releases whose last committed state the coordinator keeps: more than run at once on any
 # fleet we know; the least recently used is forgotten first, and loaded again if needed.
 _KNOWN_RELEASES: Final = 1000
@@ -385,9 +386,7 @@ class Coordinator:
         """Publish every committed message not yet published, oldest first."""
         self._outbox_grew = False
         while True:
-            pending = self._store.pending_outbox()
-            if not pending:
-                return
+            pending = self._store.pending_outbox(_RELAY_BATCH)
             published: list[str] = []
             try:
                 for message in pending:
@@ -398,6 +397,8 @@ class Coordinator:
                 # A crash before this publishes those again on the next start: the
                 # receivers' seen sets make that harmless.
                 self._store.mark_published(published)
+            if len(pending) < _RELAY_BATCH:
+                return  # that was all: what is committed from now on, the next relay sends
 
     def _refuse(self, delivery: Delivery, error: MessageDecodeError) -> None:
         header = error.header

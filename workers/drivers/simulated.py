@@ -55,13 +55,16 @@ class SimulatedDriver:
     def drain(self, host: str) -> str:
         self._act(Step.DRAIN, host, version=None)
         if self._store.set_drained(self._environment, self._service, host, drained=True):
-            self._set(f"drained_at:{host}", repr(time.time()))
+            if self._config.in_flight:  # when its requests began to finish
+                self._set(f"drained_at:{host}", repr(time.time()))
             self._count(Step.DRAIN, host)
             self._note_peak()
         return ""
 
     def in_flight(self, host: str) -> int:
         """What a drained host still serves: its requests finish one per ``request_ms``."""
+        if not self._config.in_flight:
+            return 0  # a host that serves nothing has nothing to finish
         state = self._store.service_state(self._environment, self._service)
         drained_at = state.get(f"drained_at:{host}")
         if drained_at is None or host not in self._drained():
@@ -115,6 +118,8 @@ class SimulatedDriver:
         """The simulated work: its latency, and the failures the fleet file injects."""
         if self._config.latency_ms:
             time.sleep(self._config.latency_ms / 1000)
+        if not self._config.fail:
+            return
         running = version or (self.current_version(host) if host != _SERVICE else "")
         for injection in self._config.fail:
             if not injection.matches(step, running, host):
