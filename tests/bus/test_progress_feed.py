@@ -1,0 +1,129 @@
+"""The live feed of step reports (``ns.progress``), read by a listener of one's own on
+real brokers: Redis and RabbitMQ.
+
+A worker hands its reports to the bus and goes on; the bus publishes them from a thread
+of its own. A listener must still get every report, in the order made, one release per
+message, and a bus that closes publishes what it was handed first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kombu.connection import Connection
+from kombu.entity import Queue
+
+from orchestrator.bus import Topology
+from orchestrator.contract import Envelope, StepStarted, decode_body, envelope
+from orchestrator.plans import load_fleet
+from orchestrator.runtime import Parts, connect
+from orchestrator.settings import Settings
+from orchestrator.vocabulary import Step
+
+FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url")
+    yield url
+    topology = Topology(namespace)
+    if request.param == "redis":  # kombu's binding table of the exchange
+        client = redis.Redis.from_url(url)
+        client.delete(f"_kombu.binding.{topology.progress_exchange.name}")
+        client.close()
+    else:
+        with Connection(url) as connection:
+            topology.progress_exchange.bind(connection.default_channel).delete()
+
+
+@pytest.fixture
+def parts(broker_url: str, namespace: str, tmp_path: Path) -> Iterator[Parts]:
+    settings = Settings.load(
+        environ={},
+        broker_url=broker_url,
+        namespace=namespace,
+        store_url=f"sqlite:///{tmp_path}/store.db",
+    )
+    connected = connect(settings, load_fleet(FLEET))
+    yield connected
+    connected.close()
+
+
+def _reports(release_id: str, count: int) -> list[Envelope]:
+    return [
+        envelope(
+            StepStarted(
+                environment="staging", service="api", step=Step.DEPLOY, batch=n + 1, hosts=("h",)
+            ),
+            release_id=release_id,
+            actor="worker-1",
+        )
+        for n in range(count)
+    ]
+
+
+def _listen(parts: Parts, routing_key: str) -> Queue:
+    queue = Queue(
+        f"test-progress-{uuid.uuid4().hex[:8]}",
+        exchange=parts.bus.topology.progress_exchange,
+        routing_key=routing_key,
+    )
+    with Connection(parts.settings.broker_url) as connection:
+        queue(connection.default_channel).declare()
+    return queue
+
+
+def _heard(parts: Parts, queue: Queue) -> list[tuple[dict[str, object], list[Envelope]]]:
+    """Every message the listener got, as (headers, reports), until it stays empty 1 s."""
+    received = []
+    with Connection(parts.settings.broker_url) as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            while True:
+                try:
+                    message = simple.get(timeout=1)
+                except simple.Empty:
+                    return received
+                received.append((message.headers, decode_body(message.body)))
+                message.ack()
+        finally:
+            simple.close()
+            queue(connection.default_channel).delete()
+
+
+def test_every_report_reaches_a_listener_in_order_one_release_per_message(
+    parts: Parts,
+) -> None:
+    first, second = _reports("R-first", 30), _reports("R-second", 30)
+    everything = _listen(parts, "Progress.*")
+    only_second = _listen(parts, "Progress.R-second")
+
+    for n in range(0, 30, 3):  # as two workers would, a few reports at a time
+        parts.bus.publish_progress(first[n : n + 3])
+        parts.bus.publish_progress(second[n : n + 3])
+    parts.bus.close()  # publishes what it was handed before it returns
+
+    messages = _heard(parts, everything)
+    for headers, reports in messages:
+        assert len({r.release_id for r in reports}) == 1
+        assert headers["drover_type"] == "Progress"
+        assert headers["drover_batch"] == len(reports)
+        assert headers["drover_release_id"] == reports[0].release_id
+    heard = [r for _, reports in messages for r in reports]
+    assert [r for r in heard if r.release_id == "R-first"] == first
+    assert [r for r in heard if r.release_id == "R-second"] == second
+    assert [r for _, reports in _heard(parts, only_second) for r in reports] == second
+
+
+def test_reports_of_several_releases_cannot_be_handed_over_as_one(parts: Parts) -> None:
+    mixed = _reports("R-one", 1) + _reports("R-two", 1)
+
+    with pytest.raises(ValueError, match="one release"):
+        parts.bus.publish_progress(mixed)
