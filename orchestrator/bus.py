@@ -77,10 +77,6 @@ _TASKS: Final[dict[type, str]] = {
 _PUBLISH_TIMEOUT_S: Final = 10.0
 # How long a consumer waits for a message before it looks up (ticks, stop requests).
 _WAIT_S: Final = 1.0
-# Step reports for listeners: at most this many in one message, and this many waiting
-# to be published (beyond it, while the broker is away, they are dropped from the feed).
-_PROGRESS_BATCH: Final = 200
-_PROGRESS_PENDING_LIMIT: Final = 50_000
 _RETRY_POLICY: Final = {
     "max_retries": 10,
     "interval_start": 0.2,
@@ -165,63 +161,6 @@ class Delivery:
     sent_at: float | None = None  # epoch seconds, from the publisher's drover_sent_at header
 
 
-class _ProgressSender:
-    """Step reports on their way to ``ns.progress``, published by a thread of their own.
-
-    The reports are in the store before they come here (the record, and what the
-    coordinator reads); the bus carries a copy for live listeners, so a worker does not
-    wait for it. What piles up while one round is published goes out in the next, one
-    message per release: the busier the worker, the fewer messages per report.
-    """
-
-    def __init__(self, send: Callable[[Sequence[Envelope]], None]) -> None:
-        self._send = send
-        self._pending: dict[str, list[Envelope]] = {}  # by release, in the order made
-        self._count = 0
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
-
-    def add(self, reports: Sequence[Envelope]) -> None:
-        with self._changed:
-            if self._count + len(reports) > _PROGRESS_PENDING_LIMIT:
-                # The broker has been away for long: keep memory bounded. Listeners miss
-                # these; the store has them (drover watch, the API, the timeline).
-                log.warning("step reports dropped from the live feed", reports=self._count)
-                self._pending, self._count = {}, 0
-            self._pending.setdefault(reports[0].release_id, []).extend(reports)
-            self._count += len(reports)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="drover-progress", daemon=True
-                )
-                self._thread.start()
-            self._changed.notify()
-
-    def close(self, timeout_s: float) -> None:
-        """Publish what is pending (for up to ``timeout_s``), then stop."""
-        with self._changed:
-            self._closing = True
-            self._changed.notify()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._pending and not self._closing:
-                    self._changed.wait()
-                if not self._pending:
-                    return
-                pending, self._pending, self._count = self._pending, {}, 0
-            for reports in pending.values():
-                for start in range(0, len(reports), _PROGRESS_BATCH):
-                    try:
-                        self._send(reports[start : start + _PROGRESS_BATCH])
-                    except Exception as exc:
-                        log.warning("step reports not published for listeners", error=str(exc))
-
-
 class Bus:
     """Publishes envelopes where they belong and runs consumers; safe to share by threads."""
 
@@ -248,7 +187,6 @@ class Bus:
         self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
         self._declared = False
         self._declare_lock = threading.Lock()
-        self._progress = _ProgressSender(self._send_progress)
 
     def declare(self) -> None:
         """Create the exchanges and the coordinator's queues; safe to repeat."""
@@ -278,19 +216,15 @@ class Bus:
         self.metrics.record(message)
 
     def publish_progress(self, reports: Sequence[Envelope]) -> None:
-        """Send a worker's step reports on one release to listeners, without waiting:
-        they go out in the background, with others made meanwhile (see _ProgressSender)."""
+        """Send a worker's step reports on one release, as one message, to listeners."""
         if not reports:
             return
         if any(r.is_command for r in reports) or len({r.release_id for r in reports}) > 1:
             raise ValueError("progress reports are events of one release")
-        for report in reports:
-            self.metrics.record(report)
-        self._progress.add(reports)
-
-    def _send_progress(self, reports: Sequence[Envelope]) -> None:
         routing_key = f"{PROGRESS}.{reports[0].release_id}"
         self._publish_as_drilled(reports, self.topology.progress_exchange, routing_key)
+        for report in reports:
+            self.metrics.record(report)
 
     def _publish_as_drilled(
         self, message: Envelope | Sequence[Envelope], exchange: Exchange, routing_key: str
@@ -397,7 +331,6 @@ class Bus:
         return rows
 
     def close(self) -> None:
-        self._progress.close(timeout_s=_PUBLISH_TIMEOUT_S)
         # The producers' pool holds connections of its own: closing the pool alone leaves
         # their sockets open until the garbage collector finds them.
         self._producers.force_close_all()
