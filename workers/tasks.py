@@ -124,19 +124,7 @@ class ComponentRunner:
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
             finished=lambda: self.store.outcome(work_key(command)) is not None,
-            waiting=lambda holder: self.report(
-                [
-                    self.message(
-                        ComponentWaiting(
-                            environment=payload.environment,
-                            service=payload.service,
-                            holder=holder or "?",
-                        ),
-                        command,
-                    )
-                ],
-                command,
-            ),
+            waiting=lambda holder: self._waiting(command, payload, holder),
             # Word well within the step deadline, or the coordinator would give up on us.
             waiting_every_s=min(service.step_timeout_s / 3, 5.0),
         ) as lease:
@@ -170,6 +158,13 @@ class ComponentRunner:
                 log.exception("component crashed")
                 outcome = _crashed(payload, f"worker error: {exc!r}")
             self._finish(command, outcome)
+
+    def _waiting(self, command: Envelope, payload: WorkerCommand, holder: str | None) -> None:
+        """Say that this copy waits for the worker holding the component: it is alive."""
+        waiting = ComponentWaiting(
+            environment=payload.environment, service=payload.service, holder=holder or "?"
+        )
+        self.report([self.message(waiting, command)], command)
 
     def _body(self, command: Envelope, payload: WorkerCommand, lease: Lease) -> Event:
         progress = ComponentProgress(self, command, lease)
