@@ -1,11 +1,13 @@
 """A coordinator that falls behind must not blame the workers for its own delay.
 
 The coordinator is frozen (SIGSTOP: a stalled machine, a long pause) while a worker goes
-on reporting, each report well within the service's step timeout of the one before. When
-it is let go, the reports are waiting in its queue, older than a step timeout: judged by
-the wall clock, the component's deadline (a step after the first waiting report) has
-passed, and it would be sent again or timed out. Judged as of the reports it has read, no
-deadline passed, and the release goes on as if nothing happened.
+on reporting, each report well within the service's step timeout of the one before, and
+finishes. When the coordinator is let go, the worker's last word (in the store) and its
+outcome (waiting in the coordinator's queue) are older than a step timeout: judged by the
+wall clock, the component's deadline has passed before the outcome is read, and the
+command would be sent again or timed out. Judged as of what it has read, no deadline
+passed, and the release goes on as if nothing happened. (Checked: with ``ReadUpTo``
+answering the wall clock, this test fails.)
 """
 
 from __future__ import annotations
