@@ -82,11 +82,11 @@ class ComponentProgress:
         self._unsent: list[Envelope] = []
 
     def keep(self, message: Envelope) -> None:
-        """Send a message already made (and recorded) with the next batch."""
+        """Report a message already made (and recorded apart) with the next batch."""
         self._unsent.append(message)
 
     def flush(self) -> None:
-        """Send the reports kept so far."""
+        """Record the reports kept so far, and publish them for listeners."""
         if self._unsent:
             self._runner.report(self._unsent, self._command)
             self._unsent = []

@@ -7,21 +7,18 @@ per message, with the headers that let it filter without parsing bodies.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from kombu.connection import Connection
-from kombu.entity import Queue
 
 from orchestrator.bus import Topology
-from orchestrator.contract import Envelope, StepStarted, decode_body, envelope
-from orchestrator.plans import load_fleet
-from orchestrator.runtime import Parts, connect
-from orchestrator.settings import Settings
+from orchestrator.contract import Envelope, StepStarted, envelope
+from orchestrator.runtime import Parts
 from orchestrator.vocabulary import Step
+from tests.support.listening import connected_parts, drain, listen, messages
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 
@@ -44,15 +41,8 @@ def broker_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
 
 @pytest.fixture
 def parts(broker_url: str, namespace: str, tmp_path: Path) -> Iterator[Parts]:
-    settings = Settings.load(
-        environ={},
-        broker_url=broker_url,
-        namespace=namespace,
-        store_url=f"sqlite:///{tmp_path}/store.db",
-    )
-    connected = connect(settings, load_fleet(FLEET))
-    yield connected
-    connected.close()
+    with connected_parts(broker_url, namespace, tmp_path, FLEET) as connected:
+        yield connected
 
 
 def _reports(release_id: str, count: int) -> list[Envelope]:
@@ -68,56 +58,27 @@ def _reports(release_id: str, count: int) -> list[Envelope]:
     ]
 
 
-def _listen(parts: Parts, routing_key: str) -> Queue:
-    queue = Queue(
-        f"test-progress-{uuid.uuid4().hex[:8]}",
-        exchange=parts.bus.topology.progress_exchange,
-        routing_key=routing_key,
-    )
-    with Connection(parts.settings.broker_url) as connection:
-        queue(connection.default_channel).declare()
-    return queue
-
-
-def _heard(parts: Parts, queue: Queue) -> list[tuple[dict[str, object], list[Envelope]]]:
-    """Every message the listener got, as (headers, reports), until it stays empty 1 s."""
-    received = []
-    with Connection(parts.settings.broker_url) as connection:
-        simple = connection.SimpleQueue(queue)
-        try:
-            while True:
-                try:
-                    message = simple.get(timeout=1)
-                except simple.Empty:
-                    return received
-                received.append((message.headers, decode_body(message.body)))
-                message.ack()
-        finally:
-            simple.close()
-            queue(connection.default_channel).delete()
-
-
 def test_every_report_reaches_a_listener_in_order_one_release_per_message(
     parts: Parts,
 ) -> None:
     first, second = _reports("R-first", 30), _reports("R-second", 30)
-    everything = _listen(parts, "Progress.*")
-    only_second = _listen(parts, "Progress.R-second")
+    url, exchange = parts.settings.broker_url, parts.bus.topology.progress_exchange
+    everything = listen(url, exchange, "Progress.*")
+    only_second = listen(url, exchange, "Progress.R-second")
 
     for n in range(0, 30, 3):  # as two workers would, a few reports at a time
         parts.bus.publish_progress(first[n : n + 3])
         parts.bus.publish_progress(second[n : n + 3])
 
-    messages = _heard(parts, everything)
-    for headers, reports in messages:
+    heard = drain(url, everything)
+    for headers, reports in heard:
         assert len({r.release_id for r in reports}) == 1
         assert headers["drover_type"] == "Progress"
         assert headers["drover_batch"] == len(reports)
         assert headers["drover_release_id"] == reports[0].release_id
-    heard = [r for _, reports in messages for r in reports]
-    assert [r for r in heard if r.release_id == "R-first"] == first
-    assert [r for r in heard if r.release_id == "R-second"] == second
-    assert [r for _, reports in _heard(parts, only_second) for r in reports] == second
+    assert [r for r in messages(heard) if r.release_id == "R-first"] == first
+    assert [r for r in messages(heard) if r.release_id == "R-second"] == second
+    assert messages(drain(url, only_second)) == second
 
 
 def test_reports_of_several_releases_cannot_be_handed_over_as_one(parts: Parts) -> None:

@@ -8,16 +8,12 @@ is Redis in both cases, as in production.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
 
 from orchestrator.bus import Topology
-from orchestrator.contract import Envelope, decode_body
 from orchestrator.plans import load_fleet
 from orchestrator.store import open_store
 from tests.conftest import REDIS_URL
@@ -32,6 +28,7 @@ from tests.e2e.scenarios import (
     fleet_versions,
     run_and_check,
 )
+from tests.support.listening import drain, listen, messages
 
 pytestmark = pytest.mark.broker
 
@@ -74,23 +71,15 @@ def test_release_across_processes(cluster: Cluster, scenario: Scenario, tmp_path
 def test_step_reports_reach_listeners_and_the_timeline_but_not_the_coordinator(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    topology = Topology(cluster.env["DROVER_NAMESPACE"])
-    with Connection(cluster.env["DROVER_BROKER_URL"]) as connection:
-        # Two listeners of one's own: every step report, and all the coordinator is sent.
-        progress = _listener(topology.progress_exchange, "Progress.*")
-        events = _listener(topology.events_exchange, "#")
-        for queue in (progress, events):
-            queue(connection.default_channel).declare()
-        try:
-            scenario = str(SUCCESS.write(tmp_path))
-            release = drover("release", "submit", scenario, "--wait", "--json", env=cluster.env)
-            assert release.returncode == 0, release.stderr
-            release_id = json.loads(release.stdout)["id"]
-            heard = _drain(connection, progress)
-            told = _drain(connection, events)
-        finally:
-            for queue in (progress, events):
-                queue(connection.default_channel).delete()
+    topology, url = Topology(cluster.env["DROVER_NAMESPACE"]), cluster.env["DROVER_BROKER_URL"]
+    # Two listeners of one's own: every step report, and all the coordinator is sent.
+    progress = listen(url, topology.progress_exchange, "Progress.*")
+    events = listen(url, topology.events_exchange, "#")
+    scenario = str(SUCCESS.write(tmp_path))
+    release = drover("release", "submit", scenario, "--wait", "--json", env=cluster.env)
+    heard, told = messages(drain(url, progress)), messages(drain(url, events))
+    assert release.returncode == 0, release.stderr
+    release_id = json.loads(release.stdout)["id"]
 
     store = open_store(REDIS_URL, namespace=cluster.env["DROVER_NAMESPACE"])
     try:
@@ -115,27 +104,6 @@ _PROGRESS = {
     "HostDrained",
     "GateJudged",
 }
-
-
-def _listener(exchange: Exchange, routing_key: str) -> Queue:
-    name = f"test-listener-{uuid.uuid4().hex[:8]}"
-    return Queue(name, exchange=exchange, routing_key=routing_key, auto_delete=False)
-
-
-def _drain(connection: Connection, queue: Queue) -> list[Envelope]:
-    """Every message waiting in ``queue``, batches unpacked."""
-    received: list[Envelope] = []
-    simple = connection.SimpleQueue(queue)
-    try:
-        while True:
-            try:
-                message = simple.get(timeout=1)
-            except simple.Empty:
-                return received
-            received.extend(decode_body(message.body))
-            message.ack()
-    finally:
-        simple.close()
 
 
 def test_releases_lists_newest_first(cluster: Cluster, tmp_path: Path) -> None:

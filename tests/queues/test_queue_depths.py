@@ -30,6 +30,7 @@ from orchestrator.plans import load_fleet
 from orchestrator.queues import QueueDepth, queue_depths
 from orchestrator.runtime import Parts, connect
 from orchestrator.settings import Settings
+from tests.support.listening import connected_parts
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 WAIT_S = 0.4  # how long messages wait before their age is read
@@ -53,15 +54,8 @@ def broker_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
 
 @pytest.fixture
 def parts(broker_url: str, namespace: str, tmp_path: Path) -> Iterator[Parts]:
-    settings = Settings.load(
-        environ={},
-        broker_url=broker_url,
-        namespace=namespace,
-        store_url=f"sqlite:///{tmp_path}/store.db",
-    )
-    connected = connect(settings, load_fleet(FLEET))
-    yield connected
-    connected.close()
+    with connected_parts(broker_url, namespace, tmp_path, FLEET) as connected:
+        yield connected
 
 
 def _forget_redis_bindings(url: str, namespace: str) -> None:

@@ -1,0 +1,70 @@
+"""A listener of one's own on Drover's exchanges, as a dashboard would bind one, and the
+parts of a process connected to a real broker: for tests that read what goes over the bus."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+
+from orchestrator.contract import Envelope, decode_body
+from orchestrator.plans import load_fleet
+from orchestrator.runtime import Parts, connect
+from orchestrator.settings import Settings
+
+Heard = list[tuple[dict[str, object], list[Envelope]]]  # (headers, messages) per delivery
+
+
+@contextmanager
+def connected_parts(
+    broker_url: str, namespace: str, tmp_path: Path, fleet: Path
+) -> Iterator[Parts]:
+    """Drover's parts on ``broker_url``, with a SQLite store in ``tmp_path``."""
+    settings = Settings.load(
+        environ={},
+        broker_url=broker_url,
+        namespace=namespace,
+        store_url=f"sqlite:///{tmp_path}/store.db",
+    )
+    parts = connect(settings, load_fleet(fleet))
+    try:
+        yield parts
+    finally:
+        parts.close()
+
+
+def listen(broker_url: str, exchange: Exchange, routing_key: str) -> Queue:
+    """A queue of one's own bound to ``exchange``: it holds what is published from now on."""
+    queue = Queue(
+        f"test-listener-{uuid.uuid4().hex[:8]}", exchange=exchange, routing_key=routing_key
+    )
+    with Connection(broker_url) as connection:
+        queue(connection.default_channel).declare()
+    return queue
+
+
+def drain(broker_url: str, queue: Queue) -> Heard:
+    """Every delivery in ``queue`` until it stays empty for a second; then the queue goes."""
+    heard: Heard = []
+    with Connection(broker_url) as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            while True:
+                try:
+                    message = simple.get(timeout=1)
+                except simple.Empty:
+                    return heard
+                heard.append((message.headers, decode_body(message.body)))
+                message.ack()
+        finally:
+            simple.close()
+            queue(connection.default_channel).delete()
+
+
+def messages(heard: Heard) -> list[Envelope]:
+    """What was heard, batches unpacked, in the order heard."""
+    return [message for _, batch in heard for message in batch]
