@@ -20,8 +20,10 @@ from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState
 
 __all__ = [
     "KEEP_WAKE",
+    "PEAK_DRAINED",
     "CommitResult",
     "DeadLetter",
+    "Effect",
     "KeepWake",
     "Store",
     "StoreUnavailable",
@@ -39,6 +41,22 @@ class KeepWake(Enum):
 
 
 KEEP_WAKE: Final = KeepWake.KEEP
+
+
+PEAK_DRAINED: Final = "peak_drained"  # the service state kept by set_drained
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A change to the fleet, counted for a release when, and only when, it changed it.
+
+    Counted in the same step as the change, so no crash leaves a change uncounted: the
+    drills prove that nothing was done twice by these counts.
+    """
+
+    release_id: str
+    host: str  # a host, or what stands for a change to the whole service ("*", "flag:x")
+    step: str
 
 
 class StoreUnavailable(Exception):
@@ -146,14 +164,10 @@ class Store(Protocol):
         """The version recorded per host; hosts never deployed by Drover are absent."""
         ...
 
-    def record_host_version(
-        self, environment: str, service: str, host: str, version: str
-    ) -> None: ...
-
-    def count_effect(
-        self, release_id: str, environment: str, service: str, host: str, step: str
-    ) -> int:
-        """Add one to the count of an effect on a host, and return the new count."""
+    def set_host_version(
+        self, environment: str, service: str, host: str, version: str, effect: Effect | None
+    ) -> bool:
+        """Record what a host runs; True (and ``effect`` counted) if that changed it."""
         ...
 
     def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
@@ -164,16 +178,21 @@ class Store(Protocol):
         """Hosts the simulator has out of service."""
         ...
 
-    def set_drained(self, environment: str, service: str, host: str, drained: bool) -> bool:
-        """Put a host out of (or back into) service; True if that changed anything."""
+    def set_drained(
+        self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
+    ) -> bool:
+        """Put a host out of (or back into) service; True (and ``effect`` counted) if that
+        changed it. The most hosts ever out at once is kept as :data:`PEAK_DRAINED`."""
         ...
 
     def service_state(self, environment: str, service: str) -> dict[str, str]:
         """The simulator's other facts about a service (live colour, flags, ...)."""
         ...
 
-    def set_service_state(self, environment: str, service: str, field: str, value: str) -> bool:
-        """Record one fact about a service; True if that changed anything."""
+    def set_service_state(
+        self, environment: str, service: str, field: str, value: str, effect: Effect | None
+    ) -> bool:
+        """Record one fact about a service; True (and ``effect`` counted) if that changed it."""
         ...
 
     # --- workers: one owner per component, and what each command did ----------------------

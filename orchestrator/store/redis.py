@@ -23,8 +23,10 @@ from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
+    PEAK_DRAINED,
     CommitResult,
     DeadLetter,
+    Effect,
     KeepWake,
     StoredRelease,
     StoreUnavailable,
@@ -125,10 +127,31 @@ _PROGRESS_LUA: Final = """
 redis.call('ZADD', KEYS[1], 'NX', redis.call('ZCARD', KEYS[1]), ARGV[1])
 """
 
-# A hash field set to a value: 1 if that changed it, 0 if it held that value already.
-_SET_FIELD_LUA: Final = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+# A change to the simulated fleet and the count of its effect, in one step: 1 if it changed
+# anything (and then the effect is counted), 0 if it was so already. A host put out of
+# service also raises the service's peak of hosts out at once, if it is a new peak.
+# KEYS: 1 what changes (a hash of fields, or the set of drained hosts), 2 the release's
+#       effects ("" for an uncounted change), 3 the service's state (for the peak).
+# ARGV: 1 "field", "drain" or "undrain", 2 the field or host, 3 the value, 4 the
+#       effect's field in KEYS[2], 5 the peak's field.
+_FLEET_CHANGE_LUA: Final = """
+local changed
+if ARGV[1] == 'field' then
+  changed = redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3]
+  if changed then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+elseif ARGV[1] == 'drain' then
+  changed = redis.call('SADD', KEYS[1], ARGV[2]) == 1
+  if changed then
+    local out = redis.call('SCARD', KEYS[1])
+    if out > tonumber(redis.call('HGET', KEYS[3], ARGV[5]) or '0') then
+      redis.call('HSET', KEYS[3], ARGV[5], out)
+    end
+  end
+else
+  changed = redis.call('SREM', KEYS[1], ARGV[2]) == 1
+end
+if not changed then return 0 end
+if KEYS[2] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
 return 1
 """
 
@@ -232,7 +255,7 @@ class RedisStore:
         self._release_lease_script = self._client.register_script(_RELEASE_LEASE_LUA)
         self._keep_first_script = self._client.register_script(_KEEP_FIRST_LUA)
         self._progress_script = self._client.register_script(_PROGRESS_LUA)
-        self._set_field = self._client.register_script(_SET_FIELD_LUA)
+        self._fleet_change = self._client.register_script(_FLEET_CHANGE_LUA)
         self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
         self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
@@ -384,16 +407,13 @@ class RedisStore:
             versions = self._client.hgetall(self._keys.host_versions(environment, service))
         return {_text(host): _text(version) for host, version in versions.items()}
 
-    def record_host_version(self, environment: str, service: str, host: str, version: str) -> None:
-        with _translated():
-            self._client.hset(self._keys.host_versions(environment, service), host, version)
-
-    def count_effect(
-        self, release_id: str, environment: str, service: str, host: str, step: str
-    ) -> int:
-        field = json.dumps([environment, service, host, step])
-        with _translated():
-            return int(self._client.hincrby(self._keys.effects(release_id), field, 1))
+    def set_host_version(
+        self, environment: str, service: str, host: str, version: str, effect: Effect | None
+    ) -> bool:
+        key = self._keys.host_versions(environment, service)
+        return self._change_fleet(
+            key, "field", host, version, environment=environment, service=service, effect=effect
+        )
 
     def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
         with _translated():
@@ -405,22 +425,45 @@ class RedisStore:
             hosts = self._client.smembers(self._keys.drained(environment, service))
         return {_text(host) for host in hosts}
 
-    def set_drained(self, environment: str, service: str, host: str, drained: bool) -> bool:
+    def set_drained(
+        self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
+    ) -> bool:
         key = self._keys.drained(environment, service)
-        with _translated():
-            changed = self._client.sadd(key, host) if drained else self._client.srem(key, host)
-        return bool(changed)
+        change = "drain" if drained else "undrain"
+        return self._change_fleet(
+            key, change, host, "", environment=environment, service=service, effect=effect
+        )
 
     def service_state(self, environment: str, service: str) -> dict[str, str]:
         with _translated():
             state = self._client.hgetall(self._keys.service_state(environment, service))
         return {_text(field): _text(value) for field, value in state.items()}
 
-    def set_service_state(self, environment: str, service: str, field: str, value: str) -> bool:
+    def set_service_state(
+        self, environment: str, service: str, field: str, value: str, effect: Effect | None
+    ) -> bool:
         key = self._keys.service_state(environment, service)
+        return self._change_fleet(
+            key, "field", field, value, environment=environment, service=service, effect=effect
+        )
+
+    def _change_fleet(
+        self,
+        key: str,
+        change: str,
+        member: str,
+        value: str,
+        *,
+        environment: str,
+        service: str,
+        effect: Effect | None,
+    ) -> bool:
+        effects = self._keys.effects(effect.release_id) if effect else ""
+        counted = json.dumps([environment, service, effect.host, effect.step]) if effect else ""
+        keys = [key, effects, self._keys.service_state(environment, service)]
+        args = [change, member, value, counted, PEAK_DRAINED]
         with _translated():
-            # One script, so that "changed" is the truth even with two writers.
-            return bool(self._set_field(keys=[key], args=[field, value]))
+            return bool(self._fleet_change(keys=keys, args=args))
 
     # --- notes ---------------------------------------------------------------------------
 

@@ -21,8 +21,10 @@ from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
+    PEAK_DRAINED,
     CommitResult,
     DeadLetter,
+    Effect,
     KeepWake,
     StoredRelease,
     StoreUnavailable,
@@ -305,34 +307,17 @@ class SqliteStore:
             ).fetchall()
         return dict(rows)
 
-    def record_host_version(self, environment: str, service: str, host: str, version: str) -> None:
+    def set_host_version(
+        self, environment: str, service: str, host: str, version: str, effect: Effect | None
+    ) -> bool:
         with self._write() as db:
-            db.execute(
+            changed = db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, host)"
-                " DO UPDATE SET version = excluded.version",
+                " DO UPDATE SET version = excluded.version WHERE version != excluded.version",
                 (environment, service, host, version),
-            )
-
-    def count_effect(
-        self, release_id: str, environment: str, service: str, host: str, step: str
-    ) -> int:
-        effect = (release_id, environment, service, host, step)
-        # the upsert and the read in one write transaction: no other count in between
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO effects (release_id, environment, service, host, step, count)"
-                " VALUES (?, ?, ?, ?, ?, 1)"
-                " ON CONFLICT (release_id, environment, service, host, step)"
-                " DO UPDATE SET count = count + 1",
-                effect,
-            )
-            (count,) = db.execute(
-                "SELECT count FROM effects WHERE release_id = ? AND environment = ?"
-                " AND service = ? AND host = ? AND step = ?",
-                effect,
-            ).fetchone()
-        return int(count)
+            ).rowcount
+            return _counted(db, changed > 0, environment, service, effect)
 
     def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
         with self._read() as db:
@@ -350,14 +335,26 @@ class SqliteStore:
             ).fetchall()
         return {host for (host,) in rows}
 
-    def set_drained(self, environment: str, service: str, host: str, drained: bool) -> bool:
+    def set_drained(
+        self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
+    ) -> bool:
         statement = (
             "INSERT OR IGNORE INTO drained (environment, service, host) VALUES (?, ?, ?)"
             if drained
             else "DELETE FROM drained WHERE environment = ? AND service = ? AND host = ?"
         )
         with self._write() as db:
-            return db.execute(statement, (environment, service, host)).rowcount > 0
+            changed = db.execute(statement, (environment, service, host)).rowcount > 0
+            if changed and drained:
+                db.execute(
+                    "INSERT INTO service_state (environment, service, field, value)"
+                    " SELECT ?, ?, ?, COUNT(*) FROM drained WHERE environment = ? AND service = ?"
+                    " ON CONFLICT (environment, service, field)"
+                    " DO UPDATE SET value = excluded.value"
+                    " WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                    (environment, service, PEAK_DRAINED, environment, service),
+                )
+            return _counted(db, changed, environment, service, effect)
 
     def service_state(self, environment: str, service: str) -> dict[str, str]:
         with self._read() as db:
@@ -367,7 +364,9 @@ class SqliteStore:
             ).fetchall()
         return dict(rows)
 
-    def set_service_state(self, environment: str, service: str, field: str, value: str) -> bool:
+    def set_service_state(
+        self, environment: str, service: str, field: str, value: str, effect: Effect | None
+    ) -> bool:
         with self._write() as db:
             changed = db.execute(
                 "INSERT INTO service_state (environment, service, field, value)"
@@ -375,7 +374,7 @@ class SqliteStore:
                 " DO UPDATE SET value = excluded.value WHERE value != excluded.value",
                 (environment, service, field, value),
             ).rowcount
-        return changed > 0
+            return _counted(db, changed > 0, environment, service, effect)
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -587,6 +586,21 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+
+def _counted(
+    db: sqlite3.Connection, changed: bool, environment: str, service: str, effect: Effect | None
+) -> bool:
+    """Count ``effect`` if the change in this transaction changed anything."""
+    if changed and effect is not None:
+        db.execute(
+            "INSERT INTO effects (release_id, environment, service, host, step, count)"
+            " VALUES (?, ?, ?, ?, ?, 1)"
+            " ON CONFLICT (release_id, environment, service, host, step)"
+            " DO UPDATE SET count = count + 1",
+            (effect.release_id, environment, service, effect.host, effect.step),
+        )
+    return changed
 
 
 _DEAD_LETTER_COLUMNS: Final = "id, at, reason, raw, source"

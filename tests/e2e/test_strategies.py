@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.store import Store, open_store
+from orchestrator.store import PEAK_DRAINED, Store, open_store
 from tests.conftest import REDIS_URL
 from tests.e2e.cluster import BROKERS, Cluster, running_cluster
 from tests.e2e.scenarios import drover
 from tests.support.graphite_server import GraphiteServer
 from tests.support.lb_server import LoadBalancer, loopback_hosts
-from workers.drivers.simulated import PEAK_DRAINED
 
 pytestmark = pytest.mark.broker
 

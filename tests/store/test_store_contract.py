@@ -31,8 +31,10 @@ from orchestrator.contract import (
 from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, ReleaseStatus
 from orchestrator.store import (
     KEEP_WAKE,
+    PEAK_DRAINED,
     CommitResult,
     DeadLetter,
+    Effect,
     KeepWake,
     Store,
     StoreUnavailable,
@@ -455,28 +457,40 @@ def test_a_naive_wake_time_is_refused_and_writes_nothing(store: Store) -> None:
 
 def test_host_versions_are_kept_per_environment_and_service(store: Store) -> None:
     assert store.host_versions("prod", "api") == {}
-    store.record_host_version("prod", "api", "web-1", "1.0.0")
-    store.record_host_version("prod", "api", "web-2", "1.0.0")
-    store.record_host_version("prod", "api", "web-1", "1.1.0")
-    store.record_host_version("staging", "api", "web-1", "2.0.0")
-    store.record_host_version("prod", "db", "db-1", "9.6")
+    assert store.set_host_version("prod", "api", "web-1", "1.0.0", None) is True
+    assert store.set_host_version("prod", "api", "web-1", "1.0.0", None) is False  # so already
+    store.set_host_version("prod", "api", "web-2", "1.0.0", None)
+    assert store.set_host_version("prod", "api", "web-1", "1.1.0", None) is True
+    store.set_host_version("staging", "api", "web-1", "2.0.0", None)
+    store.set_host_version("prod", "db", "db-1", "9.6", None)
 
     assert store.host_versions("prod", "api") == {"web-1": "1.1.0", "web-2": "1.0.0"}
     assert store.host_versions("staging", "api") == {"web-1": "2.0.0"}
     assert store.host_versions("prod", "db") == {"db-1": "9.6"}
 
 
-def test_count_effect_counts_each_effect_of_a_release(store: Store) -> None:
+def test_a_change_counts_its_effect_for_its_release_only_when_it_changed_something(
+    store: Store,
+) -> None:
     assert store.effects("r1") == {}
-    assert store.count_effect("r1", "prod", "api", "web-1", "deploy") == 1
-    assert store.count_effect("r1", "prod", "api", "web-1", "deploy") == 2
-    assert store.count_effect("r1", "prod", "api", "web-2", "drain") == 1
-    assert store.count_effect("r2", "prod", "api", "web-1", "deploy") == 1
+    store.set_host_version("prod", "api", "web-1", "2.0", Effect("r1", "web-1", "deploy"))
+    store.set_host_version("prod", "api", "web-1", "2.0", Effect("r1", "web-1", "deploy"))
+    store.set_host_version("prod", "api", "web-1", "1.0", Effect("r1", "web-1", "deploy"))
+    store.set_drained("prod", "api", "web-2", True, Effect("r1", "web-2", "drain"))
+    store.set_drained("prod", "api", "web-2", True, Effect("r1", "web-2", "drain"))
+    store.set_drained("prod", "api", "web-2", False, Effect("r1", "web-2", "undrain"))
+    store.set_drained("prod", "api", "web-3", False, Effect("r1", "web-3", "undrain"))
+    store.set_service_state("prod", "api", "flag:x", "on", Effect("r1", "flag:x", "toggle"))
+    store.set_service_state("prod", "api", "flag:x", "on", Effect("r1", "flag:x", "toggle"))
+    store.set_host_version("prod", "api", "web-1", "3.0", Effect("r2", "web-1", "deploy"))
 
     assert store.effects("r1") == {
         ("prod", "api", "web-1", "deploy"): 2,
         ("prod", "api", "web-2", "drain"): 1,
+        ("prod", "api", "web-2", "undrain"): 1,
+        ("prod", "api", "flag:x", "toggle"): 1,
     }
+    assert store.effects("r2") == {("prod", "api", "web-1", "deploy"): 1}
 
 
 def test_notes_are_kept_replaced_listed_by_prefix_and_forgotten(store: Store) -> None:
@@ -498,28 +512,42 @@ def test_notes_are_kept_replaced_listed_by_prefix_and_forgotten(store: Store) ->
 
 def test_service_state_is_kept_per_environment_and_service(store: Store) -> None:
     assert store.service_state("prod", "api") == {}
-    assert store.set_service_state("prod", "api", "live_colour", "blue") is True
-    assert store.set_service_state("prod", "api", "live_colour", "blue") is False  # no change
-    assert store.set_service_state("prod", "api", "live_colour", "green") is True
-    assert store.set_service_state("prod", "api", "flag:new-flow", "on") is True
-    assert store.set_service_state("staging", "api", "live_colour", "blue") is True
+    assert store.set_service_state("prod", "api", "live_colour", "blue", None) is True
+    assert store.set_service_state("prod", "api", "live_colour", "blue", None) is False
+    assert store.set_service_state("prod", "api", "live_colour", "green", None) is True
+    assert store.set_service_state("prod", "api", "flag:new-flow", "on", None) is True
+    assert store.set_service_state("staging", "api", "live_colour", "blue", None) is True
     assert store.service_state("prod", "api") == {"live_colour": "green", "flag:new-flow": "on"}
     assert store.service_state("prod", "db") == {}
 
 
 def test_drained_hosts_are_kept_per_environment_and_service(store: Store) -> None:
     assert store.drained_hosts("prod", "api") == set()
-    assert store.set_drained("prod", "api", "web-1", True) is True
-    assert store.set_drained("prod", "api", "web-1", True) is False  # already drained
-    assert store.set_drained("prod", "api", "web-2", True) is True
-    assert store.set_drained("staging", "api", "web-3", True) is True
+    assert store.set_drained("prod", "api", "web-1", True, None) is True
+    assert store.set_drained("prod", "api", "web-1", True, None) is False  # already drained
+    assert store.set_drained("prod", "api", "web-2", True, None) is True
+    assert store.set_drained("staging", "api", "web-3", True, None) is True
 
     assert store.drained_hosts("prod", "api") == {"web-1", "web-2"}
-    assert store.set_drained("prod", "api", "web-1", False) is True
-    assert store.set_drained("prod", "api", "web-1", False) is False  # already in service
-    assert store.set_drained("prod", "db", "web-2", False) is False  # never drained there
+    assert store.set_drained("prod", "api", "web-1", False, None) is True
+    assert store.set_drained("prod", "api", "web-1", False, None) is False  # back already
+    assert store.set_drained("prod", "db", "web-2", False, None) is False  # never drained there
     assert store.drained_hosts("prod", "api") == {"web-2"}
     assert store.drained_hosts("staging", "api") == {"web-3"}
+
+
+def test_the_most_hosts_ever_drained_at_once_is_kept_per_service(store: Store) -> None:
+    hosts = [f"web-{n}" for n in range(1, 12)]  # past 9: the peak is a number, not text
+    for host in hosts:
+        store.set_drained("prod", "api", host, True, None)
+    store.set_drained("prod", "api", "web-1", False, None)
+    store.set_drained("prod", "api", "web-2", False, None)
+    store.set_drained("prod", "api", "web-1", True, None)  # ten out now: not a new peak
+    store.set_drained("prod", "db", "db-1", True, None)
+
+    assert store.service_state("prod", "api")[PEAK_DRAINED] == "11"
+    assert store.service_state("prod", "db")[PEAK_DRAINED] == "1"
+    assert store.drained_hosts("prod", "api") == set(hosts) - {"web-2"}
 
 
 # --- workers: leases ----------------------------------------------------------------------

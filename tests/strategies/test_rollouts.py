@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 from orchestrator.fleet import Fleet
 from orchestrator.fleet.base import hosts_in
-from orchestrator.store import Store, open_store
+from orchestrator.store import PEAK_DRAINED, Store, open_store
 from orchestrator.vocabulary import Step
 from tests.strategies.rollouts import ENVIRONMENT, Rollout
-from workers.drivers.simulated import PEAK_DRAINED
 
 OLD, NEW = "1.0.0", "2.0.0"
 _releases = itertools.count()

@@ -8,8 +8,9 @@ what is already so (draining a drained host) changes nothing and counts nothing.
 verify is a check, not an effect. Latency, failures and in-flight requests come from the
 fleet file.
 
-The simulator also keeps the most hosts of a service it ever had out of service at once
-(``peak_drained``): the tests hold every strategy to its healthy floor by it.
+The store also keeps the most hosts of a service ever out of service at once
+(``PEAK_DRAINED``): the tests hold every strategy to its healthy floor by it. A change and
+the count of its effect are one store call, so no crash leaves a change uncounted.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import time
 from typing import Final
 
 from orchestrator.fleet.drivers import SimulatedDriverConfig
-from orchestrator.store import Store
+from orchestrator.store import Effect, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import Colour, StepError
 
-__all__ = ["PEAK_DRAINED", "SimulatedDriver"]
+__all__ = ["SimulatedDriver"]
 
-PEAK_DRAINED: Final = "peak_drained"
 _LIVE_COLOUR: Final = "live_colour"
 _SERVICE: Final = "*"  # the "host" of an effect on the whole service
 
@@ -47,6 +47,8 @@ class SimulatedDriver:
         self._release_id = release_id
         # Effects of a rollback are counted apart from those of the rollout they undo.
         self._prefix = "rollback." if rollback else ""
+        # Whether a step takes time or may fail: if not, nothing is read before a change.
+        self._acts = bool(config.latency_ms or config.fail)
 
     def current_version(self, host: str) -> str:
         recorded = self._store.host_versions(self._environment, self._service)
@@ -54,11 +56,10 @@ class SimulatedDriver:
 
     def drain(self, host: str) -> str:
         self._act(Step.DRAIN, host, version=None)
-        if self._store.set_drained(self._environment, self._service, host, drained=True):
-            if self._config.in_flight:  # when its requests began to finish
-                self._set(f"drained_at:{host}", repr(time.time()))
-            self._count(Step.DRAIN, host)
-            self._note_peak()
+        effect = self._effect(Step.DRAIN, host)
+        drained = self._store.set_drained(self._environment, self._service, host, True, effect)
+        if drained and self._config.in_flight:  # when its requests began to finish
+            self._set(f"drained_at:{host}", repr(time.time()), effect=None)
         return ""
 
     def in_flight(self, host: str) -> int:
@@ -67,7 +68,8 @@ class SimulatedDriver:
             return 0  # a host that serves nothing has nothing to finish
         state = self._store.service_state(self._environment, self._service)
         drained_at = state.get(f"drained_at:{host}")
-        if drained_at is None or host not in self._drained():
+        drained = self._store.drained_hosts(self._environment, self._service)
+        if drained_at is None or host not in drained:
             return self._config.in_flight
         if not self._config.request_ms:
             return 0
@@ -75,11 +77,13 @@ class SimulatedDriver:
         return max(0, self._config.in_flight - finished)
 
     def deploy(self, host: str, version: str) -> str:
-        if self.current_version(host) == version:
-            return ""  # already there: a repeated deploy is recognised, not redone
+        # A repeated deploy is recognised, not redone: it neither waits nor fails, and
+        # the store counts no effect for a host already on the version.
+        if self._acts and self.current_version(host) == version:
+            return ""
         self._act(Step.DEPLOY, host, version)
-        self._store.record_host_version(self._environment, self._service, host, version)
-        self._count(Step.DEPLOY, host)
+        effect = self._effect(Step.DEPLOY, host)
+        self._store.set_host_version(self._environment, self._service, host, version, effect)
         return ""
 
     def verify(self, host: str, version: str) -> str:
@@ -88,8 +92,8 @@ class SimulatedDriver:
 
     def undrain(self, host: str) -> str:
         self._act(Step.UNDRAIN, host, version=None)
-        if self._store.set_drained(self._environment, self._service, host, drained=False):
-            self._count(Step.UNDRAIN, host)
+        effect = self._effect(Step.UNDRAIN, host)
+        self._store.set_drained(self._environment, self._service, host, False, effect)
         return ""
 
     def live_colour(self) -> Colour | None:
@@ -98,8 +102,7 @@ class SimulatedDriver:
 
     def switch(self, colour: Colour) -> str:
         self._act(Step.SWITCH, _SERVICE, version=None)
-        if self._set(_LIVE_COLOUR, colour):
-            self._count(Step.SWITCH, _SERVICE)
+        self._set(_LIVE_COLOUR, colour, self._effect(Step.SWITCH, _SERVICE))
         return f"{colour} takes the traffic"
 
     def flag(self, name: str) -> bool:
@@ -110,8 +113,8 @@ class SimulatedDriver:
     def set_flag(self, name: str, enabled: bool) -> str:
         self._act(Step.TOGGLE, _SERVICE, version=None)
         state = "on" if enabled else "off"
-        if self._set(f"flag:{name}", state):
-            self._count(Step.TOGGLE, f"flag:{name}")  # each flag's flips counted apart
+        # each flag's flips counted apart
+        self._set(f"flag:{name}", state, self._effect(Step.TOGGLE, f"flag:{name}"))
         return f"{name} is {state}"
 
     def _act(self, step: Step, host: str, version: str | None) -> None:
@@ -130,20 +133,8 @@ class SimulatedDriver:
                 raise StepError(step, where, f"injected failure ({what})")
             time.sleep(injection.stall_ms / 1000)
 
-    def _drained(self) -> set[str]:
-        return self._store.drained_hosts(self._environment, self._service)
+    def _set(self, field: str, value: str, effect: Effect | None) -> bool:
+        return self._store.set_service_state(self._environment, self._service, field, value, effect)
 
-    def _note_peak(self) -> None:
-        # One worker holds a service at a time (its lease), so read-then-write is safe.
-        out = len(self._drained())
-        peak = int(self._store.service_state(self._environment, self._service).get(PEAK_DRAINED, 0))
-        if out > peak:
-            self._set(PEAK_DRAINED, str(out))
-
-    def _set(self, field: str, value: str) -> bool:
-        return self._store.set_service_state(self._environment, self._service, field, value)
-
-    def _count(self, step: Step, host: str) -> None:
-        self._store.count_effect(
-            self._release_id, self._environment, self._service, host, self._prefix + step
-        )
+    def _effect(self, step: Step, host: str) -> Effect:
+        return Effect(self._release_id, host, self._prefix + step)
