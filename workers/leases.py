@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
 from orchestrator.store import Store, StoreUnavailable
 
-__all__ = ["Lease", "LeaseLost", "held"]
+__all__ = ["Lease", "LeaseLost", "claimed"]
 
 log = get_logger(__name__)
 
@@ -30,13 +31,23 @@ class LeaseLost(Exception):
 
 
 class Lease:
-    def __init__(self, store: Store, name: str, owner: str, ttl_s: float):
+    """A worker's hold on a component while it carries out one command's work."""
+
+    def __init__(
+        self, store: Store, name: str, owner: str, ttl_s: float, *, work: str, attempts: int
+    ):
         self.name = name
         self.owner = owner
+        self.work = work
+        self.attempts = attempts  # how often the work was taken, this time included
         self._store = store
         self._ttl_s = ttl_s
         self._lost = threading.Event()
         self._done = threading.Event()
+        self._finished = False
+        self._heartbeat = threading.Thread(
+            target=self._keep_alive, name=f"lease {name}", daemon=True
+        )
 
     @property
     def lost(self) -> bool:
@@ -46,6 +57,26 @@ class Lease:
         """Raise :class:`LeaseLost` if the lease is no longer ours; call before each effect."""
         if self._lost.is_set():
             raise LeaseLost(self.name)
+
+    def finish(self, outcome: Envelope) -> Envelope:
+        """Record how the work ended and give the lease up, in one step; returns the
+        outcome kept (an earlier one, should a copy have recorded one first)."""
+        self._stop_heartbeat()  # renewing a lease given up would call it lost
+        kept = self._store.finish_work(self.work, outcome, self.name, self.owner)
+        self._finished = True
+        return kept
+
+    def _start(self) -> None:
+        self._heartbeat.start()
+
+    def _end(self) -> None:
+        self._stop_heartbeat()
+        if not self._finished:
+            self._store.release_lease(self.name, self.owner)
+
+    def _stop_heartbeat(self) -> None:
+        self._done.set()
+        self._heartbeat.join()
 
     def _keep_alive(self) -> None:
         while not self._done.wait(self._ttl_s / 3):
@@ -61,39 +92,41 @@ class Lease:
 
 
 @contextmanager
-def held(
+def claimed(
     store: Store,
+    work: str,
     name: str,
     *,
     owner_prefix: str,
     ttl_s: float,
-    finished: Callable[[], bool],
     waiting: Callable[[str | None], None],
     waiting_every_s: float,
     poll_s: float = 0.25,
-) -> Iterator[Lease | None]:
-    """Hold the lease ``name`` for the block, waiting for it as long as its holder lives.
+) -> Iterator[Lease | Envelope]:
+    """Hold the lease ``name`` for ``work`` in the block, waiting for it as long as its
+    holder lives; or, if the work was finished (before, or while this waited), its outcome.
 
-    Yields None, without the lease, if ``finished()`` turns true while waiting: the
-    holder completed the work and there is nothing left to do but replay its outcome.
-    While it waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so
-    that whoever waits for *this* worker knows it is alive.
+    Each look is one store call (:meth:`Store.claim_work`): the outcome, or the lease
+    and one more attempt counted (:attr:`Lease.attempts`), or the holder. While it
+    waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so that whoever
+    waits for *this* worker knows it is alive.
     """
-    lease = Lease(store, name, f"{owner_prefix}/{uuid.uuid4().hex}", ttl_s)
+    owner = f"{owner_prefix}/{uuid.uuid4().hex}"
     next_word = 0.0
-    while not store.acquire_lease(name, lease.owner, ttl_s):
-        if finished():
-            yield None
+    while True:
+        claim = store.claim_work(work, name, owner, ttl_s)
+        if claim.outcome is not None:
+            yield claim.outcome
             return
+        if claim.taken:
+            break
         if time.monotonic() >= next_word:
-            waiting(store.lease_holder(name))
+            waiting(claim.holder)
             next_word = time.monotonic() + waiting_every_s
         time.sleep(poll_s)
-    heartbeat = threading.Thread(target=lease._keep_alive, name=f"lease {name}", daemon=True)
-    heartbeat.start()
+    lease = Lease(store, name, owner, ttl_s, work=work, attempts=claim.attempts)
+    lease._start()
     try:
         yield lease
     finally:
-        lease._done.set()
-        heartbeat.join()
-        store.release_lease(name, lease.owner)
+        lease._end()

@@ -44,7 +44,7 @@ from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import DeadLetter, Store, StoreUnavailable, word_key
 from workers.components import Work, deploy, roll_back_component, started_key, toggle
-from workers.leases import Lease, LeaseLost, held
+from workers.leases import Lease, LeaseLost, claimed
 from workers.progress import ComponentProgress, Superseded, component_name
 
 __all__ = ["ComponentRunner", "WorkerLimits", "register_tasks"]
@@ -114,50 +114,50 @@ class ComponentRunner:
     def _once(self, command: Envelope, payload: WorkerCommand) -> None:
         """Carry out a command whose every delivery after the first changes nothing.
 
-        Whether it was finished before is asked once the lease is taken (or while waiting
-        for it): asked before, it could be finished between the question and the lease.
+        Whether it was finished before is asked in the same store call that takes the
+        lease (:func:`claimed`): asked apart, it could be finished in between.
         """
         service = self._fleet.service(payload.environment, payload.service)
-        with held(
+        with claimed(
             self.store,
+            work_key(command),
             f"component/{command.release_id}/{component_name(command)}",
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
-            finished=lambda: self.store.outcome(work_key(command)) is not None,
             waiting=lambda holder: self._waiting(command, payload, holder),
             # Word well within the step deadline, or the coordinator would give up on us.
             waiting_every_s=min(service.step_timeout_s / 3, 5.0),
-        ) as lease:
-            if lease is None:
-                self._replayed(command)  # finished by the holder while this copy waited
+        ) as claim:
+            if isinstance(claim, Envelope):
+                self._replay(claim)  # finished before, or by the holder while this waited
                 return
-            if self._replayed(command):
-                return
-            try:
-                self.wanted_state(command)
-            except Superseded:
-                log.warning("the saga has moved on from this command; it is not carried out")
-                return
-            # Counted once the lease is ours: copies that only waited for a live holder
-            # are not attempts. A command whose every attempt kills its worker stops here.
-            attempts = self.store.count_attempt(work_key(command))
-            if attempts > self._limits.delivery_limit:
-                reason = f"started {attempts} times without finishing; dead-lettered"
-                self._dead_letter(command.encode(), reason)
-                self._finish(command, _crashed(payload, reason))
-                return
-            try:
-                outcome = self._body(command, payload, lease)
-            except LeaseLost:
-                log.error("lease lost mid-component; the worker that took over finishes it")
-                return
-            except Superseded:
-                log.warning("the saga moved on mid-component (timed out); its rollback owns it")
-                return
-            except Exception as exc:  # report the failure rather than leave the saga waiting
-                log.exception("component crashed")
-                outcome = _crashed(payload, f"worker error: {exc!r}")
-            self._finish(command, outcome)
+            self._carry_on(command, payload, claim)
+
+    def _carry_on(self, command: Envelope, payload: WorkerCommand, lease: Lease) -> None:
+        try:
+            self.wanted_state(command)
+        except Superseded:
+            log.warning("the saga has moved on from this command; it is not carried out")
+            return
+        # Counted as the lease was taken: copies that only waited for a live holder are
+        # not attempts. A command whose every attempt kills its worker stops here.
+        if lease.attempts > self._limits.delivery_limit:
+            reason = f"started {lease.attempts} times without finishing; dead-lettered"
+            self._dead_letter(command.encode(), reason)
+            self._finish(command, _crashed(payload, reason), lease)
+            return
+        try:
+            outcome = self._body(command, payload, lease)
+        except LeaseLost:
+            log.error("lease lost mid-component; the worker that took over finishes it")
+            return
+        except Superseded:
+            log.warning("the saga moved on mid-component (timed out); its rollback owns it")
+            return
+        except Exception as exc:  # report the failure rather than leave the saga waiting
+            log.exception("component crashed")
+            outcome = _crashed(payload, f"worker error: {exc!r}")
+        self._finish(command, outcome, lease)
 
     def _waiting(self, command: Envelope, payload: WorkerCommand, holder: str | None) -> None:
         """Say that this copy waits for the worker holding the component: it is alive."""
@@ -220,22 +220,18 @@ class ComponentRunner:
         progress.keep(recorded)  # with the first step's start, before any effect
         return recorded.payload
 
-    def _replayed(self, command: Envelope) -> bool:
-        """If the command was finished before, say again how it ended, and nothing more."""
-        recorded = self.store.outcome(work_key(command))
-        if recorded is None:
-            return False
+    def _replay(self, recorded: Envelope) -> None:
+        """Say again how a command finished before, and nothing more."""
         log.info("command already finished; its outcome is published again")
         self._bus.publish(recorded)
-        return True
 
-    def _finish(self, command: Envelope, outcome: Event) -> None:
+    def _finish(self, command: Envelope, outcome: Event, lease: Lease) -> None:
         # Recorded before it is published, under an id derived from the command: after a
         # crash in between, a redelivered copy publishes this very message again, which
         # the coordinator recognises as one it has seen. What is published is what was
         # kept: the first outcome recorded for the command, should a copy have been first.
         message = self.message(outcome, command, purpose="outcome")
-        self._bus.publish(self.store.record_outcome(work_key(command), message))
+        self._bus.publish(lease.finish(message))
         self.crash.reached("worker.before_ack")
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:

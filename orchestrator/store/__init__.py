@@ -21,6 +21,7 @@ from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState
 __all__ = [
     "KEEP_WAKE",
     "PEAK_DRAINED",
+    "Claim",
     "CommitResult",
     "DeadLetter",
     "Effect",
@@ -57,6 +58,16 @@ class Effect:
     release_id: str
     host: str  # a host, or what stands for a change to the whole service ("*", "flag:x")
     step: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker learns when it claims a command's work (:meth:`Store.claim_work`)."""
+
+    outcome: Envelope | None  # the work was finished before: this is how; nothing taken
+    taken: bool  # the lease is the caller's now
+    holder: str | None  # who holds the lease instead (None if taken, or finished)
+    attempts: int  # how often the work was taken, this time included (0 if not taken)
 
 
 class StoreUnavailable(Exception):
@@ -229,6 +240,21 @@ class Store(Protocol):
 
     def count_attempt(self, message_id: str) -> int:
         """Add one to how often a worker has started a command, and return the new count."""
+        ...
+
+    def claim_work(self, work: str, lease: str, owner: str, ttl_s: float) -> Claim:
+        """In one step: the outcome of ``work`` if it has one (nothing else is done);
+        otherwise the lease for ``owner`` if it is free, expired or already theirs, and
+        one more attempt counted under ``work``; otherwise who holds the lease.
+
+        One step, so that work finished by the holder between the question and the lease
+        is never begun again.
+        """
+        ...
+
+    def finish_work(self, work: str, outcome: Envelope, lease: str, owner: str) -> Envelope:
+        """Record the outcome of ``work`` as :meth:`record_outcome` does (the first one is
+        kept, and returned) and, in the same step, give the lease up if ``owner`` holds it."""
         ...
 
     # --- locks: one release at a time per (environment, service) ---------------------------

@@ -24,6 +24,7 @@ from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
+    Claim,
     CommitResult,
     DeadLetter,
     Effect,
@@ -87,38 +88,76 @@ end
 return 'committed'
 """
 
-# Acquiring and renewing a lease read the holder and then write: in one script, so no other
-# owner can take the lease in between. The expiry is a PX on Redis's own clock, which
-# every machine shares, so no two machines can disagree on whether a lease has expired.
+# Leases, outcomes and attempts: functions shared by the scripts that use them. A lease
+# is read and then written in one script, so no other owner can take it in between. The
+# expiry is a PX on Redis's own clock, which every machine shares, so no two machines can
+# disagree on whether a lease has expired.
+_WORK_FUNCTIONS_LUA: Final = """
+local function take_lease(key, owner, ttl_ms, may_take)
+  local holder = redis.call('GET', key)
+  if holder == owner or (holder == false and may_take) then
+    redis.call('SET', key, owner, 'PX', ttl_ms)
+    return true, holder
+  end
+  return false, holder
+end
+-- Compare and delete in one step: between a GET and a DEL the lease could expire and be
+-- taken by another owner, whose lease a plain DEL would then remove.
+local function release_lease(key, owner)
+  if redis.call('GET', key) == owner then return redis.call('DEL', key) end
+  return 0
+end
+-- The first outcome recorded is the one kept, and every caller learns which it is in the
+-- same step: a later one is ignored, so every copy of a command replays the same event.
+local function keep_first(key, body)
+  if redis.call('SET', key, body, 'NX') then return body end
+  return redis.call('GET', key)
+end
+local function count_attempt(key, ttl_ms)
+  local count = redis.call('INCR', key)
+  redis.call('PEXPIRE', key, ttl_ms)
+  return count
+end
+"""
+
 # KEYS: 1 the lease. ARGV: 1 owner, 2 TTL in ms, 3 "1" when a free lease may be taken.
-_LEASE_LUA: Final = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or (holder == false and ARGV[3] == '1') then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
+_LEASE_LUA: Final = (
+    _WORK_FUNCTIONS_LUA + "return take_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == '1') and 1 or 0"
+)
 
-# Compare and delete in one step: between a GET and a DEL the lease could expire and be
-# taken by another owner, whose lease a plain DEL would then remove.
 # KEYS: 1 the lease. ARGV: 1 owner.
-_RELEASE_LEASE_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+_RELEASE_LEASE_LUA: Final = _WORK_FUNCTIONS_LUA + "return release_lease(KEYS[1], ARGV[1])"
 
-# The first outcome recorded is the one kept, and every caller learns which it is in the
-# same step: a later one is ignored, so every copy of a command replays the same event.
 # KEYS: 1 the outcome. ARGV: 1 the outcome offered.
-_KEEP_FIRST_LUA: Final = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  return ARGV[1]
-end
-return redis.call('GET', KEYS[1])
+_KEEP_FIRST_LUA: Final = _WORK_FUNCTIONS_LUA + "return keep_first(KEYS[1], ARGV[1])"
+
+# KEYS: 1 the attempts. ARGV: 1 their TTL in ms.
+_COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])"
+
+# KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts.
+# ARGV: 1 owner, 2 lease TTL in ms, 3 attempts' TTL in ms.
+# Returns {outcome} when finished, {false, holder} when held by another, or
+# {false, false, attempts} when taken.
+_CLAIM_WORK_LUA: Final = (
+    _WORK_FUNCTIONS_LUA
+    + """
+local outcome = redis.call('GET', KEYS[1])
+if outcome then return {outcome} end
+local taken, holder = take_lease(KEYS[2], ARGV[1], ARGV[2], true)
+if not taken then return {false, holder} end
+return {false, false, count_attempt(KEYS[3], ARGV[3])}
 """
+)
+
+# KEYS: 1 the work's outcome, 2 the lease. ARGV: 1 the outcome offered, 2 owner.
+_FINISH_WORK_LUA: Final = (
+    _WORK_FUNCTIONS_LUA
+    + """
+local kept = keep_first(KEYS[1], ARGV[1])
+release_lease(KEYS[2], ARGV[2])
+return kept
+"""
+)
 
 # The size of the set is the next step's place: read and add in one step, so two steps
 # recorded at once cannot take the same place (ties would sort by name, not by order).
@@ -254,12 +293,15 @@ class RedisStore:
         self._lease_script = self._client.register_script(_LEASE_LUA)
         self._release_lease_script = self._client.register_script(_RELEASE_LEASE_LUA)
         self._keep_first_script = self._client.register_script(_KEEP_FIRST_LUA)
+        self._count_attempt_script = self._client.register_script(_COUNT_ATTEMPT_LUA)
+        self._claim_work_script = self._client.register_script(_CLAIM_WORK_LUA)
+        self._finish_work_script = self._client.register_script(_FINISH_WORK_LUA)
         self._progress_script = self._client.register_script(_PROGRESS_LUA)
         self._fleet_change = self._client.register_script(_FLEET_CHANGE_LUA)
         self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
         self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
-        self._attempt_ttl_ms = math.ceil(shared.ATTEMPT_COUNT_TTL_S * 1000)
+        self._attempt_ttl_ms = _ms(shared.ATTEMPT_COUNT_TTL_S)
 
     # --- the saga ---------------------------------------------------------------------
 
@@ -496,8 +538,7 @@ class RedisStore:
         return self._lease(name, owner, ttl_s, may_take=False)
 
     def _lease(self, name: str, owner: str, ttl_s: float, *, may_take: bool) -> bool:
-        ttl_ms = math.ceil(shared.lease_ttl_s(ttl_s) * 1000)
-        args: list[str | int] = [owner, ttl_ms, "1" if may_take else "0"]
+        args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), "1" if may_take else "0"]
         with _translated():
             return bool(self._lease_script(keys=[self._keys.lease(name)], args=args))
 
@@ -533,11 +574,26 @@ class RedisStore:
 
     def count_attempt(self, message_id: str) -> int:
         key = self._keys.attempts(message_id)
-        with _translated(), self._client.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.pexpire(key, self._attempt_ttl_ms)
-            count, _ = pipe.execute()
-        return int(count)
+        with _translated():
+            return int(self._count_attempt_script(keys=[key], args=[self._attempt_ttl_ms]))
+
+    def claim_work(self, work: str, lease: str, owner: str, ttl_s: float) -> Claim:
+        keys = [self._keys.outcome(work), self._keys.lease(lease), self._keys.attempts(work)]
+        args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms]
+        with _translated():
+            found = self._claim_work_script(keys=keys, args=args)
+        if found[0] is not None:
+            return Claim(outcome=decode(_bytes(found[0])), taken=False, holder=None, attempts=0)
+        if len(found) == 2:
+            holder = None if found[1] is None else _text(found[1])
+            return Claim(outcome=None, taken=False, holder=holder, attempts=0)
+        return Claim(outcome=None, taken=True, holder=None, attempts=int(found[2]))
+
+    def finish_work(self, work: str, outcome: Envelope, lease: str, owner: str) -> Envelope:
+        keys = [self._keys.outcome(work), self._keys.lease(lease)]
+        with _translated():
+            kept = self._finish_work_script(keys=keys, args=[outcome.encode(), owner])
+        return decode(_bytes(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------
 
@@ -621,6 +677,10 @@ class RedisStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _ms(seconds: float) -> int:
+    return math.ceil(seconds * 1000)
 
 
 def _placed(component: object) -> tuple[int, bytes]:

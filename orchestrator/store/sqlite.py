@@ -22,6 +22,7 @@ from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
+    Claim,
     CommitResult,
     DeadLetter,
     Effect,
@@ -408,17 +409,8 @@ class SqliteStore:
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         ttl_s = shared.lease_ttl_s(ttl_s)
-        # one upsert: a new lease, or the row taken over if it is owner's or has expired
         with self._write() as db:
-            now = time.time()  # once the write lock is ours: waiting for it takes time
-            taken = db.execute(
-                "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET"
-                " owner = excluded.owner, expires_at = excluded.expires_at"
-                " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
-                (name, owner, now + ttl_s, now),
-            )
-            return taken.rowcount > 0
+            return _take_lease(db, name, owner, ttl_s)
 
     def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         ttl_s = shared.lease_ttl_s(ttl_s)
@@ -432,14 +424,11 @@ class SqliteStore:
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._write() as db:
-            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+            _release_lease(db, name, owner)
 
     def lease_holder(self, name: str) -> str | None:
         with self._read() as db:
-            row = db.execute(
-                "SELECT owner FROM leases WHERE name = ? AND expires_at > ?", (name, time.time())
-            ).fetchone()
-        return None if row is None else str(row[0])
+            return _lease_holder(db, name)
 
     def record_progress(self, command_id: str, host: str, step: str) -> None:
         with self._write() as db:
@@ -456,17 +445,8 @@ class SqliteStore:
         return shared.steps_by_host(rows)
 
     def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
-        # OR IGNORE: the first outcome recorded is the one kept; a later one is ignored, so
-        # every redelivered copy of the command replays the same event
         with self._write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO outcomes (command_id, body) VALUES (?, ?)",
-                (command_id, outcome.encode()),
-            )
-            (kept,) = db.execute(
-                "SELECT body FROM outcomes WHERE command_id = ?", (command_id,)
-            ).fetchone()
-        return decode(kept)
+            return _keep_first(db, command_id, outcome)
 
     def outcome(self, command_id: str) -> Envelope | None:
         with self._read() as db:
@@ -476,20 +456,25 @@ class SqliteStore:
         return None if row is None else decode(row[0])
 
     def count_attempt(self, message_id: str) -> int:
-        # as on Redis: a count not touched for the TTL is forgotten, and starts again at 1
         with self._write() as db:
-            now = time.time()
-            db.execute("DELETE FROM attempts WHERE expires_at <= ?", (now,))
-            db.execute(
-                "INSERT INTO attempts (message_id, count, expires_at) VALUES (?, 1, ?)"
-                " ON CONFLICT (message_id) DO UPDATE SET"
-                " count = count + 1, expires_at = excluded.expires_at",
-                (message_id, now + self._attempt_ttl_s),
-            )
-            (count,) = db.execute(
-                "SELECT count FROM attempts WHERE message_id = ?", (message_id,)
-            ).fetchone()
-        return int(count)
+            return _count_attempt(db, message_id, self._attempt_ttl_s)
+
+    def claim_work(self, work: str, lease: str, owner: str, ttl_s: float) -> Claim:
+        ttl_s = shared.lease_ttl_s(ttl_s)
+        with self._write() as db:
+            row = db.execute("SELECT body FROM outcomes WHERE command_id = ?", (work,)).fetchone()
+            if row is not None:
+                return Claim(outcome=decode(row[0]), taken=False, holder=None, attempts=0)
+            if not _take_lease(db, lease, owner, ttl_s):
+                return Claim(outcome=None, taken=False, holder=_lease_holder(db, lease), attempts=0)
+            attempts = _count_attempt(db, work, self._attempt_ttl_s)
+            return Claim(outcome=None, taken=True, holder=None, attempts=attempts)
+
+    def finish_work(self, work: str, outcome: Envelope, lease: str, owner: str) -> Envelope:
+        with self._write() as db:
+            kept = _keep_first(db, work, outcome)
+            _release_lease(db, lease, owner)
+            return kept
 
     # --- locks: one release at a time per (environment, service) ---------------------------
 
@@ -586,6 +571,57 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+
+def _take_lease(db: sqlite3.Connection, name: str, owner: str, ttl_s: float) -> bool:
+    # one upsert: a new lease, or the row taken over if it is owner's or has expired
+    now = time.time()  # once the write lock is ours: waiting for it takes time
+    taken = db.execute(
+        "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET"
+        " owner = excluded.owner, expires_at = excluded.expires_at"
+        " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+        (name, owner, now + ttl_s, now),
+    )
+    return taken.rowcount > 0
+
+
+def _release_lease(db: sqlite3.Connection, name: str, owner: str) -> None:
+    db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+
+def _lease_holder(db: sqlite3.Connection, name: str) -> str | None:
+    row = db.execute(
+        "SELECT owner FROM leases WHERE name = ? AND expires_at > ?", (name, time.time())
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _keep_first(db: sqlite3.Connection, command_id: str, outcome: Envelope) -> Envelope:
+    # OR IGNORE: the first outcome recorded is the one kept; a later one is ignored, so
+    # every redelivered copy of the command replays the same event
+    db.execute(
+        "INSERT OR IGNORE INTO outcomes (command_id, body) VALUES (?, ?)",
+        (command_id, outcome.encode()),
+    )
+    (kept,) = db.execute("SELECT body FROM outcomes WHERE command_id = ?", (command_id,)).fetchone()
+    return decode(kept)
+
+
+def _count_attempt(db: sqlite3.Connection, message_id: str, ttl_s: float) -> int:
+    # as on Redis: a count not touched for the TTL is forgotten, and starts again at 1
+    now = time.time()
+    db.execute("DELETE FROM attempts WHERE expires_at <= ?", (now,))
+    db.execute(
+        "INSERT INTO attempts (message_id, count, expires_at) VALUES (?, 1, ?)"
+        " ON CONFLICT (message_id) DO UPDATE SET"
+        " count = count + 1, expires_at = excluded.expires_at",
+        (message_id, now + ttl_s),
+    )
+    (count,) = db.execute(
+        "SELECT count FROM attempts WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    return int(count)
 
 
 def _counted(

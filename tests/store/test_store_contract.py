@@ -32,6 +32,7 @@ from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState, Rel
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
+    Claim,
     CommitResult,
     DeadLetter,
     Effect,
@@ -663,6 +664,66 @@ def test_an_attempt_count_is_forgotten_a_ttl_after_the_last_attempt(
     assert [store.count_attempt("m1") for _ in range(2)] == [1, 2]
     time.sleep(0.4)  # waits past the TTL: expiry must have come by then
     assert store.count_attempt("m1") == 1
+
+
+def test_claiming_work_takes_its_lease_and_counts_an_attempt(store: Store) -> None:
+    first = store.claim_work("w1", "lease-1", "worker-a", 60)
+    assert first == Claim(outcome=None, taken=True, holder=None, attempts=1)
+    assert store.lease_holder("lease-1") == "worker-a"
+
+    assert store.claim_work("w1", "lease-1", "worker-b", 60) == Claim(
+        outcome=None, taken=False, holder="worker-a", attempts=0
+    )  # held by a live worker: not taken, and no attempt counted
+    again = store.claim_work("w1", "lease-1", "worker-a", 60)  # its own: taken again
+    assert again == Claim(outcome=None, taken=True, holder=None, attempts=2)
+
+
+def test_claiming_expired_work_takes_it_over(store: Store) -> None:
+    store.claim_work("w1", "lease-1", "worker-a", 0.05)
+    _eventually(lambda: store.lease_holder("lease-1") is None)
+
+    taken = store.claim_work("w1", "lease-1", "worker-b", 60)
+    assert taken == Claim(outcome=None, taken=True, holder=None, attempts=2)
+    assert store.lease_holder("lease-1") == "worker-b"
+
+
+def test_finished_work_is_told_and_not_taken_again(store: Store) -> None:
+    outcome, late = _report(), _report()
+    store.claim_work("w1", "lease-1", "worker-a", 60)
+
+    assert store.finish_work("w1", outcome, "lease-1", "worker-a") == outcome
+    assert store.lease_holder("lease-1") is None  # given up in the same step
+    assert store.claim_work("w1", "lease-1", "worker-b", 60) == Claim(
+        outcome=outcome, taken=False, holder=None, attempts=0
+    )
+    assert store.lease_holder("lease-1") is None
+    assert store.finish_work("w1", late, "lease-1", "worker-b") == outcome  # the first kept
+
+
+def test_finishing_work_leaves_a_lease_taken_over_meanwhile_alone(store: Store) -> None:
+    store.claim_work("w1", "lease-1", "worker-a", 0.05)
+    _eventually(lambda: store.lease_holder("lease-1") is None)
+    store.claim_work("w1", "lease-1", "worker-b", 60)
+
+    assert store.finish_work("w1", _report(), "lease-1", "worker-a") is not None
+    assert store.lease_holder("lease-1") == "worker-b"
+
+
+def test_workers_racing_to_claim_leave_one_taker(new_store: OpenStore) -> None:
+    stores = [new_store(), new_store()]
+    contenders = 8
+    start = threading.Barrier(contenders)
+
+    def claim(index: int) -> bool:
+        start.wait()
+        return stores[index % 2].claim_work("w1", "lease-1", f"worker-{index}", 60).taken
+
+    with ThreadPoolExecutor(max_workers=contenders) as pool:
+        taken = list(pool.map(claim, range(contenders)))
+    assert taken.count(True) == 1
+    assert stores[0].claim_work("w1", "lease-1", "late", 60).holder == (
+        f"worker-{taken.index(True)}"
+    )
 
 
 # --- locks --------------------------------------------------------------------------------
