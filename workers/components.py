@@ -56,7 +56,7 @@ class Work:
     started: Callable[[ComponentStarted], ComponentStarted]  # recorded once, then as kept
 
     def journal(self, suffix: str) -> StoreJournal:
-        return StoreJournal(self.store, self.key + suffix, self.check, self.crash)
+        return StoreJournal(self.store, self.key + suffix, self.progress, self.check, self.crash)
 
     def service(self, environment: str, name: str) -> ServiceConfig:
         return self.fleet.service(environment, name)

@@ -22,13 +22,13 @@ from orchestrator.contract import (
 from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ReleaseState
-from orchestrator.store import Store
+from orchestrator.store import StepDone, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import StepError
 from workers.leases import Lease
 from workers.verification.gates import GateResult
 
-__all__ = ["ComponentProgress", "StoreJournal", "Superseded", "component_name"]
+__all__ = ["ComponentProgress", "JournalRecord", "StoreJournal", "Superseded", "component_name"]
 
 log = get_logger(__name__)
 
@@ -53,7 +53,9 @@ class _Runner(Protocol):
 
     def message(self, event: Event, command: Envelope) -> Envelope: ...
 
-    def report(self, reports: Sequence[Envelope], command: Envelope) -> None: ...
+    def report(
+        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
+    ) -> None: ...
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
         """The release, if the saga still waits for ``command``; raises Superseded if not."""
@@ -69,7 +71,9 @@ class ComponentProgress:
     rollout waits (for a person, or while the release is paused), or the command ends
     (:meth:`flush`). So the reports made between two steps (a step's success, the hosts
     it drained, the next step's start) are one write, and none waits longer than the
-    code between two steps takes.
+    code between two steps takes. The journals' entries (:class:`StoreJournal`) go in
+    the same writes: a step done is on record before the next effect, whichever comes
+    first of the next step's start and the next host's effect (:meth:`settle`).
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
@@ -80,16 +84,27 @@ class ComponentProgress:
         self._component = component_name(command)
         self._lease = lease
         self._unsent: list[Envelope] = []
+        self._done: list[StepDone] = []
 
     def keep(self, message: Envelope) -> None:
         """Report a message already made (and recorded apart) with the next batch."""
         self._unsent.append(message)
 
     def flush(self) -> None:
-        """Record the reports kept so far, and publish them for listeners."""
-        if self._unsent:
-            self._runner.report(self._unsent, self._command)
-            self._unsent = []
+        """Record the reports and journal entries kept so far, and publish the reports
+        for listeners."""
+        if self._unsent or self._done:
+            self._runner.report(self._unsent, self._command, self._done)
+            self._unsent, self._done = [], []
+
+    def journaled(self, done: StepDone) -> None:
+        """A step done, recorded with the next write, which comes before the next effect."""
+        self._done.append(done)
+
+    def settle(self) -> None:
+        """Record the steps done so far now: another effect comes next."""
+        if self._done:
+            self.flush()
 
     # --- asked by the rollout -------------------------------------------------------------
 
@@ -217,14 +232,28 @@ class ComponentProgress:
         }
 
 
+class JournalRecord(Protocol):
+    """Where a journal's entries are recorded: they are on record once settled."""
+
+    def journaled(self, done: StepDone) -> None: ...
+
+    def settle(self) -> None: ...
+
+
 class StoreJournal:
     """The steps of one command, in the store, for whoever carries it on after a crash."""
 
     def __init__(
-        self, store: Store, command_key: str, check: Callable[[], None], crash: CrashPoints
+        self,
+        store: Store,
+        command_key: str,
+        record: JournalRecord,
+        check: Callable[[], None],
+        crash: CrashPoints,
     ):
         self._store = store
         self._key = command_key
+        self._record = record
         self._check = check
         self._crash = crash
 
@@ -240,8 +269,11 @@ class StoreJournal:
     def mark(self, host: str, step: Step) -> None:
         self._crash.reached("worker.after_effect")
         self._check()
-        self._store.record_progress(self._key, host, step)
+        self._record.journaled(StepDone(self._key, host, step))
         self._steps.setdefault(host, []).append(step)
+
+    def settle(self) -> None:
+        self._record.settle()
 
 
 def component_name(command: Envelope) -> str:

@@ -9,8 +9,8 @@ A rollout that fails (or is aborted) part-way puts back what it touched before i
 the component failed (``workers/undo.py``), so the saga only compensates components that
 finished.
 
-Every step done is written to a journal as soon as it is done. A worker that takes over a
-component from a dead one reads the journal and carries on where it stopped: a step in
+Every step done is written to a journal before the next effect. A worker that takes over
+a component from a dead one reads the journal and carries on where it stopped: a step in
 the journal is never done again.
 """
 

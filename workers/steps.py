@@ -69,7 +69,13 @@ class Journal(Protocol):
 
     def done(self, host: str) -> Sequence[Step]: ...
 
-    def mark(self, host: str, step: Step) -> None: ...
+    def mark(self, host: str, step: Step) -> None:
+        """Note a step done; it is on record by the next :meth:`settle` at the latest."""
+        ...
+
+    def settle(self) -> None:
+        """Put on record the steps marked so far: called before an effect."""
+        ...
 
 
 # Judges gates for host groups ("canary", "baseline", "all") over what the hosts did since
@@ -126,6 +132,7 @@ def run_step(
     started = time.monotonic()
     outputs: list[str] = []
     for host in todo:
+        journal.settle()  # the hosts before this one are on record before its effect
         try:
             output = _apply(driver, step, host, versions[host], run)
         except StepError as error:

@@ -42,7 +42,7 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
-from orchestrator.store import DeadLetter, Store, StoreUnavailable, word_key
+from orchestrator.store import DeadLetter, StepDone, Store, StoreUnavailable, word_key
 from workers.components import Work, deploy, roll_back_component, started_key, toggle
 from workers.leases import Lease, LeaseLost, claimed
 from workers.progress import ComponentProgress, Superseded, component_name
@@ -295,17 +295,21 @@ class ComponentRunner:
     def publish(self, event: Event, command: Envelope, purpose: str | None = None) -> None:
         self._bus.publish(self.message(event, command, purpose))
 
-    def report(self, reports: Sequence[Envelope], command: Envelope) -> None:
+    def report(
+        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone] = ()
+    ) -> None:
         """Step reports: into the release's timeline, with the time of this word from
-        the command's worker (what its deadline is judged by), then out to listeners."""
+        the command's worker (what its deadline is judged by) and the steps done since
+        its last word, then out to listeners."""
         payload = command.payload
         word = word_key(
             component_name(command),
             rollback=_undoes(payload),
             attempt=getattr(payload, "attempt", 1),
         )
-        self.store.record_reports(command.release_id, word, reports, datetime.now(UTC))
-        self._bus.publish_progress(reports)
+        self.store.record_reports(command.release_id, word, reports, datetime.now(UTC), done)
+        if reports:
+            self._bus.publish_progress(reports)
 
 
 def work_key(command: Envelope) -> str:

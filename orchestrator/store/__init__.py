@@ -26,6 +26,7 @@ __all__ = [
     "DeadLetter",
     "Effect",
     "KeepWake",
+    "StepDone",
     "Store",
     "StoreUnavailable",
     "StoredRelease",
@@ -68,6 +69,15 @@ class Claim:
     taken: bool  # the lease is the caller's now
     holder: str | None  # who holds the lease instead (None if taken, or finished)
     attempts: int  # how often the work was taken, this time included (0 if not taken)
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """A step done on a host for a command: an entry of the command's journal."""
+
+    command_id: str
+    host: str
+    step: str
 
 
 class StoreUnavailable(Exception):
@@ -156,10 +166,16 @@ class Store(Protocol):
         ...
 
     def record_reports(
-        self, release_id: str, word: str, reports: Sequence[Envelope], at: datetime
+        self,
+        release_id: str,
+        word: str,
+        reports: Sequence[Envelope],
+        at: datetime,
+        done: Sequence[StepDone] = (),
     ) -> None:
-        """A worker's reports on a command: added to the release's timeline, and ``at``
-        kept as the last word under ``word`` (:func:`word_key`), in one atomic step."""
+        """A worker's reports on a command: added to the release's timeline, ``at`` kept
+        as the last word under ``word`` (:func:`word_key`), and the steps ``done`` since
+        its last record journaled (as :meth:`record_progress`), in one atomic step."""
         ...
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:

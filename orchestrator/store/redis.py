@@ -29,6 +29,7 @@ from orchestrator.store import (
     DeadLetter,
     Effect,
     KeepWake,
+    StepDone,
     StoredRelease,
     StoreUnavailable,
     shared,
@@ -113,6 +114,11 @@ local function keep_first(key, body)
   if redis.call('SET', key, body, 'NX') then return body end
   return redis.call('GET', key)
 end
+-- The size of the set is the next step's place: read and add in one step, so two steps
+-- recorded at once cannot take the same place (ties would sort by name, not by order).
+local function record_done(key, entry)
+  redis.call('ZADD', key, 'NX', redis.call('ZCARD', key), entry)
+end
 local function count_attempt(key, ttl_ms)
   local count = redis.call('INCR', key)
   redis.call('PEXPIRE', key, ttl_ms)
@@ -159,12 +165,25 @@ return kept
 """
 )
 
-# The size of the set is the next step's place: read and add in one step, so two steps
-# recorded at once cannot take the same place (ties would sort by name, not by order).
 # KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
-_PROGRESS_LUA: Final = """
-redis.call('ZADD', KEYS[1], 'NX', redis.call('ZCARD', KEYS[1]), ARGV[1])
+_PROGRESS_LUA: Final = _WORK_FUNCTIONS_LUA + "record_done(KEYS[1], ARGV[1])"
+
+# A worker's word: its reports onto the timeline, the time of its last word, and the steps
+# done since, journaled.
+# KEYS: 1 the timeline, 2 the last words, then the progress of each step done.
+# ARGV: 1 the word, 2 its time, 3 the number of reports n, then the n reports, then a
+#       JSON [host, step] for each step done, in the order of KEYS.
+_RECORD_REPORTS_LUA: Final = (
+    _WORK_FUNCTIONS_LUA
+    + """
+local n = tonumber(ARGV[3])
+for first = 4, 3 + n, 500 do  -- in slices: unpack is bounded by Lua's stack
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 499, 3 + n)))
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+for i = 3, #KEYS do record_done(KEYS[i], ARGV[n + i + 1]) end
 """
+)
 
 # A change to the simulated fleet and the count of its effect, in one step: 1 if it changed
 # anything (and then the effect is counted), 0 if it was so already. A host put out of
@@ -297,6 +316,7 @@ class RedisStore:
         self._claim_work_script = self._client.register_script(_CLAIM_WORK_LUA)
         self._finish_work_script = self._client.register_script(_FINISH_WORK_LUA)
         self._progress_script = self._client.register_script(_PROGRESS_LUA)
+        self._record_reports_script = self._client.register_script(_RECORD_REPORTS_LUA)
         self._fleet_change = self._client.register_script(_FLEET_CHANGE_LUA)
         self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
         self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
@@ -404,14 +424,20 @@ class RedisStore:
         return [decode(_bytes(body)) for body in bodies]
 
     def record_reports(
-        self, release_id: str, word: str, reports: Sequence[Envelope], at: datetime
+        self,
+        release_id: str,
+        word: str,
+        reports: Sequence[Envelope],
+        at: datetime,
+        done: Sequence[StepDone] = (),
     ) -> None:
-        seconds = shared.epoch_s(at)
-        with _translated(), self._client.pipeline(transaction=True) as pipe:
-            if reports:
-                pipe.rpush(self._keys.timeline(release_id), *(m.encode() for m in reports))
-            pipe.hset(self._keys.last_words(release_id), word, seconds)
-            pipe.execute()
+        keys = [self._keys.timeline(release_id), self._keys.last_words(release_id)]
+        keys += [self._keys.progress(d.command_id) for d in done]
+        args: list[str | bytes] = [word, repr(shared.epoch_s(at)), str(len(reports))]
+        args += [m.encode() for m in reports]
+        args += [json.dumps([d.host, d.step]) for d in done]
+        with _translated():
+            self._record_reports_script(keys=keys, args=args)
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = list(words)

@@ -27,6 +27,7 @@ from orchestrator.store import (
     DeadLetter,
     Effect,
     KeepWake,
+    StepDone,
     StoredRelease,
     StoreUnavailable,
     shared,
@@ -267,7 +268,12 @@ class SqliteStore:
         return [decode(body) for (body,) in rows]
 
     def record_reports(
-        self, release_id: str, word: str, reports: Sequence[Envelope], at: datetime
+        self,
+        release_id: str,
+        word: str,
+        reports: Sequence[Envelope],
+        at: datetime,
+        done: Sequence[StepDone] = (),
     ) -> None:
         seconds = shared.epoch_s(at)
         with self._write() as db:
@@ -279,6 +285,7 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO last_words (release_id, word, at) VALUES (?, ?, ?)",
                 (release_id, word, seconds),
             )
+            _record_done(db, done)
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -432,10 +439,7 @@ class SqliteStore:
 
     def record_progress(self, command_id: str, host: str, step: str) -> None:
         with self._write() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO progress (command_id, host, step) VALUES (?, ?, ?)",
-                (command_id, host, step),
-            )
+            _record_done(db, [StepDone(command_id, host, step)])
 
     def progress(self, command_id: str) -> dict[str, list[str]]:
         with self._read() as db:
@@ -571,6 +575,13 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+
+def _record_done(db: sqlite3.Connection, done: Sequence[StepDone]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO progress (command_id, host, step) VALUES (?, ?, ?)",
+        [(d.command_id, d.host, d.step) for d in done],
+    )
 
 
 def _take_lease(db: sqlite3.Connection, name: str, owner: str, ttl_s: float) -> bool:

@@ -4,6 +4,8 @@
 * every host runs exactly the new version (succeeded) or exactly its previous one
   (rolled back);
 * no effect on a host for the same (release, step) happened twice;
+* no step succeeded twice: a step that succeeded is in the journal, so a worker taking
+  over never does it (nor reports it) again;
 * no outbox entry was left unpublished;
 * compensations ran in reverse dependency order, each once (a command may be sent again
   when nobody answered it in time; the rollback itself happens once);
@@ -13,15 +15,17 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.client import fleet_versions
-from orchestrator.contract import Envelope
+from orchestrator.contract import Envelope, StepSucceeded
 from orchestrator.fleet import Fleet
 from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.store import Store
+from orchestrator.vocabulary import Step
 
 TERMINAL_EVENTS = {"ReleaseSucceeded", "ReleaseRolledBack", "ReleaseFailed", "ReleaseRejected"}
 DECIDED = {"DeployComponent", "RollbackComponent", *TERMINAL_EVENTS}
@@ -60,6 +64,7 @@ def check_invariants(
     assert state.status is expected, f"{state.status}: {state.failure}"
     _check_hosts(fleet, store, state, before)
     _check_effects_once(store, state.id)
+    _check_steps_succeeded_once(ended.timeline)
     _check_outbox_empty(store)
     _check_compensation_order(state, ended.timeline)
     _check_one_ending(ended.timeline)
@@ -105,6 +110,18 @@ def _check_compensation_order(state: ReleaseState, timeline: list[Envelope]) -> 
             started = position.get(("RollbackComponent", dependency))
             if started is not None:
                 assert finished < started, f"{dependency} undone before its dependent"
+
+
+def _check_steps_succeeded_once(timeline: list[Envelope]) -> None:
+    # Flag flips are left out: several flags of one service report the same step and
+    # batch (their effects are counted per flag instead).
+    succeeded = [
+        (p.service, p.step, p.batch, p.rollback)
+        for p in (m.payload for m in timeline)
+        if isinstance(p, StepSucceeded) and p.step is not Step.TOGGLE
+    ]
+    repeated = {step for step, n in Counter(succeeded).items() if n > 1}
+    assert not repeated, f"steps succeeded more than once: {repeated}"
 
 
 def _check_one_ending(timeline: list[Envelope]) -> None:

@@ -37,6 +37,7 @@ from orchestrator.store import (
     DeadLetter,
     Effect,
     KeepWake,
+    StepDone,
     Store,
     StoreUnavailable,
     open_store,
@@ -637,6 +638,30 @@ def test_progress_keeps_each_step_once_per_host_in_order(store: Store) -> None:
 
     assert store.progress("c1") == {"web-1": ["drain", "deploy", "undrain"], "web-2": ["drain"]}
     assert store.progress("c2") == {"web-1": ["deploy"]}
+
+
+def test_steps_done_are_journaled_with_a_workers_reports_in_one_record(store: Store) -> None:
+    word = word_key("api", rollback=False, attempt=1)
+    store.record_progress("c1", "web-1", "drain")
+    store.record_reports(
+        "r1",
+        word,
+        [_report()],
+        T0,
+        done=[StepDone("c1", "web-1", "deploy"), StepDone("c1/undo", "web-2", "drain")],
+    )
+    store.record_reports("r1", word, [], T0, done=[StepDone("c1", "web-1", "drain")])  # again
+
+    assert store.progress("c1") == {"web-1": ["drain", "deploy"]}
+    assert store.progress("c1/undo") == {"web-2": ["drain"]}
+    assert len(store.timeline("r1")) == 1
+
+
+def test_a_record_of_many_reports_keeps_them_all_in_order(store: Store) -> None:
+    reports = [_report() for _ in range(1_200)]  # more than one slice of a script's stack
+    store.record_reports("r1", word_key("api", rollback=False, attempt=1), reports, T0)
+
+    assert store.timeline("r1") == reports
 
 
 def test_the_first_outcome_of_a_command_is_the_one_kept_and_told(store: Store) -> None:

@@ -14,7 +14,7 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet, ServiceConfig
 from orchestrator.fleet.checks import MetricGate
 from orchestrator.fleet.stages import Stage, stages_of
-from orchestrator.store import Store
+from orchestrator.store import StepDone, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import Colour, StepError
 from workers.drivers.simulated import SimulatedDriver
@@ -69,6 +69,19 @@ class Story:
 Judge = Callable[[Sequence[MetricGate], Step, Mapping[str, Sequence[str]], datetime], Any]
 
 
+@dataclass(frozen=True)
+class Straight:
+    """Journal entries recorded as they are marked, one store call each."""
+
+    store: Store
+
+    def journaled(self, done: StepDone) -> None:
+        self.store.record_progress(done.command_id, done.host, done.step)
+
+    def settle(self) -> None:
+        pass  # nothing is ever waiting
+
+
 @dataclass
 class Rollout:
     """One service of a fleet moved by its strategy, as a worker would."""
@@ -101,7 +114,7 @@ class Rollout:
     def run(self, phase: str) -> Run:
         def journal(suffix: str) -> StoreJournal:
             key = f"{self.release_id}/{self.service}/{phase}{suffix}"
-            return StoreJournal(self.store, key, lambda: None, CrashPoints())
+            return StoreJournal(self.store, key, Straight(self.store), lambda: None, CrashPoints())
 
         def hold(name: str, reason: str) -> str | None:
             self.holds.append(name)
