@@ -1,0 +1,85 @@
+"""What a worker taking over a component finds in the journal: every step done before
+the effect that was under way.
+
+A worker records a host's journal entry with its next reports rather than on its own, so
+this drives one step over several hosts through the worker's own progress and journal,
+and looks into the store (the file a successor would read) at each host's effect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from orchestrator.contract import DeployComponent, envelope
+from orchestrator.drills import CrashPoints
+from orchestrator.fleet.drivers import SimulatedDriverConfig
+from orchestrator.store import Store
+from orchestrator.vocabulary import Step
+from tests.support.listening import connected_parts
+from workers.drivers.simulated import SimulatedDriver
+from workers.leases import Lease
+from workers.progress import ComponentProgress, StoreJournal
+from workers.steps import Run, run_step
+from workers.tasks import ComponentRunner, WorkerLimits
+
+FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
+HOSTS = ["web-1", "web-2", "web-3"]
+WORK = "r1/web/deploy/1"
+
+
+class Watched(SimulatedDriver):
+    """The simulator, noting what the journal on record holds as each host is drained."""
+
+    def __init__(self, config: SimulatedDriverConfig, store: Store) -> None:
+        super().__init__(
+            config, store, environment="staging", service="web", release_id="r1", rollback=False
+        )
+        self.store = store
+        self.on_record: list[tuple[str, dict[str, list[str]]]] = []
+
+    def drain(self, host: str) -> str:
+        self.on_record.append((host, self.store.progress(WORK)))
+        return super().drain(host)
+
+
+def test_each_host_is_on_record_before_the_next_hosts_effect(tmp_path: Path) -> None:
+    with connected_parts("memory://", f"t{uuid.uuid4().hex[:8]}", tmp_path, FLEET) as parts:
+        runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
+        command = envelope(
+            DeployComponent(environment="staging", service="web", version="2.0.0"),
+            release_id="r1",
+            actor="test",
+        )
+        lease = Lease(parts.store, "component/r1/web", "test", 60, work=WORK, attempts=1)
+        progress = ComponentProgress(runner, command, lease)
+        journal = StoreJournal(parts.store, WORK, progress, lease.check, CrashPoints())
+        config = parts.fleet.service("staging", "web").driver
+        assert isinstance(config, SimulatedDriverConfig)
+        driver = Watched(config, parts.store)
+
+        run_step(
+            driver,
+            Step.DRAIN,
+            1,
+            HOSTS,
+            versions=dict.fromkeys(HOSTS, "2.0.0"),
+            run=Run(
+                report=progress,
+                journal=journal,
+                undo_journal=journal,
+                should_stop=lambda: None,
+                hold=lambda hold, reason: None,
+                verify_host=lambda host, version: "",
+                judge=lambda *_: [],
+                drain_timeout_s=0,
+            ),
+        )
+
+        assert driver.on_record == [
+            ("web-1", {}),
+            ("web-2", {"web-1": ["drain"]}),
+            ("web-3", {"web-1": ["drain"], "web-2": ["drain"]}),
+        ]
+        progress.flush()  # the worker's next word (a step's start, or its outcome)
+        assert parts.store.progress(WORK) == {host: ["drain"] for host in HOSTS}
