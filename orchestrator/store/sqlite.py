@@ -318,7 +318,7 @@ class SqliteStore:
     def set_host_version(
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
     ) -> bool:
-        with self._write(synced=False) as db:
+        with self._write() as db:
             changed = db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, host)"
@@ -351,7 +351,7 @@ class SqliteStore:
             if drained
             else "DELETE FROM drained WHERE environment = ? AND service = ? AND host = ?"
         )
-        with self._write(synced=False) as db:
+        with self._write() as db:
             changed = db.execute(statement, (environment, service, host)).rowcount > 0
             if changed and drained:
                 db.execute(
@@ -375,7 +375,7 @@ class SqliteStore:
     def set_service_state(
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
     ) -> bool:
-        with self._write(synced=False) as db:
+        with self._write() as db:
             changed = db.execute(
                 "INSERT INTO service_state (environment, service, field, value)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, field)"
@@ -565,29 +565,16 @@ class SqliteStore:
             yield self._db
 
     @contextmanager
-    def _write(self, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction; ``synced=False`` commits it without an ``fsync``.
-
-        Unsynced commits are only the simulated fleet's (below): it stands for hosts,
-        which keep their own state, and a power cut may lose its last changes. They are
-        written to the WAL in order, so the next synced commit (any of Drover's own
-        record) makes them durable too; a crashed process loses none of them.
-        """
+    def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock, _translated():
-            if not synced:
-                self._db.execute("PRAGMA synchronous = OFF")
+            _immediately(self._db)
             try:
-                _immediately(self._db)
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                if not synced:
-                    self._db.execute(f"PRAGMA synchronous = {_SYNCHRONOUS}")
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
 
 def _record_done(db: sqlite3.Connection, done: Sequence[StepDone]) -> None:
@@ -673,10 +660,6 @@ def _dead_letter(row: tuple[str, str, str, bytes, str]) -> DeadLetter:
     )
 
 
-# FULL, not WAL's usual NORMAL: a committed saga step must survive a power cut too.
-_SYNCHRONOUS: Final = "FULL"
-
-
 def _open(path: str) -> sqlite3.Connection:
     with _translated():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -698,7 +681,8 @@ def _open(path: str) -> sqlite3.Connection:
 
 def _configure(db: sqlite3.Connection) -> None:
     _use_wal(db)
-    db.execute(f"PRAGMA synchronous = {_SYNCHRONOUS}")
+    # FULL, not WAL's usual NORMAL: a committed saga step must survive a power cut too
+    db.execute("PRAGMA synchronous = FULL")
     # several processes may open a new file at once; the write lock lets one build it
     _immediately(db)
     try:

@@ -1002,22 +1002,6 @@ def test_sqlite_creates_its_folder_and_uses_wal(tmp_path: Path) -> None:
         assert reopened.load("r1") is not None
 
 
-def test_sqlite_syncs_drovers_own_record_after_the_simulated_fleets(tmp_path: Path) -> None:
-    # The simulated fleet's changes commit without an fsync (they stand for hosts); every
-    # commit after them must be synced again. The setting belongs to the connection, the
-    # only place it can be read.
-    with closing(SqliteStore(str(tmp_path / "drover.db"))) as store:
-        store.set_drained("prod", "api", "web-1", True, Effect("r1", "web-1", "drain"))
-        store.set_host_version("prod", "api", "web-1", "2.0", None)
-        store.set_service_state("prod", "api", "live_colour", "green", None)
-        full = 2
-        assert store._db.execute("PRAGMA synchronous").fetchone() == (full,)
-        _commit(store, message_id="m1", state=_state())
-    with closing(SqliteStore(str(tmp_path / "drover.db"))) as reopened:
-        assert reopened.drained_hosts("prod", "api") == {"web-1"}
-        assert reopened.effects("r1") == {("prod", "api", "web-1", "drain"): 1}
-
-
 def test_a_locked_sqlite_file_is_store_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
