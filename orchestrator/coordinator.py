@@ -39,6 +39,7 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
 from orchestrator.manual_locks import expire, lock_key
 from orchestrator.observability import get_logger, message_context
+from orchestrator.outbox import OutboxRelay
 from orchestrator.saga import (
     Decision,
     ReleaseState,
@@ -65,7 +66,6 @@ log = get_logger(__name__)
 COORDINATOR_ACTOR: Final = "drover-coordinator"
 _MAX_CONFLICT_RETRIES: Final = 20
 _STORE_RETRY_S: Final = 1.0
-_RELAY_BATCH: Final = 500  # outbox messages read and published at a time
 # Releases whose last committed state the coordinator keeps: more than run at once on any
 # fleet we know; the least recently used is forgotten first, and loaded again if needed.
 _KNOWN_RELEASES: Final = 1000
@@ -147,14 +147,12 @@ class Coordinator:
         self._crash = crash_points or CrashPoints()
         self._known = KnownReleases(store)
         self._read_up_to = ReadUpTo()
-        # Set by a commit that added to the outbox: only then has the relay work to do
-        # (the tick relays regardless, for what a crashed run left behind).
-        self._outbox_grew = False
+        self._outbox = OutboxRelay(store, bus, self._crash)
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Consume commands and events until ``stop`` is set."""
         self._bus.declare()
-        self.relay()  # whatever a previous run committed but did not get to publish
+        self._outbox.relay()  # whatever a previous run committed but did not get to publish
         topology = self._bus.topology
         self._bus.consume(
             [topology.commands_queue, topology.coordinator_queue],
@@ -182,13 +180,13 @@ class Coordinator:
             delivery.ack()
             return
         delivery.ack()
-        if self._outbox_grew:
+        if self._outbox.wanted:  # the tick relays regardless, for what a crash left
             self._relay_safely()
 
     def _relay_safely(self) -> None:
         # What is not published now stays in the outbox; the next tick tries again.
         try:
-            self.relay()
+            self._outbox.relay()
         except Exception as exc:
             log.warning("outbox relay failed; will retry", error=repr(exc))
 
@@ -325,8 +323,7 @@ class Coordinator:
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         """Commit what the shell learned without deciding: the state stays as it is."""
-        self._outbox_grew |= bool(messages)
-        return self._store.commit(
+        result = self._store.commit(
             release_id,
             message_id=message_id,
             expected_revision=None,
@@ -335,6 +332,7 @@ class Coordinator:
             timeline=messages,
             wake_at=wake_at,
         )
+        return self._outbox.committed(result, messages)
 
     def _own(self, payload: Message, release_id: str, purpose: str) -> Envelope:
         """A message the coordinator gives itself, with an id that repeats for the same purpose."""
@@ -370,8 +368,7 @@ class Coordinator:
             for index, payload in enumerate(decision.outgoing)
         ]
         changed = decision.state != before
-        self._outbox_grew |= bool(outgoing)
-        return self._store.commit(
+        result = self._store.commit(
             message.release_id,
             message_id=message.id,
             expected_revision=revision,
@@ -381,24 +378,7 @@ class Coordinator:
             wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
             changed_components=_changed_components(before, decision.state),
         )
-
-    def relay(self) -> None:
-        """Publish every committed message not yet published, oldest first."""
-        self._outbox_grew = False
-        while True:
-            pending = self._store.pending_outbox(_RELAY_BATCH)
-            published: list[str] = []
-            try:
-                for message in pending:
-                    self._bus.publish(message)
-                    published.append(message.id)
-                    self._crash.reached("coordinator.after_publish")
-            finally:
-                # A crash before this publishes those again on the next start: the
-                # receivers' seen sets make that harmless.
-                self._store.mark_published(published)
-            if len(pending) < _RELAY_BATCH:
-                return  # that was all: what is committed from now on, the next relay sends
+        return self._outbox.committed(result, outgoing)
 
     def _refuse(self, delivery: Delivery, error: MessageDecodeError) -> None:
         header = error.header
@@ -425,8 +405,7 @@ class Coordinator:
         outgoing = [
             envelope(p, release_id=release_id, actor=COORDINATOR_ACTOR) for p in decision.outgoing
         ]
-        self._outbox_grew = True
-        self._store.commit(
+        result = self._store.commit(
             release_id,
             message_id=message_id,
             expected_revision=0,
@@ -434,6 +413,7 @@ class Coordinator:
             outbox=outgoing,
             timeline=outgoing,
         )
+        self._outbox.committed(result, outgoing)
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._dead_letter_raw(delivery.body, reason, delivery.queue)
