@@ -323,7 +323,8 @@ class Coordinator:
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         """Commit what the shell learned without deciding: the state stays as it is."""
-        result = self._store.commit(
+        self._outbox.offered(messages)
+        return self._store.commit(
             release_id,
             message_id=message_id,
             expected_revision=None,
@@ -332,7 +333,6 @@ class Coordinator:
             timeline=messages,
             wake_at=wake_at,
         )
-        return self._outbox.committed(result, messages)
 
     def _own(self, payload: Message, release_id: str, purpose: str) -> Envelope:
         """A message the coordinator gives itself, with an id that repeats for the same purpose."""
@@ -368,7 +368,8 @@ class Coordinator:
             for index, payload in enumerate(decision.outgoing)
         ]
         changed = decision.state != before
-        result = self._store.commit(
+        self._outbox.offered(outgoing)
+        return self._store.commit(
             message.release_id,
             message_id=message.id,
             expected_revision=revision,
@@ -378,7 +379,6 @@ class Coordinator:
             wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
             changed_components=_changed_components(before, decision.state),
         )
-        return self._outbox.committed(result, outgoing)
 
     def _refuse(self, delivery: Delivery, error: MessageDecodeError) -> None:
         header = error.header
@@ -405,7 +405,8 @@ class Coordinator:
         outgoing = [
             envelope(p, release_id=release_id, actor=COORDINATOR_ACTOR) for p in decision.outgoing
         ]
-        result = self._store.commit(
+        self._outbox.offered(outgoing)
+        self._store.commit(
             release_id,
             message_id=message_id,
             expected_revision=0,
@@ -413,7 +414,6 @@ class Coordinator:
             outbox=outgoing,
             timeline=outgoing,
         )
-        self._outbox.committed(result, outgoing)
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._dead_letter_raw(delivery.body, reason, delivery.queue)

@@ -66,9 +66,11 @@ def test_what_commits_put_in_the_outbox_is_published_in_order(parts: Parts) -> N
     relay = _relay(parts)
     first, second = _events(3), _events(2)
 
-    relay.committed(_commit(parts.store, "m1", first), first)
+    relay.offered(first)
+    _commit(parts.store, "m1", first)
     relay.relay()
-    relay.committed(_commit(parts.store, "m2", second), second)
+    relay.offered(second)
+    _commit(parts.store, "m2", second)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == first + second
@@ -81,7 +83,8 @@ def test_what_an_earlier_run_left_in_the_outbox_goes_first(parts: Parts) -> None
     _commit(parts.store, "m0", left)  # committed by a run that died before relaying
     relay, new = _relay(parts), _events(1)
 
-    relay.committed(_commit(parts.store, "m1", new), new)
+    relay.offered(new)
+    _commit(parts.store, "m1", new)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == left + new
@@ -90,15 +93,15 @@ def test_what_an_earlier_run_left_in_the_outbox_goes_first(parts: Parts) -> None
 def test_a_commit_whose_answer_was_lost_is_published_by_the_next_relay(parts: Parts) -> None:
     listener = listen(parts.settings.broker_url, parts.bus.topology.events_exchange, "#")
     relay = _relay(parts)
-    relay.relay()  # the outbox was read empty: nothing but what is committed from now on
+    relay.relay()  # an empty outbox
     lost = _events(2)
     _commit(parts.store, "m1", lost)  # it landed, but the answer never came back
-    again = _commit(parts.store, "m1", lost)  # the message delivered again
-    assert again is CommitResult.DUPLICATE
-    relay.committed(again, lost)
+    relay.offered(lost)  # the message delivered again
+    assert _commit(parts.store, "m1", lost) is CommitResult.DUPLICATE
     new = _events(1)
 
-    relay.committed(_commit(parts.store, "m2", new), new)
+    relay.offered(new)
+    _commit(parts.store, "m2", new)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == lost + new
