@@ -605,17 +605,23 @@ def test_a_lease_needs_a_positive_ttl(store: Store) -> None:
     assert store.lease_holder("api") is None
 
 
-def test_stores_racing_for_a_lease_leave_one_owner(new_store: OpenStore) -> None:
-    stores = [new_store(), new_store()]
+def _contend(stores: Sequence[Store], attempt: Callable[[Store, str], bool]) -> list[bool]:
+    """Eight workers (``worker-<n>``) trying at once, taking turns over ``stores``."""
     contenders = 8
     start = threading.Barrier(contenders)
 
-    def attempt(index: int) -> bool:
+    def one(index: int) -> bool:
         start.wait()
-        return stores[index % 2].acquire_lease("api", f"worker-{index}", 60)
+        return attempt(stores[index % len(stores)], f"worker-{index}")
 
     with ThreadPoolExecutor(max_workers=contenders) as pool:
-        won = list(pool.map(attempt, range(contenders)))
+        return list(pool.map(one, range(contenders)))
+
+
+def test_stores_racing_for_a_lease_leave_one_owner(new_store: OpenStore) -> None:
+    stores = [new_store(), new_store()]
+
+    won = _contend(stores, lambda store, owner: store.acquire_lease("api", owner, 60))
 
     assert won.count(True) == 1
     assert stores[1].lease_holder("api") == f"worker-{won.index(True)}"
@@ -736,15 +742,11 @@ def test_finishing_work_leaves_a_lease_taken_over_meanwhile_alone(store: Store) 
 
 def test_workers_racing_to_claim_leave_one_taker(new_store: OpenStore) -> None:
     stores = [new_store(), new_store()]
-    contenders = 8
-    start = threading.Barrier(contenders)
 
-    def claim(index: int) -> bool:
-        start.wait()
-        return stores[index % 2].claim_work("w1", "lease-1", f"worker-{index}", 60).taken
+    taken = _contend(
+        stores, lambda store, owner: store.claim_work("w1", "lease-1", owner, 60).taken
+    )
 
-    with ThreadPoolExecutor(max_workers=contenders) as pool:
-        taken = list(pool.map(claim, range(contenders)))
     assert taken.count(True) == 1
     assert stores[0].claim_work("w1", "lease-1", "late", 60).holder == (
         f"worker-{taken.index(True)}"
