@@ -9,8 +9,9 @@ Topology, for a namespace ``ns`` (``drover`` unless configured):
   published to with the routing key ``<Type>.<release id>``; ``ns.coordinator`` binds
   all of it, and any other listener can bind what it wants with a queue of its own.
 * ``ns.progress`` — a topic exchange for the workers' step reports, in batches under
-  ``Progress.<release id>``, for whoever wants them live; no Drover queue binds it (the
-  reports are recorded in the store, where the coordinator reads them when it must).
+  ``Progress.<release id>``, for whoever wants them live, a few times a second
+  (:mod:`orchestrator.feed`); no Drover queue binds it (the reports are recorded in the
+  store, where the coordinator reads them when it must).
 
 Every body is the JSON of one :class:`~orchestrator.contract.Envelope`, or of a batch
 of them (a JSON array, :func:`~orchestrator.contract.encode_batch`).
@@ -41,6 +42,7 @@ from orchestrator.contract import (
     ToggleFlag,
     encode_batch,
 )
+from orchestrator.feed import ProgressFeed
 from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
 from orchestrator.settings import redacted
@@ -171,6 +173,7 @@ class Bus:
         celery: Celery,
         *,
         visibility_timeout_s: float,
+        progress_every_s: float,
         drills: BusDrills | None = None,
         metrics: Metrics | None = None,
     ):
@@ -187,6 +190,7 @@ class Bus:
         self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
         self._declared = False
         self._declare_lock = threading.Lock()
+        self._feed = ProgressFeed(self._publish_progress_now, progress_every_s)
 
     def declare(self) -> None:
         """Create the exchanges and the coordinator's queues; safe to repeat."""
@@ -216,15 +220,19 @@ class Bus:
         self.metrics.record(message)
 
     def publish_progress(self, reports: Sequence[Envelope]) -> None:
-        """Send a worker's step reports on one release, as one message, to listeners."""
+        """Send a worker's step reports on one release to listeners, with the others the
+        live feed gathers until its next message (never raises for the broker's sake)."""
         if not reports:
             return
         if any(r.is_command for r in reports) or len({r.release_id for r in reports}) > 1:
             raise ValueError("progress reports are events of one release")
-        routing_key = f"{PROGRESS}.{reports[0].release_id}"
-        self._publish_as_drilled(reports, self.topology.progress_exchange, routing_key)
+        self._feed.offer(reports)
         for report in reports:
             self.metrics.record(report)
+
+    def _publish_progress_now(self, reports: Sequence[Envelope]) -> None:
+        routing_key = f"{PROGRESS}.{reports[0].release_id}"
+        self._publish_as_drilled(reports, self.topology.progress_exchange, routing_key)
 
     def _publish_as_drilled(
         self, message: Envelope | Sequence[Envelope], exchange: Exchange, routing_key: str
@@ -331,6 +339,7 @@ class Bus:
         return rows
 
     def close(self) -> None:
+        self._feed.close()
         # The producers' pool holds connections of its own: closing the pool alone leaves
         # their sockets open until the garbage collector finds them.
         self._producers.force_close_all()

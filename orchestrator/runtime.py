@@ -91,6 +91,7 @@ def open_bus(settings: Settings) -> Bus:
         Topology(settings.namespace),
         celery,
         visibility_timeout_s=settings.redis_visibility_timeout_s,
+        progress_every_s=settings.progress_feed_every_s,
         drills=BusDrills(
             copies=2 if settings.drill_duplicate_publishes else 1,
             reorder_events_ms=settings.drill_reorder_events_ms,

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         description="Redis broker: when a message a worker took but did not ack is handed out "
         "again (the lease keeps the copy from running beside a live original).",
     )
+    progress_feed_every_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="How often a worker publishes its step reports on the live feed "
+        "(ns.progress): one message per release with the reports made since.",
+    )
     crash_at: str | None = Field(
         default=None,
         pattern=r"^[a-z_.@]+(:[0-9]+)?(,[a-z_.@]+(:[0-9]+)?)*$",

@@ -2,7 +2,9 @@
 real brokers: Redis and RabbitMQ.
 
 A listener must get every report a worker published, in the order made, one release
-per message, with the headers that let it filter without parsing bodies.
+per message, with the headers that let it filter without parsing bodies; reports made
+close together come as one message, none waits for another to be sent, and none is left
+behind when the process stops.
 """
 
 from __future__ import annotations
@@ -79,6 +81,46 @@ def test_every_report_reaches_a_listener_in_order_one_release_per_message(
     assert [r for r in messages(heard) if r.release_id == "R-first"] == first
     assert [r for r in messages(heard) if r.release_id == "R-second"] == second
     assert messages(drain(url, only_second)) == second
+
+
+def test_reports_made_within_one_interval_reach_a_listener_as_one_message(
+    broker_url: str, namespace: str, tmp_path: Path
+) -> None:
+    with connected_parts(
+        broker_url, namespace, tmp_path, FLEET, progress_feed_every_s=0.5
+    ) as parts:
+        reports = _reports("R-burst", 40)
+        everything = listen(broker_url, parts.bus.topology.progress_exchange, "Progress.*")
+        for n in range(0, 40, 4):  # ten steps' reports, as fast as a simulated fleet goes
+            parts.bus.publish_progress(reports[n : n + 4])
+
+        heard = drain(broker_url, everything)
+
+    assert [len(batch) for _, batch in heard] == [40]
+    assert messages(heard) == reports
+
+
+def test_a_report_is_published_without_waiting_for_another_one(parts: Parts) -> None:
+    url, exchange = parts.settings.broker_url, parts.bus.topology.progress_exchange
+    everything = listen(url, exchange, "Progress.*")
+    report = _reports("R-lone", 1)
+
+    parts.bus.publish_progress(report)
+
+    assert messages(drain(url, everything)) == report  # heard with the bus still open
+
+
+def test_reports_still_waiting_are_published_when_the_bus_closes(
+    broker_url: str, namespace: str, tmp_path: Path
+) -> None:
+    reports = _reports("R-last", 3)
+    with connected_parts(
+        broker_url, namespace, tmp_path, FLEET, progress_feed_every_s=10.0
+    ) as parts:
+        everything = listen(broker_url, parts.bus.topology.progress_exchange, "Progress.*")
+        parts.bus.publish_progress(reports)
+
+    assert messages(drain(broker_url, everything)) == reports
 
 
 def test_reports_of_several_releases_cannot_be_handed_over_as_one(parts: Parts) -> None:

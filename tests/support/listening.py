@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
@@ -21,14 +22,16 @@ Heard = list[tuple[dict[str, object], list[Envelope]]]  # (headers, messages) pe
 
 @contextmanager
 def connected_parts(
-    broker_url: str, namespace: str, tmp_path: Path, fleet: Path
+    broker_url: str, namespace: str, tmp_path: Path, fleet: Path, **overrides: Any
 ) -> Iterator[Parts]:
-    """Drover's parts on ``broker_url``, with a SQLite store in ``tmp_path``."""
+    """Drover's parts on ``broker_url``, with a SQLite store in ``tmp_path`` (and any
+    other settings, ``overrides``)."""
     settings = Settings.load(
         environ={},
         broker_url=broker_url,
         namespace=namespace,
         store_url=f"sqlite:///{tmp_path}/store.db",
+        **overrides,
     )
     parts = connect(settings, load_fleet(fleet))
     try:
