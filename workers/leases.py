@@ -7,23 +7,32 @@ the original has died. So whoever carries out a component holds a lease on it, r
 every third of its time to live; a copy waits until the original has finished (and
 replays its recorded outcome) or until the lease has lapsed (the original is dead), and
 then carries on from the original's journal.
+
+One thread per worker process renews all the leases it holds (:class:`LeaseKeeper`): a
+thread of each lease's own cost every component a thread's start and join.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
 from orchestrator.store import Store, StoreUnavailable
 
-__all__ = ["Lease", "LeaseLost", "claimed"]
+__all__ = ["Lease", "LeaseKeeper", "LeaseLost", "claimed"]
 
 log = get_logger(__name__)
+
+# The keeper's thread ends after this long without a lease to renew, and starts again
+# with the next one: a process that is done with its work keeps no thread for it.
+_IDLE_S: Final = 60.0
 
 
 class LeaseLost(Exception):
@@ -34,20 +43,23 @@ class Lease:
     """A worker's hold on a component while it carries out one command's work."""
 
     def __init__(
-        self, store: Store, name: str, owner: str, ttl_s: float, *, work: str, attempts: int
+        self,
+        keeper: LeaseKeeper,
+        name: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        work: str,
+        attempts: int,
     ):
         self.name = name
         self.owner = owner
+        self.ttl_s = ttl_s
         self.work = work
         self.attempts = attempts  # how often the work was taken, this time included
-        self._store = store
-        self._ttl_s = ttl_s
+        self._keeper = keeper
         self._lost = threading.Event()
-        self._done = threading.Event()
         self._finished = False
-        self._heartbeat = threading.Thread(
-            target=self._keep_alive, name=f"lease {name}", daemon=True
-        )
 
     @property
     def lost(self) -> bool:
@@ -61,39 +73,91 @@ class Lease:
     def finish(self, outcome: Envelope) -> Envelope:
         """Record how the work ended and give the lease up, in one step; returns the
         outcome kept (an earlier one, should a copy have recorded one first)."""
-        self._stop_heartbeat()  # renewing a lease given up would call it lost
-        kept = self._store.finish_work(self.work, outcome, self.name, self.owner)
+        self._keeper.let_go(self)  # renewing a lease given up would call it lost
+        kept = self._keeper.store.finish_work(self.work, outcome, self.name, self.owner)
         self._finished = True
         return kept
 
     def _start(self) -> None:
-        self._heartbeat.start()
+        self._keeper.keep(self)
 
     def _end(self) -> None:
-        self._stop_heartbeat()
+        self._keeper.let_go(self)
         if not self._finished:
-            self._store.release_lease(self.name, self.owner)
+            self._keeper.store.release_lease(self.name, self.owner)
 
-    def _stop_heartbeat(self) -> None:
-        self._done.set()
-        self._heartbeat.join()
+    def _lapsed(self) -> None:
+        log.error("lease lost", lease=self.name)
+        self._lost.set()
 
-    def _keep_alive(self) -> None:
-        while not self._done.wait(self._ttl_s / 3):
+
+class LeaseKeeper:
+    """Renews the leases a worker process holds, each every third of its time to live,
+    from one thread; a lease found taken by another is marked lost (:meth:`Lease.check`)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._due: dict[Lease, float] = {}  # each lease's next renewal, monotonic seconds
+        self._renewing: Lease | None = None
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, lease: Lease) -> None:
+        with self._changed:
+            self._due[lease] = time.monotonic() + lease.ttl_s / 3
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._renew, name="drover-lease-keeper", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify_all()
+
+    def let_go(self, lease: Lease) -> None:
+        """Renew ``lease`` no more; returns once no renewal of it is under way."""
+        with self._changed:
+            self._due.pop(lease, None)
+            while self._renewing is lease:
+                self._changed.wait()
+
+    def _renew(self) -> None:
+        while (lease := self._next_due()) is not None:
             try:
-                renewed = self._store.renew_lease(self.name, self.owner, self._ttl_s)
+                renewed = self.store.renew_lease(lease.name, lease.owner, lease.ttl_s)
             except StoreUnavailable as exc:
-                log.warning("lease renewal failed; retrying", lease=self.name, error=str(exc))
-                continue
-            if not renewed:
-                log.error("lease lost", lease=self.name)
-                self._lost.set()
-                return
+                log.warning("lease renewal failed; retrying", lease=lease.name, error=str(exc))
+                renewed = True  # not known to be lost: tried again a third of its life on
+            with self._changed:
+                self._renewing = None
+                if lease in self._due:  # not let go meanwhile
+                    if renewed:
+                        self._due[lease] = time.monotonic() + lease.ttl_s / 3
+                    else:
+                        del self._due[lease]
+                        lease._lapsed()
+                self._changed.notify_all()
+
+    def _next_due(self) -> Lease | None:
+        """The next lease to renew, once it is due; None (and the thread ends) when there
+        has been none to renew for a while."""
+        with self._changed:
+            while True:
+                if not self._due:
+                    if not self._changed.wait(_IDLE_S) and not self._due:
+                        self._thread = None
+                        return None
+                    continue
+                lease, due = min(self._due.items(), key=lambda item: item[1])
+                wait_s = due - time.monotonic()
+                if wait_s <= 0:
+                    self._renewing = lease
+                    self._due[lease] = math.inf  # under way: not due again until renewed
+                    return lease
+                self._changed.wait(wait_s)
 
 
 @contextmanager
 def claimed(
-    store: Store,
+    keeper: LeaseKeeper,
     work: str,
     name: str,
     *,
@@ -114,7 +178,7 @@ def claimed(
     owner = f"{owner_prefix}/{uuid.uuid4().hex}"
     next_word = 0.0
     while True:
-        claim = store.claim_work(work, name, owner, ttl_s)
+        claim = keeper.store.claim_work(work, name, owner, ttl_s)
         if claim.outcome is not None:
             yield claim.outcome
             return
@@ -124,7 +188,7 @@ def claimed(
             waiting(claim.holder)
             next_word = time.monotonic() + waiting_every_s
         time.sleep(poll_s)
-    lease = Lease(store, name, owner, ttl_s, work=work, attempts=claim.attempts)
+    lease = Lease(keeper, name, owner, ttl_s, work=work, attempts=claim.attempts)
     lease._start()
     try:
         yield lease

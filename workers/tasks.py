@@ -44,7 +44,7 @@ from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import DeadLetter, StepDone, Store, StoreUnavailable, word_key
 from workers.components import Work, deploy, roll_back_component, started_key, toggle
-from workers.leases import Lease, LeaseLost, claimed
+from workers.leases import Lease, LeaseKeeper, LeaseLost, claimed
 from workers.progress import ComponentProgress, Superseded, component_name
 
 __all__ = ["ComponentRunner", "WorkerLimits", "register_tasks"]
@@ -77,6 +77,7 @@ class ComponentRunner:
         self._bus = bus
         self._limits = limits
         self.crash = crash_points or CrashPoints()
+        self._leases = LeaseKeeper(store)
         # The pid tells apart workers on one machine, in leases and in logs.
         self.actor = f"drover-worker-{os.getpid()}@{socket.gethostname()}"
 
@@ -119,7 +120,7 @@ class ComponentRunner:
         """
         service = self._fleet.service(payload.environment, payload.service)
         with claimed(
-            self.store,
+            self._leases,
             work_key(command),
             f"component/{command.release_id}/{component_name(command)}",
             owner_prefix=self.actor,

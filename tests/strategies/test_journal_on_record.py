@@ -18,7 +18,7 @@ from orchestrator.store import Store
 from orchestrator.vocabulary import Step
 from tests.support.listening import connected_parts
 from workers.drivers.simulated import SimulatedDriver
-from workers.leases import Lease
+from workers.leases import Lease, LeaseKeeper
 from workers.progress import ComponentProgress, StoreJournal
 from workers.steps import Run, run_step
 from workers.tasks import ComponentRunner, WorkerLimits
@@ -51,7 +51,8 @@ def test_each_host_is_on_record_before_the_next_hosts_effect(tmp_path: Path) -> 
             release_id="r1",
             actor="test",
         )
-        lease = Lease(parts.store, "component/r1/web", "test", 60, work=WORK, attempts=1)
+        keeper = LeaseKeeper(parts.store)
+        lease = Lease(keeper, "component/r1/web", "test", 60, work=WORK, attempts=1)
         progress = ComponentProgress(runner, command, lease)
         journal = StoreJournal(parts.store, WORK, progress, lease.check, CrashPoints())
         config = parts.fleet.service("staging", "web").driver
