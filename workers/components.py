@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from orchestrator.contract import (
     ComponentDeployed,
@@ -54,9 +55,18 @@ class Work:
     check: Callable[[], None]  # raises when the worker's lease on the component is lost
     crash: CrashPoints
     started: Callable[[ComponentStarted], ComponentStarted]  # recorded once, then as kept
+    journaled: frozenset[str]  # those of its journals that had entries when it was claimed
 
     def journal(self, suffix: str) -> StoreJournal:
-        return StoreJournal(self.store, self.key + suffix, self.progress, self.check, self.crash)
+        key = self.key + suffix
+        return StoreJournal(
+            self.store,
+            key,
+            self.progress,
+            self.check,
+            self.crash,
+            empty=key not in self.journaled,
+        )
 
     def service(self, environment: str, name: str) -> ServiceConfig:
         return self.fleet.service(environment, name)
@@ -83,8 +93,8 @@ class Work:
         env = self.fleet.environments[environment]
         return Run(
             report=self.progress,
-            journal=self.journal(""),
-            undo_journal=self.journal("/undo"),
+            journal=self.journal(_FORWARD),
+            undo_journal=self.journal(_UNDO),
             should_stop=self.progress.should_stop,
             hold=self.progress.hold,
             verify_host=host_checker(env, environment, service),
@@ -213,6 +223,16 @@ def toggle(work: Work, payload: ToggleFlag) -> Event:
 def _drain_timeout_s(strategy: Strategy) -> float:
     # An idle colour serves nothing, so nothing is drained in blue/green.
     return 0 if isinstance(strategy, BlueGreenStrategy) else strategy.drain_timeout_s
+
+
+# A command's journals: the steps of its rollout, and those putting back a failed one.
+_FORWARD: Final = ""
+_UNDO: Final = "/undo"
+
+
+def journal_keys(work_key: str) -> list[str]:
+    """The journals of the command whose work is ``work_key``, as :class:`Work` keeps them."""
+    return [work_key + suffix for suffix in (_FORWARD, _UNDO)]
 
 
 def started_key(release_id: str, service: str, attempt: int) -> str:

@@ -18,13 +18,13 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
 from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
-from orchestrator.store import Store, StoreUnavailable
+from orchestrator.store import Store, StoreUnavailable, Word
 
 __all__ = ["Lease", "LeaseKeeper", "LeaseLost", "claimed"]
 
@@ -51,12 +51,14 @@ class Lease:
         *,
         work: str,
         attempts: int,
+        journaled: frozenset[str] = frozenset(),
     ):
         self.name = name
         self.owner = owner
         self.ttl_s = ttl_s
         self.work = work
         self.attempts = attempts  # how often the work was taken, this time included
+        self.journaled = journaled  # the work's journals that had entries when taken
         self._keeper = keeper
         self._lost = threading.Event()
         self._finished = False
@@ -70,11 +72,13 @@ class Lease:
         if self._lost.is_set():
             raise LeaseLost(self.name)
 
-    def finish(self, outcome: Envelope) -> Envelope:
-        """Record how the work ended and give the lease up, in one step; returns the
-        outcome kept (an earlier one, should a copy have recorded one first)."""
+    def finish(self, outcome: Envelope, last: Word | None = None) -> Envelope:
+        """Record how the work ended (with the worker's ``last`` word) and give the lease
+        up, in one step; returns the outcome kept (an earlier one, should a copy have
+        recorded one first)."""
         self._keeper.let_go(self)  # renewing a lease given up would call it lost
-        kept = self._keeper.store.finish_work(self.work, outcome, self.name, self.owner)
+        store = self._keeper.store
+        kept = store.finish_work(self.work, outcome, self.name, self.owner, last)
         self._finished = True
         return kept
 
@@ -161,6 +165,7 @@ def claimed(
     work: str,
     name: str,
     *,
+    journals: Sequence[str],
     owner_prefix: str,
     ttl_s: float,
     waiting: Callable[[str | None], None],
@@ -170,15 +175,16 @@ def claimed(
     """Hold the lease ``name`` for ``work`` in the block, waiting for it as long as its
     holder lives; or, if the work was finished (before, or while this waited), its outcome.
 
-    Each look is one store call (:meth:`Store.claim_work`): the outcome, or the lease
-    and one more attempt counted (:attr:`Lease.attempts`), or the holder. While it
+    Each look is one store call (:meth:`Store.claim_work`): the outcome, or the lease,
+    one more attempt counted (:attr:`Lease.attempts`) and which of the work's
+    ``journals`` have entries (:attr:`Lease.journaled`), or the holder. While it
     waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so that whoever
     waits for *this* worker knows it is alive.
     """
     owner = f"{owner_prefix}/{uuid.uuid4().hex}"
     next_word = 0.0
     while True:
-        claim = keeper.store.claim_work(work, name, owner, ttl_s)
+        claim = keeper.store.claim_work(work, name, owner, ttl_s, journals)
         if claim.outcome is not None:
             yield claim.outcome
             return
@@ -188,7 +194,15 @@ def claimed(
             waiting(claim.holder)
             next_word = time.monotonic() + waiting_every_s
         time.sleep(poll_s)
-    lease = Lease(keeper, name, owner, ttl_s, work=work, attempts=claim.attempts)
+    lease = Lease(
+        keeper,
+        name,
+        owner,
+        ttl_s,
+        work=work,
+        attempts=claim.attempts,
+        journaled=claim.journaled,
+    )
     lease._start()
     try:
         yield lease

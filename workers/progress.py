@@ -69,11 +69,12 @@ class ComponentProgress:
     worker's last word, in the store; then published for listeners): each is kept
     until a step starts (its effects come next, and must be on record first), the
     rollout waits (for a person, or while the release is paused), or the command ends
-    (:meth:`flush`). So the reports made between two steps (a step's success, the hosts
-    it drained, the next step's start) are one write, and none waits longer than the
-    code between two steps takes. The journals' entries (:class:`StoreJournal`) go in
-    the same writes: a step done is on record before the next effect, whichever comes
-    first of the next step's start and the next host's effect (:meth:`settle`).
+    (:meth:`flush`; or :meth:`take`, to be recorded with the outcome). So the reports
+    made between two steps (a step's success, the hosts it drained, the next step's
+    start) are one write, and none waits longer than the code between two steps takes.
+    The journals' entries (:class:`StoreJournal`) go in the same writes: a step done is
+    on record before the next effect, whichever comes first of the next step's start and
+    the next host's effect (:meth:`settle`).
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
@@ -93,9 +94,15 @@ class ComponentProgress:
     def flush(self) -> None:
         """Record the reports and journal entries kept so far, and publish the reports
         for listeners."""
-        if self._unsent or self._done:
-            self._runner.report(self._unsent, self._command, self._done)
-            self._unsent, self._done = [], []
+        reports, done = self.take()
+        if reports or done:
+            self._runner.report(reports, self._command, done)
+
+    def take(self) -> tuple[list[Envelope], list[StepDone]]:
+        """The reports and journal entries kept so far, for the caller to record."""
+        taken = self._unsent, self._done
+        self._unsent, self._done = [], []
+        return taken
 
     def journaled(self, done: StepDone) -> None:
         """A step done, recorded with the next write, which comes before the next effect."""
@@ -250,16 +257,22 @@ class StoreJournal:
         record: JournalRecord,
         check: Callable[[], None],
         crash: CrashPoints,
+        *,
+        empty: bool,
     ):
         self._store = store
         self._key = command_key
         self._record = record
         self._check = check
         self._crash = crash
+        self._empty = empty  # known to have no entries: only this worker writes them now
 
     @functools.cached_property
     def _steps(self) -> dict[str, list[Step]]:
-        # Read when first asked: a put-back journal is mostly never asked at all.
+        # Read when first asked, and only if it may have entries: a first attempt's
+        # journal has none, and a put-back journal is mostly never asked at all.
+        if self._empty:
+            return {}
         done = self._store.progress(self._key)
         return {host: [Step(s) for s in steps] for host, steps in done.items()}
 

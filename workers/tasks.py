@@ -42,8 +42,15 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
-from orchestrator.store import DeadLetter, StepDone, Store, StoreUnavailable, word_key
-from workers.components import Work, deploy, roll_back_component, started_key, toggle
+from orchestrator.store import DeadLetter, StepDone, Store, StoreUnavailable, Word, word_key
+from workers.components import (
+    Work,
+    deploy,
+    journal_keys,
+    roll_back_component,
+    started_key,
+    toggle,
+)
 from workers.leases import Lease, LeaseKeeper, LeaseLost, claimed
 from workers.progress import ComponentProgress, Superseded, component_name
 
@@ -119,10 +126,12 @@ class ComponentRunner:
         lease (:func:`claimed`): asked apart, it could be finished in between.
         """
         service = self._fleet.service(payload.environment, payload.service)
+        work = work_key(command)
         with claimed(
             self._leases,
-            work_key(command),
+            work,
             f"component/{command.release_id}/{component_name(command)}",
+            journals=journal_keys(work),
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
             waiting=lambda holder: self._waiting(command, payload, holder),
@@ -147,18 +156,21 @@ class ComponentRunner:
             self._dead_letter(command.encode(), reason)
             self._finish(command, _crashed(payload, reason), lease)
             return
+        progress = ComponentProgress(self, command, lease)
         try:
-            outcome = self._body(command, payload, lease)
+            outcome = self._body(command, payload, lease, progress)
         except LeaseLost:
             log.error("lease lost mid-component; the worker that took over finishes it")
             return
         except Superseded:
+            if not lease.lost:
+                progress.flush()
             log.warning("the saga moved on mid-component (timed out); its rollback owns it")
             return
         except Exception as exc:  # report the failure rather than leave the saga waiting
             log.exception("component crashed")
             outcome = _crashed(payload, f"worker error: {exc!r}")
-        self._finish(command, outcome, lease)
+        self._finish(command, outcome, lease, progress)
 
     def _waiting(self, command: Envelope, payload: WorkerCommand, holder: str | None) -> None:
         """Say that this copy waits for the worker holding the component: it is alive."""
@@ -167,8 +179,9 @@ class ComponentRunner:
         )
         self.report([self.message(waiting, command)], command)
 
-    def _body(self, command: Envelope, payload: WorkerCommand, lease: Lease) -> Event:
-        progress = ComponentProgress(self, command, lease)
+    def _body(
+        self, command: Envelope, payload: WorkerCommand, lease: Lease, progress: ComponentProgress
+    ) -> Event:
         work = Work(
             fleet=self._fleet,
             store=self.store,
@@ -178,14 +191,9 @@ class ComponentRunner:
             check=lease.check,
             crash=self.crash,
             started=lambda event: self._started(command, event, progress),
+            journaled=lease.journaled,
         )
-        try:
-            return self._perform(work, command, payload)
-        finally:
-            # What was said goes out ahead of whatever ends the work, a crash included;
-            # a worker that lost its lease to another says nothing more.
-            if not lease.lost:
-                progress.flush()
+        return self._perform(work, command, payload)
 
     def _perform(self, work: Work, command: Envelope, payload: WorkerCommand) -> Event:
         match payload:
@@ -226,13 +234,25 @@ class ComponentRunner:
         log.info("command already finished; its outcome is published again")
         self._bus.publish(recorded)
 
-    def _finish(self, command: Envelope, outcome: Event, lease: Lease) -> None:
+    def _finish(
+        self,
+        command: Envelope,
+        outcome: Event,
+        lease: Lease,
+        progress: ComponentProgress | None = None,
+    ) -> None:
         # Recorded before it is published, under an id derived from the command: after a
         # crash in between, a redelivered copy publishes this very message again, which
         # the coordinator recognises as one it has seen. What is published is what was
         # kept: the first outcome recorded for the command, should a copy have been first.
+        # What was said since the last word is recorded with it, a crash's reports
+        # included; a worker that lost its lease to another says nothing more.
         message = self.message(outcome, command, purpose="outcome")
-        self._bus.publish(lease.finish(message))
+        reports, done = progress.take() if progress and not lease.lost else ([], [])
+        last = self._word(command, reports, done) if reports or done else None
+        kept = lease.finish(message, last)
+        self._bus.publish_progress(reports)
+        self._bus.publish(kept)
         self.crash.reached("worker.before_ack")
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
@@ -302,15 +322,19 @@ class ComponentRunner:
         """Step reports: into the release's timeline, with the time of this word from
         the command's worker (what its deadline is judged by) and the steps done since
         its last word, then out to listeners."""
+        self.store.record_reports(self._word(command, reports, done))
+        self._bus.publish_progress(reports)
+
+    def _word(
+        self, command: Envelope, reports: Sequence[Envelope], done: Sequence[StepDone]
+    ) -> Word:
         payload = command.payload
-        word = word_key(
+        key = word_key(
             component_name(command),
             rollback=_undoes(payload),
             attempt=getattr(payload, "attempt", 1),
         )
-        self.store.record_reports(command.release_id, word, reports, datetime.now(UTC), done)
-        if reports:
-            self._bus.publish_progress(reports)
+        return Word(command.release_id, key, datetime.now(UTC), reports, done)
 
 
 def work_key(command: Envelope) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "StoredRelease",
+    "Word",
     "awaited_word",
     "open_store",
     "word_key",
@@ -69,6 +70,9 @@ class Claim:
     taken: bool  # the lease is the caller's now
     holder: str | None  # who holds the lease instead (None if taken, or finished)
     attempts: int  # how often the work was taken, this time included (0 if not taken)
+    # Those of the journals asked about that have entries (when taken): one that has
+    # none need not be read, since only the lease's holder writes to it.
+    journaled: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,18 @@ class StepDone:
     command_id: str
     host: str
     step: str
+
+
+@dataclass(frozen=True)
+class Word:
+    """A worker's word on a command: its reports for the release's timeline, the time it
+    was said (kept under ``key``, :func:`word_key`), and the steps done since its last."""
+
+    release_id: str
+    key: str
+    at: datetime
+    reports: Sequence[Envelope] = ()
+    done: Sequence[StepDone] = ()
 
 
 class StoreUnavailable(Exception):
@@ -165,17 +181,10 @@ class Store(Protocol):
         only what it has not seen)."""
         ...
 
-    def record_reports(
-        self,
-        release_id: str,
-        word: str,
-        reports: Sequence[Envelope],
-        at: datetime,
-        done: Sequence[StepDone] = (),
-    ) -> None:
-        """A worker's reports on a command: added to the release's timeline, ``at`` kept
-        as the last word under ``word`` (:func:`word_key`), and the steps ``done`` since
-        its last record journaled (as :meth:`record_progress`), in one atomic step."""
+    def record_reports(self, word: Word) -> None:
+        """A worker's word: its reports added to the release's timeline, its time kept as
+        the last word under its key, and its steps done journaled (as
+        :meth:`record_progress`), in one atomic step."""
         ...
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
@@ -258,19 +267,25 @@ class Store(Protocol):
         """Add one to how often a worker has started a command, and return the new count."""
         ...
 
-    def claim_work(self, work: str, lease: str, owner: str, ttl_s: float) -> Claim:
+    def claim_work(
+        self, work: str, lease: str, owner: str, ttl_s: float, journals: Sequence[str] = ()
+    ) -> Claim:
         """In one step: the outcome of ``work`` if it has one (nothing else is done);
-        otherwise the lease for ``owner`` if it is free, expired or already theirs, and
-        one more attempt counted under ``work``; otherwise who holds the lease.
+        otherwise the lease for ``owner`` if it is free, expired or already theirs, one
+        more attempt counted under ``work``, and which of ``journals`` (command ids, as
+        in :meth:`progress`) have entries; otherwise who holds the lease.
 
         One step, so that work finished by the holder between the question and the lease
         is never begun again.
         """
         ...
 
-    def finish_work(self, work: str, outcome: Envelope, lease: str, owner: str) -> Envelope:
+    def finish_work(
+        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
+    ) -> Envelope:
         """Record the outcome of ``work`` as :meth:`record_outcome` does (the first one is
-        kept, and returned) and, in the same step, give the lease up if ``owner`` holds it."""
+        kept, and returned) and, in the same step, the worker's ``last`` word (as
+        :meth:`record_reports`) and give the lease up if ``owner`` holds it."""
         ...
 
     # --- locks: one release at a time per (environment, service) ---------------------------

@@ -29,9 +29,9 @@ from orchestrator.store import (
     DeadLetter,
     Effect,
     KeepWake,
-    StepDone,
     StoredRelease,
     StoreUnavailable,
+    Word,
     shared,
 )
 from orchestrator.store.keys import Keys
@@ -124,6 +124,18 @@ local function count_attempt(key, ttl_ms)
   redis.call('PEXPIRE', key, ttl_ms)
   return count
 end
+-- A worker's word: its reports onto the timeline, the time of its last word, and the
+-- steps done since, journaled. KEYS from k: the timeline, the last words, then the
+-- progress of each step done. ARGV from a: the word, its time, the number of reports n,
+-- the n reports, then a JSON [host, step] for each step done, in the order of KEYS.
+local function record_word(k, a)
+  local n = tonumber(ARGV[a + 2])
+  for first = a + 3, a + 2 + n, 500 do  -- in slices: unpack is bounded by Lua's stack
+    redis.call('RPUSH', KEYS[k], unpack(ARGV, first, math.min(first + 499, a + 2 + n)))
+  end
+  redis.call('HSET', KEYS[k + 1], ARGV[a], ARGV[a + 1])
+  for i = k + 2, #KEYS do record_done(KEYS[i], ARGV[a + n + 3 + i - k - 2]) end
+end
 """
 
 # KEYS: 1 the lease. ARGV: 1 owner, 2 TTL in ms, 3 "1" when a free lease may be taken.
@@ -140,10 +152,10 @@ _KEEP_FIRST_LUA: Final = _WORK_FUNCTIONS_LUA + "return keep_first(KEYS[1], ARGV[
 # KEYS: 1 the attempts. ARGV: 1 their TTL in ms.
 _COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])"
 
-# KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts.
+# KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts, then journals.
 # ARGV: 1 owner, 2 lease TTL in ms, 3 attempts' TTL in ms.
 # Returns {outcome} when finished, {false, holder} when held by another, or
-# {false, false, attempts} when taken.
+# {false, false, attempts, 1 or 0 for each journal: whether it has entries} when taken.
 _CLAIM_WORK_LUA: Final = (
     _WORK_FUNCTIONS_LUA
     + """
@@ -151,14 +163,18 @@ local outcome = redis.call('GET', KEYS[1])
 if outcome then return {outcome} end
 local taken, holder = take_lease(KEYS[2], ARGV[1], ARGV[2], true)
 if not taken then return {false, holder} end
-return {false, false, count_attempt(KEYS[3], ARGV[3])}
+local claim = {false, false, count_attempt(KEYS[3], ARGV[3])}
+for i = 4, #KEYS do claim[i] = redis.call('EXISTS', KEYS[i]) end
+return claim
 """
 )
 
-# KEYS: 1 the work's outcome, 2 the lease. ARGV: 1 the outcome offered, 2 owner.
+# KEYS: 1 the work's outcome, 2 the lease, then those of record_word, if a last word.
+# ARGV: 1 the outcome offered, 2 owner, then those of record_word, if a last word.
 _FINISH_WORK_LUA: Final = (
     _WORK_FUNCTIONS_LUA
     + """
+if #ARGV > 2 then record_word(3, 3) end
 local kept = keep_first(KEYS[1], ARGV[1])
 release_lease(KEYS[2], ARGV[2])
 return kept
@@ -168,22 +184,8 @@ return kept
 # KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
 _PROGRESS_LUA: Final = _WORK_FUNCTIONS_LUA + "record_done(KEYS[1], ARGV[1])"
 
-# A worker's word: its reports onto the timeline, the time of its last word, and the steps
-# done since, journaled.
-# KEYS: 1 the timeline, 2 the last words, then the progress of each step done.
-# ARGV: 1 the word, 2 its time, 3 the number of reports n, then the n reports, then a
-#       JSON [host, step] for each step done, in the order of KEYS.
-_RECORD_REPORTS_LUA: Final = (
-    _WORK_FUNCTIONS_LUA
-    + """
-local n = tonumber(ARGV[3])
-for first = 4, 3 + n, 500 do  -- in slices: unpack is bounded by Lua's stack
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 499, 3 + n)))
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-for i = 3, #KEYS do record_done(KEYS[i], ARGV[n + i + 1]) end
-"""
-)
+# KEYS and ARGV: those of record_word.
+_RECORD_REPORTS_LUA: Final = _WORK_FUNCTIONS_LUA + "record_word(1, 1)"
 
 # A change to the simulated fleet and the count of its effect, in one step: 1 if it changed
 # anything (and then the effect is counted), 0 if it was so already. A host put out of
@@ -423,21 +425,19 @@ class RedisStore:
             bodies = self._client.lrange(self._keys.timeline(release_id), max(start, 0), -1)
         return [decode(_bytes(body)) for body in bodies]
 
-    def record_reports(
-        self,
-        release_id: str,
-        word: str,
-        reports: Sequence[Envelope],
-        at: datetime,
-        done: Sequence[StepDone] = (),
-    ) -> None:
-        keys = [self._keys.timeline(release_id), self._keys.last_words(release_id)]
-        keys += [self._keys.progress(d.command_id) for d in done]
-        args: list[str | bytes] = [word, repr(shared.epoch_s(at)), str(len(reports))]
-        args += [m.encode() for m in reports]
-        args += [json.dumps([d.host, d.step]) for d in done]
+    def record_reports(self, word: Word) -> None:
+        keys, args = self._word(word)
         with _translated():
             self._record_reports_script(keys=keys, args=args)
+
+    def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
+        """The keys and arguments of ``record_word``."""
+        keys = [self._keys.timeline(word.release_id), self._keys.last_words(word.release_id)]
+        keys += [self._keys.progress(d.command_id) for d in word.done]
+        args: list[str | bytes] = [word.key, repr(shared.epoch_s(word.at)), str(len(word.reports))]
+        args += [m.encode() for m in word.reports]
+        args += [json.dumps([d.host, d.step]) for d in word.done]
+        return keys, args
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = list(words)
@@ -603,8 +603,11 @@ class RedisStore:
         with _translated():
             return int(self._count_attempt_script(keys=[key], args=[self._attempt_ttl_ms]))
 
-    def claim_work(self, work: str, lease: str, owner: str, ttl_s: float) -> Claim:
+    def claim_work(
+        self, work: str, lease: str, owner: str, ttl_s: float, journals: Sequence[str] = ()
+    ) -> Claim:
         keys = [self._keys.outcome(work), self._keys.lease(lease), self._keys.attempts(work)]
+        keys += [self._keys.progress(journal) for journal in journals]
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms]
         with _translated():
             found = self._claim_work_script(keys=keys, args=args)
@@ -613,12 +616,22 @@ class RedisStore:
         if len(found) == 2:
             holder = None if found[1] is None else _text(found[1])
             return Claim(outcome=None, taken=False, holder=holder, attempts=0)
-        return Claim(outcome=None, taken=True, holder=None, attempts=int(found[2]))
+        journaled = frozenset(j for j, has in zip(journals, found[3:], strict=True) if has)
+        return Claim(
+            outcome=None, taken=True, holder=None, attempts=int(found[2]), journaled=journaled
+        )
 
-    def finish_work(self, work: str, outcome: Envelope, lease: str, owner: str) -> Envelope:
-        keys = [self._keys.outcome(work), self._keys.lease(lease)]
+    def finish_work(
+        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
+    ) -> Envelope:
+        keys: list[str] = [self._keys.outcome(work), self._keys.lease(lease)]
+        args: list[str | bytes] = [outcome.encode(), owner]
+        if last is not None:
+            word_keys, word_args = self._word(last)
+            keys += word_keys
+            args += word_args
         with _translated():
-            kept = self._finish_work_script(keys=keys, args=[outcome.encode(), owner])
+            kept = self._finish_work_script(keys=keys, args=args)
         return decode(_bytes(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------

@@ -30,6 +30,7 @@ from orchestrator.store import (
     StepDone,
     StoredRelease,
     StoreUnavailable,
+    Word,
     shared,
 )
 
@@ -267,25 +268,9 @@ class SqliteStore:
             ).fetchall()
         return [decode(body) for (body,) in rows]
 
-    def record_reports(
-        self,
-        release_id: str,
-        word: str,
-        reports: Sequence[Envelope],
-        at: datetime,
-        done: Sequence[StepDone] = (),
-    ) -> None:
-        seconds = shared.epoch_s(at)
+    def record_reports(self, word: Word) -> None:
         with self._write() as db:
-            db.executemany(
-                "INSERT INTO timeline (release_id, body) VALUES (?, ?)",
-                [(release_id, m.encode()) for m in reports],
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO last_words (release_id, word, at) VALUES (?, ?, ?)",
-                (release_id, word, seconds),
-            )
-            _record_done(db, done)
+            _record_word(db, word)
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -463,7 +448,9 @@ class SqliteStore:
         with self._write() as db:
             return _count_attempt(db, message_id, self._attempt_ttl_s)
 
-    def claim_work(self, work: str, lease: str, owner: str, ttl_s: float) -> Claim:
+    def claim_work(
+        self, work: str, lease: str, owner: str, ttl_s: float, journals: Sequence[str] = ()
+    ) -> Claim:
         ttl_s = shared.lease_ttl_s(ttl_s)
         with self._write() as db:
             row = db.execute("SELECT body FROM outcomes WHERE command_id = ?", (work,)).fetchone()
@@ -472,10 +459,17 @@ class SqliteStore:
             if not _take_lease(db, lease, owner, ttl_s):
                 return Claim(outcome=None, taken=False, holder=_lease_holder(db, lease), attempts=0)
             attempts = _count_attempt(db, work, self._attempt_ttl_s)
-            return Claim(outcome=None, taken=True, holder=None, attempts=attempts)
+            journaled = frozenset(j for j in journals if _has_entries(db, j))
+            return Claim(
+                outcome=None, taken=True, holder=None, attempts=attempts, journaled=journaled
+            )
 
-    def finish_work(self, work: str, outcome: Envelope, lease: str, owner: str) -> Envelope:
+    def finish_work(
+        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
+    ) -> Envelope:
         with self._write() as db:
+            if last is not None:
+                _record_word(db, last)
             kept = _keep_first(db, work, outcome)
             _release_lease(db, lease, owner)
             return kept
@@ -575,6 +569,23 @@ class SqliteStore:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+
+def _record_word(db: sqlite3.Connection, word: Word) -> None:
+    db.executemany(
+        "INSERT INTO timeline (release_id, body) VALUES (?, ?)",
+        [(word.release_id, m.encode()) for m in word.reports],
+    )
+    db.execute(
+        "INSERT OR REPLACE INTO last_words (release_id, word, at) VALUES (?, ?, ?)",
+        (word.release_id, word.key, shared.epoch_s(word.at)),
+    )
+    _record_done(db, word.done)
+
+
+def _has_entries(db: sqlite3.Connection, command_id: str) -> bool:
+    found = db.execute("SELECT 1 FROM progress WHERE command_id = ? LIMIT 1", (command_id,))
+    return found.fetchone() is not None
 
 
 def _record_done(db: sqlite3.Connection, done: Sequence[StepDone]) -> None:

@@ -40,6 +40,7 @@ from orchestrator.store import (
     StepDone,
     Store,
     StoreUnavailable,
+    Word,
     open_store,
     shared,
     word_key,
@@ -353,7 +354,7 @@ def test_a_workers_reports_join_the_timeline_in_the_order_they_were_recorded(
 ) -> None:
     command, steps, outcome = _deploy(), [_report(), _report()], _report()
     _commit(store, message_id="m1", state=_state(), outbox=[command], timeline=[command])
-    store.record_reports("r1", word_key("api", rollback=False, attempt=1), steps, T0)
+    store.record_reports(Word("r1", word_key("api", rollback=False, attempt=1), T0, steps))
     _commit(store, message_id="m2", state=None, timeline=[outcome])
 
     assert store.timeline("r1") == [command, *steps, outcome]
@@ -367,10 +368,10 @@ def test_the_last_word_is_kept_per_component_direction_and_attempt(store: Store)
         word_key("api", rollback=False, attempt=2),
     )
     later_on = T0 + timedelta(seconds=42.5)
-    store.record_reports("r1", deploy, [_report()], T0)
-    store.record_reports("r1", deploy, [], later_on)  # a word without reports (waiting)
-    store.record_reports("r1", undo, [_report()], T0)
-    store.record_reports("r2", retry, [_report("r2")], T0)
+    store.record_reports(Word("r1", deploy, T0, [_report()]))
+    store.record_reports(Word("r1", deploy, later_on))  # a word without reports (waiting)
+    store.record_reports(Word("r1", undo, T0, [_report()]))
+    store.record_reports(Word("r2", retry, T0, [_report("r2")]))
 
     assert store.last_words("r1", [deploy, undo, retry]) == {deploy: later_on, undo: T0}
     assert store.last_words("r1", [retry]) == {}
@@ -382,7 +383,7 @@ def test_the_last_word_is_kept_per_component_direction_and_attempt(store: Store)
 def test_a_naive_time_of_a_word_is_refused_and_writes_nothing(store: Store) -> None:
     word = word_key("api", rollback=False, attempt=1)
     with pytest.raises(ValueError, match="time zone"):
-        store.record_reports("r1", word, [_report()], datetime(2026, 1, 1))
+        store.record_reports(Word("r1", word, datetime(2026, 1, 1), [_report()]))
 
     assert store.last_words("r1", [word]) == {}
     assert store.timeline("r1") == []
@@ -649,14 +650,9 @@ def test_progress_keeps_each_step_once_per_host_in_order(store: Store) -> None:
 def test_steps_done_are_journaled_with_a_workers_reports_in_one_record(store: Store) -> None:
     word = word_key("api", rollback=False, attempt=1)
     store.record_progress("c1", "web-1", "drain")
-    store.record_reports(
-        "r1",
-        word,
-        [_report()],
-        T0,
-        done=[StepDone("c1", "web-1", "deploy"), StepDone("c1/undo", "web-2", "drain")],
-    )
-    store.record_reports("r1", word, [], T0, done=[StepDone("c1", "web-1", "drain")])  # again
+    done = [StepDone("c1", "web-1", "deploy"), StepDone("c1/undo", "web-2", "drain")]
+    store.record_reports(Word("r1", word, T0, [_report()], done))
+    store.record_reports(Word("r1", word, T0, done=[StepDone("c1", "web-1", "drain")]))  # again
 
     assert store.progress("c1") == {"web-1": ["drain", "deploy"]}
     assert store.progress("c1/undo") == {"web-2": ["drain"]}
@@ -665,7 +661,7 @@ def test_steps_done_are_journaled_with_a_workers_reports_in_one_record(store: St
 
 def test_a_record_of_many_reports_keeps_them_all_in_order(store: Store) -> None:
     reports = [_report() for _ in range(1_200)]  # more than one slice of a script's stack
-    store.record_reports("r1", word_key("api", rollback=False, attempt=1), reports, T0)
+    store.record_reports(Word("r1", word_key("api", rollback=False, attempt=1), T0, reports))
 
     assert store.timeline("r1") == reports
 
@@ -709,6 +705,19 @@ def test_claiming_work_takes_its_lease_and_counts_an_attempt(store: Store) -> No
     assert again == Claim(outcome=None, taken=True, holder=None, attempts=2)
 
 
+def test_claiming_work_says_which_of_its_journals_have_entries(store: Store) -> None:
+    journals = ("w1", "w1/undo", "w1/other")
+    assert store.claim_work("w1", "lease-1", "worker-a", 60, journals).journaled == frozenset()
+    store.record_reports(Word("r1", "api/forward/1", T0, done=[StepDone("w1", "web-1", "drain")]))
+    store.record_progress("w1/other", "web-1", "was")
+
+    taken = store.claim_work("w1", "lease-1", "worker-a", 60, journals)
+    held = store.claim_work("w1", "lease-1", "worker-b", 60, journals)
+
+    assert taken.journaled == frozenset({"w1", "w1/other"})
+    assert (held.taken, held.journaled) == (False, frozenset())  # told only to the taker
+
+
 def test_claiming_expired_work_takes_it_over(store: Store) -> None:
     store.claim_work("w1", "lease-1", "worker-a", 0.05)
     _eventually(lambda: store.lease_holder("lease-1") is None)
@@ -729,6 +738,31 @@ def test_finished_work_is_told_and_not_taken_again(store: Store) -> None:
     )
     assert store.lease_holder("lease-1") is None
     assert store.finish_work("w1", late, "lease-1", "worker-b") == outcome  # the first kept
+
+
+def test_the_last_word_is_recorded_with_the_outcome(store: Store) -> None:
+    outcome, reports = _report(), [_report(), _report()]
+    word = word_key("api", rollback=False, attempt=1)
+    store.claim_work("w1", "lease-1", "worker-a", 60)
+    last = Word("r1", word, T0, reports, [StepDone("w1", "web-1", "undrain")])
+
+    assert store.finish_work("w1", outcome, "lease-1", "worker-a", last) == outcome
+
+    assert store.timeline("r1") == reports
+    assert store.last_words("r1", [word]) == {word: T0}
+    assert store.progress("w1") == {"web-1": ["undrain"]}
+    assert store.lease_holder("lease-1") is None
+
+
+def test_a_bad_last_word_finishes_nothing(store: Store) -> None:
+    store.claim_work("w1", "lease-1", "worker-a", 60)
+    naive = Word("r1", word_key("api", rollback=False, attempt=1), datetime(2026, 1, 1))
+
+    with pytest.raises(ValueError, match="time zone"):
+        store.finish_work("w1", _report(), "lease-1", "worker-a", naive)
+
+    assert store.outcome("w1") is None
+    assert store.lease_holder("lease-1") == "worker-a"
 
 
 def test_finishing_work_leaves_a_lease_taken_over_meanwhile_alone(store: Store) -> None:

@@ -114,7 +114,9 @@ class Rollout:
     def run(self, phase: str) -> Run:
         def journal(suffix: str) -> StoreJournal:
             key = f"{self.release_id}/{self.service}/{phase}{suffix}"
-            return StoreJournal(self.store, key, Straight(self.store), lambda: None, CrashPoints())
+            return StoreJournal(
+                self.store, key, Straight(self.store), lambda: None, CrashPoints(), empty=False
+            )
 
         def hold(name: str, reason: str) -> str | None:
             self.holds.append(name)

@@ -54,7 +54,7 @@ def test_each_host_is_on_record_before_the_next_hosts_effect(tmp_path: Path) -> 
         keeper = LeaseKeeper(parts.store)
         lease = Lease(keeper, "component/r1/web", "test", 60, work=WORK, attempts=1)
         progress = ComponentProgress(runner, command, lease)
-        journal = StoreJournal(parts.store, WORK, progress, lease.check, CrashPoints())
+        journal = StoreJournal(parts.store, WORK, progress, lease.check, CrashPoints(), empty=True)
         config = parts.fleet.service("staging", "web").driver
         assert isinstance(config, SimulatedDriverConfig)
         driver = Watched(config, parts.store)

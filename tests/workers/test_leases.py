@@ -38,6 +38,7 @@ def _hold(keeper: LeaseKeeper, stack: ExitStack, component: str) -> Lease:
             keeper,
             f"r1/{component}/deploy/1",
             f"component/r1/{component}",
+            journals=(),
             owner_prefix="worker-a",
             ttl_s=_TTL_S,
             waiting=lambda holder: None,
