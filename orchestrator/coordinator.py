@@ -14,6 +14,8 @@ coordinator moved on is loaded again (a CONFLICT) and nothing is decided on a st
 
 from __future__ import annotations
 
+import itertools
+import operator
 import threading
 import time
 import uuid
@@ -435,5 +437,7 @@ def _changed_components(
     """
     if before is None or after is None:
         return None
-    was = before.components
-    return [name for name, now in after.components.items() if was.get(name) is not now]
+    now = after.components
+    # Walked after every event, in C's loops: a wide release has thousands of components.
+    differs = map(operator.is_not, map(before.components.get, now), now.values())
+    return list(itertools.compress(now, differs))

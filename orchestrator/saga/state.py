@@ -3,6 +3,7 @@ a component may make."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -173,8 +174,9 @@ class ReleaseState(BaseModel):
     @property
     def next_deadline(self) -> datetime | None:
         """The earliest moment a component in flight must have reported by."""
-        deadlines = [c.deadline for c in self.components.values() if c.deadline is not None]
-        return min(deadlines, default=None)
+        # Asked after every event: C's loops, not the interpreter's, walk a wide release.
+        deadlines = map(operator.attrgetter("deadline"), self.components.values())
+        return min(filter(None, deadlines), default=None)
 
     @property
     def waiting_for_approval(self) -> list[str]:
