@@ -203,6 +203,18 @@ class Bus:
                     queue(channel).declare()
             self._declared = True
 
+    def declare_service_queues(self, services: Sequence[str]) -> None:
+        """Declare the queues of ``services`` on the connection tasks are sent by.
+
+        A command to a service declares its queue on the way (a command must never meet
+        an exchange with nothing bound to it), which kombu does once per connection and
+        again after a reconnection; declaring the fleet's queues up front takes that
+        round trip off each service's first command.
+        """
+        with _broker_errors(self.broker_url), self.celery.producer_or_acquire() as producer:
+            for service in services:
+                producer.maybe_declare(self.topology.service_queue(service))
+
     def publish(self, message: Envelope) -> None:
         """Send one message to where its type goes.
 

@@ -154,6 +154,7 @@ class Coordinator:
     def run(self, stop: threading.Event, on_ready: Callable[[], None] | None = None) -> None:
         """Consume commands and events until ``stop`` is set."""
         self._bus.declare()
+        self._bus.declare_service_queues(self._fleet.service_names())
         self._outbox.relay()  # whatever a previous run committed but did not get to publish
         topology = self._bus.topology
         self._bus.consume(
