@@ -57,13 +57,26 @@ class Client:
     def follow(self, release_id: str, timeout_s: float, poll_s: float = 0.1) -> Iterator[Envelope]:
         """Yield the release's timeline as it grows, until it ends or time runs out."""
         seen = 0
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = self.state(release_id)  # first: what the timeline has then is final
+        for _ in self._looks(release_id, timeout_s, poll_s):
             new = self._store.timeline(release_id, start=seen)
             yield from new
             seen += len(new)
-            if state is not None and state.status.is_terminal:
+
+    def wait(self, release_id: str, timeout_s: float, poll_s: float = 0.1) -> None:
+        """Return once the release has ended; raise TimeoutError if it has not in time."""
+        for _ in self._looks(release_id, timeout_s, poll_s):
+            pass
+
+    def _looks(self, release_id: str, timeout_s: float, poll_s: float) -> Iterator[None]:
+        """One look every ``poll_s``, the last once the release has ended (what its
+        timeline has by then is final); TimeoutError when ``timeout_s`` has passed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            # The release's own fields are all a look needs: loading its components as
+            # well cost a process running a wide release a third of its interpreter.
+            stored = self._store.load(release_id, components=())
+            yield
+            if stored is not None and stored.state.status.is_terminal:
                 return
             time.sleep(poll_s)
         raise TimeoutError(f"release {release_id} did not finish within {timeout_s:.0f} s")

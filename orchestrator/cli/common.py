@@ -177,8 +177,10 @@ def _run_release(
     if not as_json:
         click.echo(f"release {release_id} submitted")
     try:
-        for message in client.follow(release_id, timeout_s):
-            if not as_json:
+        if as_json:
+            client.wait(release_id, timeout_s)
+        else:
+            for message in client.follow(release_id, timeout_s):
                 _print_progress(message)
     except TimeoutError as error:
         raise _Abort(f"{error}; it goes on without this command", EXIT_UNAVAILABLE) from error

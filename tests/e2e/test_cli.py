@@ -100,6 +100,27 @@ def test_submitting_to_an_unreachable_broker_says_so_in_one_line(tmp_path: Path)
     assert "sekrit" not in result.stderr  # the password is never printed
 
 
+@pytest.mark.broker
+@pytest.mark.parametrize("output", [["--json"], []], ids=["json", "text"])
+def test_waiting_for_a_release_that_does_not_end_in_time_says_so(
+    output: list[str], redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    # No coordinator runs: the release is submitted, and nobody carries it out.
+    env = clean_env(
+        broker_url=redis_url,
+        store_url=f"sqlite:///{tmp_path}/s.db",
+        fleet=str(FLEET),
+        namespace=namespace,
+    )
+    release = str(MIDDLE_FAILURE.write(tmp_path))
+
+    result = drover("release", "submit", release, "--wait", *output, "--timeout", "1", env=env)
+
+    assert result.returncode == 3
+    assert "did not finish within 1 s; it goes on without this command" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_queues_needs_a_real_broker() -> None:
     result = drover("queues", env=clean_env(fleet=str(FLEET)))
     assert result.returncode == 2
