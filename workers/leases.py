@@ -24,7 +24,7 @@ from typing import Final
 
 from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
-from orchestrator.store import Store, StoreUnavailable, Word
+from orchestrator.store import Store, Word
 
 __all__ = ["Lease", "LeaseKeeper", "LeaseLost", "claimed"]
 
@@ -127,8 +127,8 @@ class LeaseKeeper:
         while (lease := self._next_due()) is not None:
             try:
                 renewed = self.store.renew_lease(lease.name, lease.owner, lease.ttl_s)
-            except StoreUnavailable as exc:
-                log.warning("lease renewal failed; retrying", lease=lease.name, error=str(exc))
+            except Exception as exc:  # one thread keeps every lease: it must outlive this
+                log.warning("lease renewal failed; retrying", lease=lease.name, error=repr(exc))
                 renewed = True  # not known to be lost: tried again a third of its life on
             with self._changed:
                 self._renewing = None
