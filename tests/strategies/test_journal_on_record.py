@@ -8,22 +8,18 @@ and looks into the store (the file a successor would read) at each host's effect
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-from orchestrator.contract import DeployComponent, envelope
 from orchestrator.drills import CrashPoints
 from orchestrator.fleet.drivers import SimulatedDriverConfig
 from orchestrator.store import Store
 from orchestrator.vocabulary import Step
-from tests.support.listening import connected_parts
+from tests.support.runner import web_deploy
 from workers.drivers.simulated import SimulatedDriver
 from workers.leases import Lease, LeaseKeeper
 from workers.progress import ComponentProgress, StoreJournal
 from workers.steps import Run, run_step
-from workers.tasks import ComponentRunner, WorkerLimits
 
-FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 HOSTS = ["web-1", "web-2", "web-3"]
 WORK = "r1/web/deploy/1"
 
@@ -44,13 +40,7 @@ class Watched(SimulatedDriver):
 
 
 def test_each_host_is_on_record_before_the_next_hosts_effect(tmp_path: Path) -> None:
-    with connected_parts("memory://", f"t{uuid.uuid4().hex[:8]}", tmp_path, FLEET) as parts:
-        runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
-        command = envelope(
-            DeployComponent(environment="staging", service="web", version="2.0.0"),
-            release_id="r1",
-            actor="test",
-        )
+    with web_deploy(tmp_path) as (parts, runner, command):
         keeper = LeaseKeeper(parts.store)
         lease = Lease(keeper, "component/r1/web", "test", 60, work=WORK, attempts=1)
         progress = ComponentProgress(runner, command, lease)

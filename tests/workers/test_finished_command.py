@@ -7,28 +7,19 @@ the last step's included, as it would had they been recorded on their own.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
-from orchestrator.contract import ComponentDeployed, DeployComponent, StepStarted, envelope
+from orchestrator.contract import ComponentDeployed, StepStarted
 from orchestrator.vocabulary import Step
-from tests.support.listening import connected_parts
-from workers.tasks import ComponentRunner, WorkerLimits, work_key
+from tests.support.runner import web_deploy
+from workers.tasks import work_key
 
-FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 HOSTS = ["web-1", "web-2", "web-3"]  # the fleet's web: rolling, one host a batch
 STEPS = ["drain", "deploy", "verify", "undrain"]
 
 
 def test_a_finished_command_has_every_step_and_host_on_record(tmp_path: Path) -> None:
-    with connected_parts("memory://", f"t{uuid.uuid4().hex[:8]}", tmp_path, FLEET) as parts:
-        runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
-        command = envelope(
-            DeployComponent(environment="staging", service="web", version="2.0.0"),
-            release_id="r1",
-            actor="test",
-        )
-
+    with web_deploy(tmp_path) as (parts, runner, command):
         runner.deploy(command.to_wire())
 
         timeline = parts.store.timeline("r1")
