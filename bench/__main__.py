@@ -25,6 +25,7 @@ BENCHMARKS: Final = {
     "p4": "bench.many",  # 200 releases at once
     "p5": "bench.embedded",  # drover run in one process
     "latency": "bench.latency",  # from one component's end to the next one's command
+    "floor": "bench.floor",  # the bare stack doing the least Drover's guarantees ask
 }
 
 
@@ -64,7 +65,8 @@ def _line(figure: Figure) -> str:
     met = {True: "met", False: "NOT met", None: ""}[figure.met()]
     ratio = f"ratio {figure.ratio:.2f}" if figure.ratio is not None else ""
     goal = f"goal {figure.goal} {met}" if figure.goal else ""
-    return f"{figure.benchmark:<28} drover {drover}  bare {bare}  {ratio}  {goal}".rstrip()
+    first, second = figure.sides
+    return f"{figure.benchmark:<28} {first} {drover}  {second} {bare}  {ratio}  {goal}".rstrip()
 
 
 if __name__ == "__main__":

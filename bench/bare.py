@@ -24,6 +24,7 @@ Four figures, each measured ``options.runs`` times:
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import socket
@@ -33,9 +34,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any, Final
@@ -53,8 +53,10 @@ from workers.app import create_celery
 
 __all__ = [
     "CELERY_TASKS",
+    "CeleryWorker",
     "celery_noop_rate",
     "celery_round_trip",
+    "celery_worker",
     "kombu_rate",
     "kombu_round_trip",
     "run",
@@ -69,6 +71,10 @@ _VISIBILITY_TIMEOUT_S: Final = 300.0  # Drover's default (DROVER_REDIS_VISIBILIT
 _WAIT_S: Final = 120.0
 _NOOP_TASK: Final = "bench.noop"
 _REPLY_TASK: Final = "bench.reply"
+_FLOOR_TASK: Final = "bench.floor"
+# The least a durable write is: one key set in one Lua call (Drover's store calls are
+# Lua scripts or pipelines writing several keys each).
+_STORE_WRITE: Final = "return redis.call('SET', KEYS[1], ARGV[1])"
 _ROOT: Final = Path(__file__).resolve().parents[1]
 
 
@@ -289,14 +295,59 @@ def _delete_queue(url: str, name: str) -> None:
 # --- Celery --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Worker:
-    """A bare Celery worker process on one queue, and an app to send it tasks."""
+class CeleryWorker:
+    """A bare Celery worker process serving one queue or many, and an app to send it tasks.
 
-    app: Celery
-    queue: str
-    namespace: str
-    redis: redis.Redis
+    Its tasks: a no-op (the count every rate is read from), a reply, and a *floor*
+    component (``bench.floor``): a number of store writes, then an outcome published,
+    the least a Drover component does (see :mod:`bench.floor`). Tasks go to the queues
+    in turn, as a wide release's commands go to the queues of its services.
+    """
+
+    def __init__(self, app: Celery, queues: Sequence[str], namespace: str, url: str):
+        self.app = app
+        self.queues = tuple(queues)
+        self.namespace = namespace
+        self.redis = redis.Redis.from_url(url)
+        self._store_write = self.redis.register_script(_STORE_WRITE)
+
+    def rate(self, tasks: int, store_calls: int | None = None) -> float:
+        """Tasks/s from the first ``send_task`` to the last completion: no-ops, or floor
+        components making ``store_calls`` store writes each."""
+        counter = f"{self.namespace}:count:{uuid.uuid4().hex}"
+        outcomes = f"{self.namespace}.outcomes"
+        started = time.time()
+        for n, queue in zip(range(tasks), itertools.cycle(self.queues)):
+            if store_calls is None:
+                self.app.send_task(_NOOP_TASK, args=[counter, tasks], queue=queue)
+            else:
+                arguments = [n, outcomes, store_calls, counter, tasks]
+                self.app.send_task(_FLOOR_TASK, args=arguments, queue=queue)
+        finished = _wait_for_key(self.redis, f"{counter}:done")
+        return tasks / (finished - started)
+
+    def round_trip(
+        self, url: str, trips: int, store_calls: int | None = None, sender_calls: int = 0
+    ) -> float:
+        """p50 (ms) of a task sent and its reply received, one at a time: a reply task, or
+        a floor component making ``store_calls`` writes, with ``sender_calls`` writes by
+        the sender before each (what a coordinator records of an event)."""
+        reply = f"{self.namespace}.reply.{uuid.uuid4().hex[:8]}"
+        durations = []
+        with _connection(url) as connection, _Replies(connection, reply) as replies:
+            for n in range(_WARM_UP + trips):
+                started = time.perf_counter()
+                for call in range(sender_calls):
+                    self._store_write(keys=[f"{reply}:sent"], args=[call])
+                if store_calls is None:
+                    self.app.send_task(_REPLY_TASK, args=[reply, n], queue=self.queues[0])
+                else:
+                    arguments = [n, reply, store_calls, None, 0]
+                    self.app.send_task(_FLOOR_TASK, args=arguments, queue=self.queues[0])
+                replies.wait(n)
+                durations.append(time.perf_counter() - started)
+        _delete_queue(url, reply)
+        return _p50_ms(durations[_WARM_UP:])
 
 
 def celery_noop_rate(
@@ -307,53 +358,32 @@ def celery_noop_rate(
     ``concurrency`` defaults to Drover's worker default, so that the figure stands beside
     a Drover worker with the same number of threads.
     """
-    with _celery_worker(options, concurrency) as worker:
-        return timed(options.runs, lambda: _noop_rate_once(worker, tasks), "celery no-op", "task/s")
-
-
-def _noop_rate_once(worker: _Worker, tasks: int) -> float:
-    counter = f"{worker.namespace}:count:{uuid.uuid4().hex}"
-    started = time.time()
-    for _ in range(tasks):
-        worker.app.send_task(_NOOP_TASK, args=[counter, tasks], queue=worker.queue)
-    finished = _wait_for_key(worker.redis, f"{counter}:done")
-    return tasks / (finished - started)
+    with celery_worker(options, concurrency) as worker:
+        return timed(options.runs, lambda: worker.rate(tasks), "celery no-op", "task/s")
 
 
 def celery_round_trip(
     options: Options, concurrency: int | None = None, trips: int = ROUND_TRIPS
 ) -> Runs:
     """p50 (ms) of one task sent and its reply received, one at a time."""
-    with _celery_worker(options, concurrency) as worker:
+    with celery_worker(options, concurrency) as worker:
         return timed(
             options.runs,
-            lambda: _celery_round_trip_once(options.broker_url, worker, trips),
+            lambda: worker.round_trip(options.broker_url, trips),
             "celery round trip p50",
             "ms",
         )
 
 
-def _celery_round_trip_once(url: str, worker: _Worker, trips: int) -> float:
-    reply = f"{worker.namespace}.reply.{uuid.uuid4().hex[:8]}"
-    durations = []
-    with _connection(url) as connection, _Replies(connection, reply) as replies:
-        for n in range(_WARM_UP + trips):
-            started = time.perf_counter()
-            worker.app.send_task(_REPLY_TASK, args=[reply, n], queue=worker.queue)
-            replies.wait(n)
-            durations.append(time.perf_counter() - started)
-    _delete_queue(url, reply)
-    return _p50_ms(durations[_WARM_UP:])
-
-
 @contextmanager
-def _celery_worker(options: Options, concurrency: int | None) -> Iterator[_Worker]:
+def celery_worker(
+    options: Options, concurrency: int | None = None, queues: int = 1
+) -> Iterator[CeleryWorker]:
+    """A bare Celery worker process on ``queues`` queues, up and consuming, and gone after."""
     namespace = f"bench-bare-{uuid.uuid4().hex[:10]}"
-    queue = f"{namespace}.tasks"
     app = create_celery(options.broker_url, namespace, _VISIBILITY_TIMEOUT_S)
-    store = redis.Redis.from_url(options.redis_url)
     threads = concurrency or WORKER_CONCURRENCY
-    arguments = [options.broker_url, options.redis_url, namespace, queue, str(threads)]
+    arguments = [options.broker_url, options.redis_url, namespace, str(queues), str(threads)]
     # Its output (Celery's warnings, its shutdown line) goes to a file, shown if it fails.
     log = tempfile.NamedTemporaryFile(prefix="bench-celery-", suffix=".log")  # noqa: SIM115
     process = subprocess.Popen(
@@ -362,10 +392,10 @@ def _celery_worker(options: Options, concurrency: int | None) -> Iterator[_Worke
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    worker = _Worker(app, queue, namespace, store)
+    worker = CeleryWorker(app, _queue_names(namespace, queues), namespace, options.redis_url)
     try:
         try:
-            _noop_rate_once(worker, 1)  # returns once the worker consumes: it is up
+            worker.rate(len(worker.queues))  # returns once every queue is consumed: it is up
         except TimeoutError as exc:
             raise RuntimeError(f"the bare Celery worker did not start: {_tail(log.name)}") from exc
         yield worker
@@ -374,8 +404,14 @@ def _celery_worker(options: Options, concurrency: int | None) -> Iterator[_Worke
         process.wait(30)
         log.close()
         app.close()
-        store.close()
-        _forget(options, namespace, queue)
+        worker.redis.close()
+        _forget(options, namespace, [*worker.queues, f"{namespace}.outcomes"])
+
+
+def _queue_names(namespace: str, count: int) -> list[str]:
+    if count == 1:
+        return [f"{namespace}.tasks"]
+    return [f"{namespace}.tasks.{i:05d}" for i in range(count)]
 
 
 def _tail(path: str) -> str:
@@ -392,38 +428,56 @@ def _wait_for_key(client: redis.Redis, key: str) -> float:
     raise TimeoutError(f"the bare Celery worker did not finish ({key})")
 
 
-def _forget(options: Options, namespace: str, queue: str) -> None:
+def _forget(options: Options, namespace: str, queues: Sequence[str]) -> None:
     forget_keys(options.redis_url, namespace)
     if options.broker == "rabbitmq":
-        _delete_queue(options.broker_url, queue)
+        for queue in queues:
+            _delete_queue(options.broker_url, queue)
 
 
 # --- the worker process --------------------------------------------------------------------
 
 
-def _worker_main(broker_url: str, redis_url: str, namespace: str, queue: str, threads: str) -> None:
-    """A Celery worker with Drover's configuration and two tasks of its own."""
+def _worker_main(
+    broker_url: str, redis_url: str, namespace: str, queues: str, threads: str
+) -> None:
+    """A Celery worker with Drover's configuration and three tasks of its own."""
     app = create_celery(broker_url, namespace, _VISIBILITY_TIMEOUT_S)
-    counts = redis.Redis.from_url(redis_url)
+    store = redis.Redis.from_url(redis_url)
+    store_write = store.register_script(_STORE_WRITE)
+
+    def count(counter: str, total: int) -> None:
+        # The task that brings the count to the total writes the time: the last
+        # completion, whatever order the threads finish in.
+        if store.incr(counter) == total:
+            store.set(f"{counter}:done", repr(time.time()))
+
+    def publish(name: str, n: int) -> None:
+        with app.producer_or_acquire() as producer:
+            producer.publish({"n": n}, **_route(_queue(name)))
 
     @app.task(name=_NOOP_TASK)  # type: ignore[untyped-decorator]
     def noop(counter: str, total: int) -> None:
-        # The task that brings the count to the total writes the time: the last
-        # completion, whatever order the threads finish in.
-        if counts.incr(counter) == total:
-            counts.set(f"{counter}:done", repr(time.time()))
+        count(counter, total)
 
     @app.task(name=_REPLY_TASK)  # type: ignore[untyped-decorator]
     def reply(name: str, n: int) -> None:
-        with app.producer_or_acquire() as producer:
-            producer.publish({"n": n}, **_route(_queue(name)))
+        publish(name, n)
+
+    @app.task(name=_FLOOR_TASK)  # type: ignore[untyped-decorator]
+    def floor(n: int, outcome: str, calls: int, counter: str | None, total: int) -> None:
+        for call in range(calls):
+            store_write(keys=[f"{namespace}:floor:{n}"], args=[call])
+        publish(outcome, n)
+        if counter is not None:
+            count(counter, total)
 
     app.Worker(
         # Unique, and under the namespace: its pidbox keys go with the namespace's.
         hostname=f"{namespace}@{socket.gethostname()}",
         pool="threads",
         concurrency=int(threads),
-        queues=[queue],
+        queues=_queue_names(namespace, int(queues)),
         loglevel="WARNING",
         without_mingle=True,
         without_gossip=True,
@@ -433,5 +487,5 @@ def _worker_main(broker_url: str, redis_url: str, namespace: str, queue: str, th
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["worker"] or len(sys.argv) != 7:
-        sys.exit("usage: python -m bench.bare worker BROKER_URL REDIS_URL NAMESPACE QUEUE THREADS")
+        sys.exit("usage: python -m bench.bare worker BROKER_URL REDIS_URL NAMESPACE QUEUES THREADS")
     _worker_main(*sys.argv[2:])

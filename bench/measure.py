@@ -52,6 +52,8 @@ class Figure:
     bare: Runs | None = None
     goal: str = ""  # e.g. ">= 0.5"
     notes: dict[str, Any] = field(default_factory=dict)
+    # What the two sides are called where they are printed: a floor is not Drover.
+    sides: tuple[str, str] = ("drover", "bare")
 
     @property
     def ratio(self) -> float | None:
