@@ -1,10 +1,11 @@
 """The saga coordinator: the I/O shell around :func:`orchestrator.saga.decide`.
 
 For each message: decode, load the release, decide, then commit the new state, the
-outgoing messages (the outbox) and the timeline in one atomic store operation, ack the
-message, and only then publish the outbox. A crash anywhere leaves either nothing done
+outgoing messages (the outbox) and the timeline in one atomic store operation, and only
+then publish the outbox and ack the message. A crash anywhere leaves either nothing done
 (the message is delivered again) or a committed step whose outbox the relay publishes
-on the next start. A message seen before is recognised by the store and changes nothing.
+on the next start. A message seen before (delivered again after its commit) is
+recognised by the store and changes nothing.
 
 The coordinator remembers the releases it committed (:class:`KnownReleases`) and decides
 on that copy instead of loading and parsing the release for every report; the copy is
@@ -182,9 +183,12 @@ class Coordinator:
             self._dead_letter(delivery, f"internal error: {exc!r}")
             delivery.ack()
             return
-        delivery.ack()
+        # The commands go out before the message that caused them is acknowledged: the
+        # next component waits for no other round trip. A crash in between delivers the
+        # message again, and the seen set makes it change nothing.
         if self._outbox.wanted:  # the tick relays regardless, for what a crash left
             self._relay_safely()
+        delivery.ack()
 
     def _relay_safely(self) -> None:
         # What is not published now stays in the outbox; the next tick tries again.
