@@ -45,6 +45,7 @@ from orchestrator.contract import (
 from orchestrator.feed import ProgressFeed
 from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
+from orchestrator.redis_transport import transport_for
 from orchestrator.settings import redacted
 
 __all__ = [
@@ -185,7 +186,9 @@ class Bus:
         self.metrics: Metrics = metrics or NoMetrics()
         self._jitter = random.Random()  # drills only: nothing here is security-sensitive
         self._connection = Connection(
-            broker_url, transport_options=transport_options(broker_url, visibility_timeout_s)
+            broker_url,
+            transport=transport_for(broker_url),
+            transport_options=transport_options(broker_url, visibility_timeout_s),
         )
         self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
         self._declared = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery
 
 from orchestrator.bus import transport_options
+from orchestrator.redis_transport import transport_for
 
 __all__ = ["create_celery"]
 
@@ -33,5 +34,6 @@ def create_celery(broker_url: str, namespace: str, visibility_timeout_s: float) 
         worker_send_task_events=False,
         enable_utc=True,
     )
+    app.conf.broker_transport = transport_for(broker_url)
     app.conf.broker_transport_options = transport_options(broker_url, visibility_timeout_s)
     return app

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from tests.faults.invariants import (
     versions_now,
     wait_until_ended,
 )
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.broker
 
@@ -222,63 +221,13 @@ def test_coordinator_killed_at_the_worst_moments(
 # --- 3 and 9. the broker restarted, alone or with everything else ---------------------------
 
 
-class RedisBroker:
-    """A Redis of the test's own, with append-only persistence, that can be restarted."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        with closing(socket.socket()) as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        assert server, "redis-server is needed for the broker-restart scenarios"
-        self.process = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.folder),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, "the test's Redis")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-
 @contextmanager
 def restartable_broker(
     broker: str, folder: Path
 ) -> Iterator[tuple[str | None, Callable[[], None]]]:
     """The broker's URL (None: the machine's own) and a function that restarts it."""
     if broker == "redis":
-        own = RedisBroker(folder)
+        own = RedisServer(folder)
         own.start()
         try:
             yield own.url, lambda: (own.kill(), own.start())

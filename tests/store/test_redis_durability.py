@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from orchestrator.store.redis import RedisStore
 from tests.conftest import require
+from tests.support.redis_server import RedisServer
 
 
 @contextmanager
 def redis_server(folder: Path, *settings: str) -> Iterator[str]:
     require("Redis", "127.0.0.1", 6379)  # the machine's Redis says redis-server is here
-    server = shutil.which("redis-server")
-    assert server
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), *settings],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer(folder, settings)
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        process.terminate()
-        process.wait()
+        server.kill()
 
 
 @pytest.mark.broker
