@@ -24,7 +24,7 @@ from typing import Final
 
 from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
-from orchestrator.store import Store, Word
+from orchestrator.store import Store, StoredRelease, Word
 
 __all__ = ["Lease", "LeaseKeeper", "LeaseLost", "claimed"]
 
@@ -52,6 +52,7 @@ class Lease:
         work: str,
         attempts: int,
         journaled: frozenset[str] = frozenset(),
+        release: StoredRelease | None = None,
     ):
         self.name = name
         self.owner = owner
@@ -59,6 +60,7 @@ class Lease:
         self.work = work
         self.attempts = attempts  # how often the work was taken, this time included
         self.journaled = journaled  # the work's journals that had entries when taken
+        self.release = release  # the release and its component as stored when taken
         self._keeper = keeper
         self._lost = threading.Event()
         self._finished = False
@@ -166,6 +168,7 @@ def claimed(
     name: str,
     *,
     journals: Sequence[str],
+    component: tuple[str, str],
     owner_prefix: str,
     ttl_s: float,
     waiting: Callable[[str | None], None],
@@ -176,15 +179,18 @@ def claimed(
     holder lives; or, if the work was finished (before, or while this waited), its outcome.
 
     Each look is one store call (:meth:`Store.claim_work`): the outcome, or the lease,
-    one more attempt counted (:attr:`Lease.attempts`) and which of the work's
-    ``journals`` have entries (:attr:`Lease.journaled`), or the holder. While it
+    one more attempt counted (:attr:`Lease.attempts`), which of the work's ``journals``
+    have entries (:attr:`Lease.journaled`) and the release with its ``component``
+    (release id, name) as stored then (:attr:`Lease.release`), or the holder. While it
     waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so that whoever
     waits for *this* worker knows it is alive.
     """
     owner = f"{owner_prefix}/{uuid.uuid4().hex}"
     next_word = 0.0
     while True:
-        claim = keeper.store.claim_work(work, name, owner, ttl_s, journals)
+        claim = keeper.store.claim_work(
+            work, name, owner, ttl_s, journals=journals, component=component
+        )
         if claim.outcome is not None:
             yield claim.outcome
             return
@@ -202,6 +208,7 @@ def claimed(
         work=work,
         attempts=claim.attempts,
         journaled=claim.journaled,
+        release=claim.release,
     )
     lease._start()
     try:

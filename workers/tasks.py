@@ -42,7 +42,15 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
-from orchestrator.store import DeadLetter, StepDone, Store, StoreUnavailable, Word, word_key
+from orchestrator.store import (
+    DeadLetter,
+    StepDone,
+    Store,
+    StoredRelease,
+    StoreUnavailable,
+    Word,
+    word_key,
+)
 from workers.components import (
     Work,
     deploy,
@@ -132,6 +140,7 @@ class ComponentRunner:
             work,
             f"component/{command.release_id}/{component_name(command)}",
             journals=journal_keys(work),
+            component=(command.release_id, component_name(command)),
             owner_prefix=self.actor,
             ttl_s=self._limits.lease_ttl_s,
             waiting=lambda holder: self._waiting(command, payload, holder),
@@ -145,7 +154,7 @@ class ComponentRunner:
 
     def _carry_on(self, command: Envelope, payload: WorkerCommand, lease: Lease) -> None:
         try:
-            self.wanted_state(command)
+            _still_wanted(command, lease.release)  # as the lease was taken: no read of its own
         except Superseded:
             log.warning("the saga has moved on from this command; it is not carried out")
             return
@@ -256,25 +265,11 @@ class ComponentRunner:
         self.crash.reached("worker.before_ack")
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
-        """The release, if the saga still waits for ``command``; raises Superseded if not.
-
-        A deploy that timed out, or whose release has ended or been retried, is no longer
-        wanted: its rollback (or nothing, or the next attempt) now owns the hosts, and it
-        must not touch them again. None: the store does not know the release.
-        """
-        name = component_name(command)
+        """The release, if the saga still waits for ``command``; raises Superseded if not
+        (:func:`_still_wanted`)."""
         # Only this component: a worker of a wide release must not read all of them.
-        stored = self.store.load(command.release_id, components=[name])
-        if stored is None:
-            return None
-        component = stored.state.components.get(name)
-        if component is None:
-            return stored.state
-        payload = command.payload
-        in_flight = ComponentStatus.ROLLING_BACK if _undoes(payload) else ComponentStatus.DEPLOYING
-        if component.status is not in_flight or component.attempt != getattr(payload, "attempt", 1):
-            raise Superseded(command.id)
-        return stored.state
+        stored = self.store.load(command.release_id, components=[component_name(command)])
+        return _still_wanted(command, stored)
 
     def _accept(self, wire: dict[str, Any]) -> Envelope | None:
         """The command, if it can be carried out here; otherwise it is dead-lettered."""
@@ -355,6 +350,26 @@ def work_key(command: Envelope) -> str:
             phase = "undo" if getattr(payload, "undo", False) else "flip"
     attempt = getattr(payload, "attempt", 1)
     return f"{command.release_id}/{component_name(command)}/{phase}/{attempt}"
+
+
+def _still_wanted(command: Envelope, stored: StoredRelease | None) -> ReleaseState | None:
+    """The release, if the saga still waits for ``command``; raises Superseded if not.
+
+    A deploy that timed out, or whose release has ended or been retried, is no longer
+    wanted: its rollback (or nothing, or the next attempt) now owns the hosts, and it
+    must not touch them again. None: the store does not know the release. ``stored`` holds
+    the command's component alone (or none, if the release has no such component).
+    """
+    if stored is None:
+        return None
+    component = stored.state.components.get(component_name(command))
+    if component is None:
+        return stored.state
+    payload = command.payload
+    in_flight = ComponentStatus.ROLLING_BACK if _undoes(payload) else ComponentStatus.DEPLOYING
+    if component.status is not in_flight or component.attempt != getattr(payload, "attempt", 1):
+        raise Superseded(command.id)
+    return stored.state
 
 
 def _undoes(payload: object) -> bool:

@@ -73,6 +73,9 @@ class Claim:
     # Those of the journals asked about that have entries (when taken): one that has
     # none need not be read, since only the lease's holder writes to it.
     journaled: frozenset[str] = frozenset()
+    # The release asked about (its one component asked for), as stored when the lease was
+    # taken; None if not asked, not taken, or not in the store.
+    release: StoredRelease | None = None
 
 
 @dataclass(frozen=True)
@@ -268,12 +271,21 @@ class Store(Protocol):
         ...
 
     def claim_work(
-        self, work: str, lease: str, owner: str, ttl_s: float, journals: Sequence[str] = ()
+        self,
+        work: str,
+        lease: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        journals: Sequence[str] = (),
+        component: tuple[str, str] | None = None,
     ) -> Claim:
         """In one step: the outcome of ``work`` if it has one (nothing else is done);
         otherwise the lease for ``owner`` if it is free, expired or already theirs, one
-        more attempt counted under ``work``, and which of ``journals`` (command ids, as
-        in :meth:`progress`) have entries; otherwise who holds the lease.
+        more attempt counted under ``work``, which of ``journals`` (command ids, as in
+        :meth:`progress`) have entries and, for ``component`` (release id, component
+        name), the release as :meth:`load` reads it with that component alone; otherwise
+        who holds the lease.
 
         One step, so that work finished by the holder between the question and the lease
         is never begun again.

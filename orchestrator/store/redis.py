@@ -152,10 +152,13 @@ _KEEP_FIRST_LUA: Final = _WORK_FUNCTIONS_LUA + "return keep_first(KEYS[1], ARGV[
 # KEYS: 1 the attempts. ARGV: 1 their TTL in ms.
 _COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])"
 
-# KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts, then journals.
-# ARGV: 1 owner, 2 lease TTL in ms, 3 attempts' TTL in ms.
-# Returns {outcome} when finished, {false, holder} when held by another, or
-# {false, false, attempts, 1 or 0 for each journal: whether it has entries} when taken.
+# KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts, 4 the release, 5 its
+#       components (both "" when not asked), then journals.
+# ARGV: 1 owner, 2 lease TTL in ms, 3 attempts' TTL in ms, 4 the component asked for.
+# Returns {outcome} when finished, {false, holder} when held by another, or {false,
+# false, attempts, the release's state, its revision, the component (each false when
+# not asked or not stored), then 1 or 0 for each journal: whether it has entries} when
+# taken.
 _CLAIM_WORK_LUA: Final = (
     _WORK_FUNCTIONS_LUA
     + """
@@ -163,8 +166,13 @@ local outcome = redis.call('GET', KEYS[1])
 if outcome then return {outcome} end
 local taken, holder = take_lease(KEYS[2], ARGV[1], ARGV[2], true)
 if not taken then return {false, holder} end
-local claim = {false, false, count_attempt(KEYS[3], ARGV[3])}
-for i = 4, #KEYS do claim[i] = redis.call('EXISTS', KEYS[i]) end
+local claim = {false, false, count_attempt(KEYS[3], ARGV[3]), false, false, false}
+if KEYS[4] ~= '' then
+  claim[4] = redis.call('HGET', KEYS[4], 'state')
+  claim[5] = redis.call('HGET', KEYS[4], 'revision')
+  claim[6] = redis.call('HGET', KEYS[5], ARGV[4])
+end
+for i = 6, #KEYS do claim[i + 1] = redis.call('EXISTS', KEYS[i]) end
 return claim
 """
 )
@@ -604,11 +612,24 @@ class RedisStore:
             return int(self._count_attempt_script(keys=[key], args=[self._attempt_ttl_ms]))
 
     def claim_work(
-        self, work: str, lease: str, owner: str, ttl_s: float, journals: Sequence[str] = ()
+        self,
+        work: str,
+        lease: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        journals: Sequence[str] = (),
+        component: tuple[str, str] | None = None,
     ) -> Claim:
+        release_id, name = component or ("", "")
         keys = [self._keys.outcome(work), self._keys.lease(lease), self._keys.attempts(work)]
+        if component:
+            keys += [self._keys.release(release_id), self._keys.components(release_id)]
+        else:
+            keys += ["", ""]
         keys += [self._keys.progress(journal) for journal in journals]
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms]
+        args.append(name)
         with _translated():
             found = self._claim_work_script(keys=keys, args=args)
         if found[0] is not None:
@@ -616,9 +637,19 @@ class RedisStore:
         if len(found) == 2:
             holder = None if found[1] is None else _text(found[1])
             return Claim(outcome=None, taken=False, holder=holder, attempts=0)
-        journaled = frozenset(j for j, has in zip(journals, found[3:], strict=True) if has)
+        state, revision, part = found[3:6]
+        release = None
+        if state is not None:
+            parts = [] if part is None else [_placed(part)]
+            release = StoredRelease(shared.state_from_record(state, parts), int(revision or 0))
+        journaled = frozenset(j for j, has in zip(journals, found[6:], strict=True) if has)
         return Claim(
-            outcome=None, taken=True, holder=None, attempts=int(found[2]), journaled=journaled
+            outcome=None,
+            taken=True,
+            holder=None,
+            attempts=int(found[2]),
+            journaled=journaled,
+            release=release,
         )
 
     def finish_work(

@@ -204,13 +204,7 @@ class SqliteStore:
         self, release_id: str, components: Collection[str] | None = None
     ) -> StoredRelease | None:
         with self._read() as db:
-            row = db.execute(
-                "SELECT state, revision FROM releases WHERE id = ?", (release_id,)
-            ).fetchone()
-            found = _components(db, release_id, components) if row else []
-        if row is None:
-            return None
-        return StoredRelease(shared.state_from_record(row[0], found), row[1])
+            return _load(db, release_id, components)
 
     def commit(
         self,
@@ -449,7 +443,14 @@ class SqliteStore:
             return _count_attempt(db, message_id, self._attempt_ttl_s)
 
     def claim_work(
-        self, work: str, lease: str, owner: str, ttl_s: float, journals: Sequence[str] = ()
+        self,
+        work: str,
+        lease: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        journals: Sequence[str] = (),
+        component: tuple[str, str] | None = None,
     ) -> Claim:
         ttl_s = shared.lease_ttl_s(ttl_s)
         with self._write() as db:
@@ -460,8 +461,14 @@ class SqliteStore:
                 return Claim(outcome=None, taken=False, holder=_lease_holder(db, lease), attempts=0)
             attempts = _count_attempt(db, work, self._attempt_ttl_s)
             journaled = frozenset(j for j in journals if _has_entries(db, j))
+            release = _load(db, component[0], [component[1]]) if component else None
             return Claim(
-                outcome=None, taken=True, holder=None, attempts=attempts, journaled=journaled
+                outcome=None,
+                taken=True,
+                holder=None,
+                attempts=attempts,
+                journaled=journaled,
+                release=release,
             )
 
     def finish_work(
@@ -764,6 +771,16 @@ def _save_state(
         " ON CONFLICT (release_id, name) DO UPDATE SET state = excluded.state",
         [(release_id, name, place, component) for name, place, component in components],
     )
+
+
+def _load(
+    db: sqlite3.Connection, release_id: str, components: Collection[str] | None
+) -> StoredRelease | None:
+    row = db.execute("SELECT state, revision FROM releases WHERE id = ?", (release_id,)).fetchone()
+    if row is None:
+        return None
+    found = _components(db, release_id, components)
+    return StoredRelease(shared.state_from_record(row[0], found), row[1])
 
 
 def _components(

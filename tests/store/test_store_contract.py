@@ -705,14 +705,35 @@ def test_claiming_work_takes_its_lease_and_counts_an_attempt(store: Store) -> No
     assert again == Claim(outcome=None, taken=True, holder=None, attempts=2)
 
 
+def test_claiming_work_reads_the_release_with_its_component_as_load_does(store: Store) -> None:
+    _commit(store, message_id="m1", state=_state())
+    journals = ("w1", "w2")
+    store.record_progress("w2", "web-1", "drain")
+
+    taken = store.claim_work("w1", "lease-1", "a", 60, journals=journals, component=("r1", "api"))
+    held = store.claim_work("w1", "lease-1", "b", 60, component=("r1", "api"))
+    unknown = store.claim_work("w3", "lease-3", "a", 60, component=("nope", "api"))
+    not_in_it = store.claim_work("w4", "lease-4", "a", 60, component=("r1", "db"))
+
+    assert taken.release == store.load("r1", components=["api"])
+    assert taken.journaled == frozenset({"w2"})  # the journals after the release, as before
+    assert (held.taken, held.release) == (False, None)  # told only to the taker
+    assert unknown.release is None
+    assert not_in_it.release == store.load("r1", components=["db"])
+    assert not_in_it.release is not None and not_in_it.release.state.components == {}
+
+
 def test_claiming_work_says_which_of_its_journals_have_entries(store: Store) -> None:
     journals = ("w1", "w1/undo", "w1/other")
-    assert store.claim_work("w1", "lease-1", "worker-a", 60, journals).journaled == frozenset()
+    assert (
+        store.claim_work("w1", "lease-1", "worker-a", 60, journals=journals).journaled
+        == frozenset()
+    )
     store.record_reports(Word("r1", "api/forward/1", T0, done=[StepDone("w1", "web-1", "drain")]))
     store.record_progress("w1/other", "web-1", "was")
 
-    taken = store.claim_work("w1", "lease-1", "worker-a", 60, journals)
-    held = store.claim_work("w1", "lease-1", "worker-b", 60, journals)
+    taken = store.claim_work("w1", "lease-1", "worker-a", 60, journals=journals)
+    held = store.claim_work("w1", "lease-1", "worker-b", 60, journals=journals)
 
     assert taken.journaled == frozenset({"w1", "w1/other"})
     assert (held.taken, held.journaled) == (False, frozenset())  # told only to the taker

@@ -39,6 +39,7 @@ def _hold(keeper: LeaseKeeper, stack: ExitStack, component: str) -> Lease:
             f"r1/{component}/deploy/1",
             f"component/r1/{component}",
             journals=(),
+            component=("r1", component),
             owner_prefix="worker-a",
             ttl_s=_TTL_S,
             waiting=lambda holder: None,
