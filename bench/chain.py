@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from bench.bare import celery_round_trip
-from bench.measure import Figure, timed
+from bench.bare import ROUND_TRIPS, celery_worker
+from bench.measure import Figure, side_by_side
 from bench.options import Options
 from bench.processes import WORKER_CONCURRENCY, cluster, service_names, span_seconds, write_release
 from orchestrator.contract import Envelope
@@ -26,8 +26,16 @@ COMPONENTS: Final = int(os.environ.get("BENCH_P2_COMPONENTS", "200"))
 
 
 def run(options: Options) -> list[Figure]:
-    bare = celery_round_trip(options, concurrency=WORKER_CONCURRENCY)
-    drover = timed(options.runs, lambda: _ms_per_component(options), "time per component", "ms")
+    with celery_worker(options, WORKER_CONCURRENCY) as worker:
+        drover, bare = side_by_side(
+            options.runs,
+            ("time per component", "ms", lambda: _ms_per_component(options)),
+            (
+                "celery round trip p50",
+                "ms",
+                lambda: worker.round_trip(options.broker_url, ROUND_TRIPS),
+            ),
+        )
     notes = {"components": COMPONENTS, "worker_concurrency": WORKER_CONCURRENCY}
     return [Figure(f"p2 chain ({COMPONENTS})", drover, bare, "<= 2", notes)]
 

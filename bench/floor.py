@@ -38,11 +38,10 @@ to remove but the guarantees themselves.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Final
 
 from bench.bare import CELERY_TASKS, ROUND_TRIPS, celery_worker
-from bench.measure import Figure, Runs
+from bench.measure import Figure, side_by_side
 from bench.options import Options
 from bench.wide import COMPONENTS
 
@@ -55,12 +54,12 @@ COORDINATOR_STORE_CALLS: Final = int(os.environ.get("BENCH_FLOOR_COORDINATOR_CAL
 def run(options: Options) -> list[Figure]:
     tasks = CELERY_TASKS
     with celery_worker(options) as worker:
-        noop, floor = _side_by_side(
+        noop, floor = side_by_side(
             options.runs,
             ("celery no-op, 1 queue", "task/s", lambda: worker.rate(tasks)),
             ("floor, 1 queue", "comp/s", lambda: worker.rate(tasks, WORKER_STORE_CALLS)),
         )
-        trip, floor_trip = _side_by_side(
+        trip, floor_trip = side_by_side(
             options.runs,
             (
                 "celery round trip p50",
@@ -76,7 +75,7 @@ def run(options: Options) -> list[Figure]:
             ),
         )
     with celery_worker(options, queues=COMPONENTS) as wide:
-        noop_wide, floor_wide = _side_by_side(
+        noop_wide, floor_wide = side_by_side(
             options.runs,
             (f"celery no-op, {COMPONENTS} queues", "task/s", lambda: wide.rate(tasks)),
             (f"floor, {COMPONENTS} queues", "comp/s", lambda: wide.rate(tasks, WORKER_STORE_CALLS)),
@@ -97,18 +96,3 @@ def run(options: Options) -> list[Figure]:
         ),
         Figure("floor p2 shape", floor_trip, trip, notes=notes, sides=floor_sides),
     ]
-
-
-Measure = tuple[str, str, Callable[[], float]]
-
-
-def _side_by_side(runs: int, first: Measure, second: Measure) -> tuple[Runs, Runs]:
-    """Both measured in turn, run by run, so that the machine's drift falls on both."""
-    values: tuple[list[float], list[float]] = ([], [])
-    for _ in range(runs):
-        for measure, into in zip((first, second), values, strict=True):
-            into.append(measure[2]())
-    return (
-        Runs(first[0], first[1], tuple(values[0])),
-        Runs(second[0], second[1], tuple(values[1])),
-    )

@@ -17,10 +17,9 @@ Goal: many releases reach at least 0.8 of the wide release's rate.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Final
 
-from bench.measure import Figure, Runs
+from bench.measure import Figure, side_by_side
 from bench.options import Options
 from bench.processes import cluster, service_names, span_seconds, write_release
 
@@ -34,25 +33,20 @@ GOAL: Final = ">= 0.8"
 
 def run(options: Options) -> list[Figure]:
     services = service_names(RELEASES * PER_RELEASE)
-    many: list[float] = []
-    wide: list[float] = []
-    for index in range(options.runs):
-        sides: list[tuple[list[float], Callable[[Options, list[str]], float]]] = [
-            (many, _many_rate),
-            (wide, _wide_rate),
-        ]
-        for values, measure in sides if index % 2 == 0 else reversed(sides):
-            values.append(measure(options, services))
-    unit = "comp/s"
+    many, wide = side_by_side(
+        options.runs,
+        (f"{RELEASES} releases of {PER_RELEASE}", "comp/s", lambda: _many_rate(options, services)),
+        (f"one release of {len(services)}", "comp/s", lambda: _wide_rate(options, services)),
+    )
     return [
         Figure(
             f"p4 many ({RELEASES}x{PER_RELEASE})",
-            Runs(f"{RELEASES} releases of {PER_RELEASE}", unit, tuple(many)),
-            Runs(f"one release of {len(services)}", unit, tuple(wide)),
+            many,
+            wide,
             GOAL,
             {
-                "seconds_many": [round(len(services) / r, 2) for r in many],
-                "seconds_wide": [round(len(services) / r, 2) for r in wide],
+                "seconds_many": [round(len(services) / r, 2) for r in many.values],
+                "seconds_wide": [round(len(services) / r, 2) for r in wide.values],
                 "hosts_per_service": 1,
             },
         )

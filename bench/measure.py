@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from kombu.connection import Connection
 
-__all__ = ["Figure", "Runs", "machine", "seconds", "timed"]
+__all__ = ["Figure", "Measure", "Runs", "machine", "seconds", "side_by_side", "timed"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,23 @@ class Figure:
 def timed(runs: int, once: Callable[[], float], name: str, unit: str) -> Runs:
     """``once`` ``runs`` times; each call returns its own figure (a rate or a duration)."""
     return Runs(name, unit, tuple(once() for _ in range(runs)))
+
+
+Measure = tuple[str, str, Callable[[], float]]  # a name, a unit, one measurement
+
+
+def side_by_side(runs: int, first: Measure, second: Measure) -> tuple[Runs, Runs]:
+    """Both measured ``runs`` times in turn, the one that goes first changing each run, so
+    that the machine's drift (and any cost of going first) falls on both alike."""
+    values: tuple[list[float], list[float]] = ([], [])
+    measures = [(first[2], values[0]), (second[2], values[1])]
+    for run in range(runs):
+        for measure, into in measures if run % 2 == 0 else reversed(measures):
+            into.append(measure())
+    return (
+        Runs(first[0], first[1], tuple(values[0])),
+        Runs(second[0], second[1], tuple(values[1])),
+    )
 
 
 def seconds(call: Callable[[], object]) -> float:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from bench.bare import CELERY_TASKS, celery_noop_rate
-from bench.measure import Figure, timed
+from bench.bare import CELERY_TASKS, celery_worker
+from bench.measure import Figure, side_by_side
 from bench.options import Options
 from bench.processes import WORKER_CONCURRENCY, cluster, service_names, span_seconds, write_release
 
@@ -26,13 +26,16 @@ COMPONENTS: Final = int(os.environ.get("BENCH_P1_COMPONENTS", "1000"))
 
 
 def run(options: Options) -> list[Figure]:
-    bare = celery_noop_rate(options, concurrency=WORKER_CONCURRENCY)
-    drover = timed(
-        options.runs,
-        lambda: components_per_second(options, COMPONENTS),
-        "components per second",
-        "comp/s",
-    )
+    with celery_worker(options, WORKER_CONCURRENCY) as worker:
+        drover, bare = side_by_side(
+            options.runs,
+            (
+                "components per second",
+                "comp/s",
+                lambda: components_per_second(options, COMPONENTS),
+            ),
+            ("celery no-op", "task/s", lambda: worker.rate(CELERY_TASKS)),
+        )
     notes = {
         "components": COMPONENTS,
         "worker_concurrency": WORKER_CONCURRENCY,
