@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kombu.connection import Connection
 
 from orchestrator.bus import Topology
@@ -25,9 +26,28 @@ pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster("redis", tmp_path_factory.mktemp("redis"), fleet=FLEET_FILE) as started:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    fleet = FLEET_FILE
+    if getattr(request, "param", None) == SLOW_API:
+        fleet = _with_slow_api(tmp_path_factory.mktemp("fleet"))
+    with running_cluster("redis", tmp_path_factory.mktemp("redis"), fleet=fleet) as started:
         yield started
+
+
+# The fault suite's fleet with api taking 0.4 s a step on each host (6 s in all, not 2):
+# an abort sent while api is under way, by a command line that takes a second or more to
+# start on a loaded machine, must reach the coordinator before api ends, or web starts.
+SLOW_API = "api slowed"
+
+
+def _with_slow_api(folder: Path) -> Path:
+    fleet = yaml.safe_load(FLEET_FILE.read_text())
+    fleet["environments"]["staging"]["services"]["api"]["driver"]["latency_ms"] = 400
+    path = folder / "fleet.yaml"
+    path.write_text(yaml.safe_dump(fleet))
+    return path
 
 
 @pytest.fixture
@@ -37,10 +57,11 @@ def store(cluster: Cluster) -> Iterator[Store]:
     opened.close()
 
 
+@pytest.mark.parametrize("cluster", [SLOW_API], indirect=True)
 def test_abort_stops_new_steps_and_rolls_back_what_completed(
     cluster: Cluster, store: Store, tmp_path: Path
 ) -> None:
-    fleet = load_fleet(FLEET_FILE)
+    fleet = load_fleet(Path(cluster.env["DROVER_FLEET"]))
     before = versions_now(fleet, store)
     release_id = submit(cluster, tmp_path, CHAIN)
     wait_for(lambda: steps_done(store, release_id, "api") >= 1, "api under way")
