@@ -26,6 +26,7 @@ BENCHMARKS: Final = {
     "p5": "bench.embedded",  # drover run in one process
     "latency": "bench.latency",  # from one component's end to the next one's command
     "floor": "bench.floor",  # the bare stack doing the least Drover's guarantees ask
+    "intake": "bench.intake",  # taking commands off many queues: one per poll, or batched
 }
 
 
