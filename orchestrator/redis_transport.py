@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -50,7 +49,7 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def transport_for(broker_url: str) -> Any:
+def transport_for(broker_url: str) -> type[Transport] | None:
     """The kombu transport Drover's connections (and Celery's) use for ``broker_url``:
     this module's for plain Redis, None (kombu's choice by the URL's scheme) otherwise."""
     return Transport if broker_url.startswith("redis://") else None

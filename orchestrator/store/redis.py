@@ -622,14 +622,12 @@ class RedisStore:
         component: tuple[str, str] | None = None,
     ) -> Claim:
         release_id, name = component or ("", "")
-        keys = [self._keys.outcome(work), self._keys.lease(lease), self._keys.attempts(work)]
+        release_keys = ["", ""]  # the script reads no release
         if component:
-            keys += [self._keys.release(release_id), self._keys.components(release_id)]
-        else:
-            keys += ["", ""]
-        keys += [self._keys.progress(journal) for journal in journals]
-        args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms]
-        args.append(name)
+            release_keys = [self._keys.release(release_id), self._keys.components(release_id)]
+        keys = [self._keys.outcome(work), self._keys.lease(lease), self._keys.attempts(work)]
+        keys += release_keys + [self._keys.progress(journal) for journal in journals]
+        args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms, name]
         with _translated():
             found = self._claim_work_script(keys=keys, args=args)
         if found[0] is not None:
