@@ -1,0 +1,258 @@
+"""Drover's intake on Redis (:mod:`orchestrator.redis_transport`): while messages wait, a
+poll takes as many as the consumer has room for, each recorded as unacknowledged in the
+same step; on a Redis of the test's own, with messages published by plain kombu (any
+kombu or Celery process shares these queues)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
+from kombu.message import Message
+from kombu.messaging import Consumer, Producer
+
+from orchestrator.redis_transport import _TAKE, Transport
+from tests.conftest import require
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.broker
+
+SERVICES = [f"svc-{n}" for n in range(6)]
+EACH = 5  # messages waiting per service queue
+EXCHANGE = Exchange("intake-test", type="direct")
+# Taken but unacknowledged messages are handed out again after a second.
+FAST_REDELIVERY = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    require("Redis", "127.0.0.1", 6379)  # the machine's Redis says redis-server is here
+    server = RedisServer(tmp_path, settings=("--save", "", "--appendonly", "no"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(server.url) as client:
+        yield client
+
+
+def _queues(services: list[str]) -> list[Queue]:
+    return [Queue(name, EXCHANGE, routing_key=name) for name in services]
+
+
+def _publish(url: str, services: list[str], each: int, prefix: str = "") -> set[str]:
+    """``each`` messages to every service's queue, by kombu's own transport."""
+    sent = set()
+    with Connection(url, transport_options={"global_keyprefix": prefix}) as connection:
+        producer = Producer(connection.default_channel, EXCHANGE)
+        for queue in _queues(services):
+            queue(connection.default_channel).declare()
+        for n in range(each):
+            for service in services:
+                body = f"{service}/{n}"
+                producer.publish(body, routing_key=service, serializer="json")
+                sent.add(body)
+    return sent
+
+
+def _waiting(client: redis.Redis, services: list[str], prefix: str = "") -> int:
+    return sum(client.llen(prefix + service) for service in services)
+
+
+def _on_record(client: redis.Redis, prefix: str = "") -> set[str]:
+    """Delivery tags recorded as unacknowledged (both of kombu's records agree)."""
+    tags = {tag.decode() for tag in client.hkeys(f"{prefix}unacked")}
+    assert {tag.decode() for tag in client.zrange(f"{prefix}unacked_index", 0, -1)} == tags
+    return tags
+
+
+class _Taker:
+    """A consumer on Drover's transport that keeps what it is given, unacknowledged."""
+
+    def __init__(
+        self, url: str, services: list[str], prefetch: int, no_ack: bool = False, prefix: str = ""
+    ):
+        options = FAST_REDELIVERY | {"global_keyprefix": prefix}
+        self.connection = Connection(url, transport=Transport, transport_options=options)
+        self.held: list[Message] = []
+        self.consumer = Consumer(
+            self.connection.default_channel,
+            _queues(services),
+            callbacks=[lambda _body, message: self.held.append(message)],
+            no_ack=no_ack,
+            accept=["json"],
+        )
+        self.consumer.qos(prefetch_count=prefetch)
+        self.consumer.consume()
+
+    def take(self, count: int) -> list[Message]:
+        """Poll until ``count`` more are held, for at most ten seconds."""
+        wanted = len(self.held) + count
+        deadline = time.monotonic() + 10
+        while len(self.held) < wanted:
+            try:
+                # Short polls: kombu hands out overdue unacknowledged messages again
+                # when a poll times out.
+                self.connection.drain_events(timeout=0.2)
+            except TimeoutError:
+                assert time.monotonic() < deadline, f"{len(self.held)} of {wanted} came"
+        return self.held[wanted - count :]
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.connection.close()
+
+
+def _bodies(messages: list[Message]) -> list[Any]:
+    return [message.decode() for message in messages]
+
+
+@pytest.mark.parametrize("prefix", ["", "drover:"], ids=["keys as kombu's", "keys prefixed"])
+def test_waiting_messages_arrive_once_each_on_record_until_acknowledged(
+    server: RedisServer, client: redis.Redis, prefix: str
+) -> None:
+    sent = _publish(server.url, SERVICES, EACH, prefix)
+    client.config_resetstat()
+    taker = _Taker(server.url, SERVICES, prefetch=4, prefix=prefix)
+    try:
+        first = taker.take(4)
+        # As many as there was room for, each on record, the rest still in their lists.
+        assert {m.delivery_tag for m in first} == _on_record(client, prefix)
+        assert _waiting(client, SERVICES, prefix) == len(sent) - 4
+        with pytest.raises(TimeoutError):
+            taker.connection.drain_events(timeout=0.3)  # no room: nothing more is taken
+        for message in first:
+            message.ack()
+        assert _on_record(client, prefix) == set()
+
+        received = _bodies(first)
+        while len(received) < len(sent):
+            for message in taker.take(1):
+                received.append(message.decode())
+                message.ack()
+    finally:
+        taker.close()
+    assert sorted(received) == sorted(sent)
+    assert _on_record(client, prefix) == set()
+    # Taken several at a time: fewer polls than messages.
+    stats = client.info("commandstats")
+    polls = sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "brpop"))
+    assert polls < len(sent) / 2
+
+
+def test_a_consumer_killed_holding_messages_loses_none(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    sent = _publish(server.url, SERVICES, EACH)
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from tests.bus.test_batched_intake import _Taker
+        taker = _Taker({server.url!r}, {SERVICES!r}, prefetch=8)
+        taker.take(8)
+        print("holding", flush=True)
+        time.sleep(60)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "holding"
+        finally:
+            process.kill()
+
+    # Killed without a word: what it held is on record, the rest still in the lists.
+    assert len(_on_record(client)) == 8
+    assert _waiting(client, SERVICES) == len(sent) - 8
+
+    # And it all comes, the eight held by the dead consumer again after the visibility timeout.
+    taker = _Taker(server.url, SERVICES, prefetch=4)
+    received: list[str] = []
+    try:
+        while len(received) < len(sent):
+            for message in taker.take(1):
+                received.append(message.decode())
+                message.ack()
+    finally:
+        taker.close()
+    assert sorted(received) == sorted(sent)
+    assert _on_record(client) == set()
+
+
+def test_queues_consumed_without_acknowledgement_leave_no_record(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    sent = _publish(server.url, SERVICES[:2], EACH)
+    taker = _Taker(server.url, SERVICES[:2], prefetch=4, no_ack=True)
+    try:
+        received = _bodies(taker.take(len(sent)))
+    finally:
+        taker.close()
+    assert sorted(received) == sorted(sent)
+    assert _on_record(client) == set()
+
+
+def test_busy_queues_take_turns(server: RedisServer) -> None:
+    _publish(server.url, ["busy-a", "busy-b"], 6)
+    taker = _Taker(server.url, ["busy-a", "busy-b"], prefetch=1)
+    try:
+        order = []
+        for _ in range(12):
+            (message,) = taker.take(1)
+            order.append(message.delivery_info["routing_key"])
+            message.ack()
+    finally:
+        taker.close()
+    assert all(now != then for now, then in itertools.pairwise(order)), order
+
+
+def _take(client: redis.Redis, lists: list[str], most: int) -> list[Any]:
+    keys = ["unacked_index", "unacked", *lists]
+    return client.eval(_TAKE, len(keys), *keys, 0, most, "a" * len(lists))  # type: ignore[no-any-return]
+
+
+def test_a_message_the_take_cannot_read_stays_where_it_was(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    _publish(server.url, ["later"], 1)
+    client.lpush("unreadable", b"not kombu's json")
+
+    assert _take(client, ["unreadable", "later"], most=4) == []
+
+    # Left at the head of its list, for kombu's BRPOP; nothing taken after it either.
+    assert client.lrange("unreadable", 0, -1) == [b"not kombu's json"]
+    assert client.llen("later") == 1
+    assert _on_record(client) == set()
+
+
+def test_a_full_redis_refuses_the_take_before_it_takes_anything(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    _publish(server.url, ["full"], 3)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)  # far less than the server holds: it is full
+
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        _take(client, ["full"], most=4)
+    assert client.llen("full") == 3
+    assert _on_record(client) == set()
+
+    client.config_set("maxmemory", 0)
+    assert len(_take(client, ["full"], most=4)) == 2 * 3
+    assert len(_on_record(client)) == 3
