@@ -16,21 +16,26 @@ replaces did, so it may be used from any thread the channel is.
 channel consumes (a worker serving a thousand services names a thousand lists each
 time), then, once the message is out of its list, a second round trip to record it as
 unacknowledged (so that it is handed out again if the consumer dies before acknowledging
-it). A message taken between the two and a consumer killed there is lost. Here, while
-messages are waiting, each poll is one Lua call instead (:data:`_TAKE`) that takes as
-many as the consumer has room for (its prefetch), across the queues in kombu's fair
-order, and records each as unacknowledged in the same atomic step: one round trip for
-several messages, and none taken without its record. When a take comes back short, the
-queues are empty: the next poll is kombu's blocking ``BRPOP`` again, and the first message
-it brings makes the following poll a take. Queues consumed without acknowledgements get
+it); a consumer killed between the two loses the message. Here that second round trip
+is a take (:data:`_TAKE`, one Lua call): it records the message ``BRPOP`` brought and
+takes as many more as the consumer has room for (its prefetch), in rounds across the
+first queues in kombu's fair order, recording each in the same atomic step. While
+messages keep coming that way, each poll is a take, without ``BRPOP``: one round trip
+for several messages, none taken without its record. When a take comes back short, the
+next poll is ``BRPOP`` again. A take looks at a few lists per message it may bring
+(:data:`_LOOK_AT_PER_MESSAGE`), not all: each list named costs Redis time, and a
+thousand named would cost more than the take saves. Lists it finds empty go to the back
+of the order; what waits further down comes by ``BRPOP``, which names every list, as in
+kombu. A lone message costs what it costs in kombu, ``BRPOP`` and one round trip (the
+take sees empty lists with one ``EXISTS``). Queues consumed without acknowledgements get
 no record, as in kombu.
 
 Everything else is kombu's: the same keys, the same records of unacknowledged messages,
 acknowledgement and redelivery (the visibility timeout), so Drover's processes and any
 other kombu or Celery process share queues as before. The take's script declares itself
-a writer (``#!lua``), so a Redis out of memory refuses it before it takes anything (and
-kombu's ``BRPOP`` goes on); a Redis that refuses it for any reason gets ``BRPOP`` until
-the next message comes.
+a writer (``#!lua``, Redis 7.0 and later), so a Redis out of memory refuses it before it
+takes anything; a Redis that refuses it for any reason (an older one refuses every take)
+gets kombu's way, a warning said once.
 
 Drover uses it for ``redis://`` brokers (:func:`transport_for`); TLS (``rediss://``) and
 Sentinel URLs keep kombu's own, which sets them up from the URL's scheme.
@@ -57,52 +62,77 @@ log = logging.getLogger(__name__)
 
 # When the consumer sets no prefetch: the most one take brings.
 _TAKE_AT_MOST: Final = 16
+# The lists a take looks at, per message it may bring: the first in kombu's order. Every
+# list passed costs Redis about half a microsecond (a thousand passed cost more than the
+# rest of a take); the lists looked at and found empty go to the end of the order, so
+# that services with nothing waiting do not stay in front of those with something.
+_LOOK_AT_PER_MESSAGE: Final = 8
 
 # KEYS: 1 the unacknowledged messages' index (a sorted set, by time taken), 2 the
-# unacknowledged messages (a hash, by delivery tag), 3... the lists in kombu's order.
-# ARGV: 1 the time taken, 2 the most to take, 3 one letter per list: "a" where the
-# consumer acknowledges (record what is taken), "n" where it does not.
+# unacknowledged messages (a hash, by delivery tag), 3... the lists to look at, in kombu's
+# order. ARGV: 1 the time taken, 2 the most to take, 3 one letter per list: "a" where the
+# consumer acknowledges (record what is taken), "n" where it does not; 4, if given, a
+# message BRPOP took from a queue consumed with acknowledgements, to record first.
 # Takes in rounds, one message from each list that still has one, so that a busy queue
-# does not keep the others waiting. Returns the index (from 1) of each list taken from and
-# the message, in turn. A message the script cannot read (not kombu's JSON, no delivery
-# tag) goes back where it was and ends the take: kombu's BRPOP, next, deals with it as it
-# always has.
+# does not keep the others waiting. Returns how many lists (from the first) the first
+# round looked at, then the index (from 1) of each list taken from and the message, in
+# turn. A message the script cannot read (not kombu's JSON, no delivery tag) goes back
+# where it was and ends the take: kombu's BRPOP, next, deals with it as it always has.
 _TAKE: Final = """#!lua
-local taken = {}
+local function record(raw)
+  local ok, message = pcall(cjson.decode, raw)
+  local properties = ok and type(message) == 'table' and message['properties']
+  local info = type(properties) == 'table' and properties['delivery_info']
+  local tag = type(properties) == 'table' and properties['delivery_tag']
+  if type(tag) ~= 'string' or type(info) ~= 'table' then
+    return false
+  end
+  -- As kombu's QoS.append records it: [message, exchange, routing key].
+  redis.call('ZADD', KEYS[1], ARGV[1], tag)
+  redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',' .. cjson.encode(info['exchange'])
+    .. ',' .. cjson.encode(info['routing_key']) .. ']')
+  return true
+end
+
+if ARGV[4] then
+  record(ARGV[4])
+end
+local taken = {0}
 local most = tonumber(ARGV[2])
+if #KEYS == 2 or most == 0 then
+  return taken
+end
+if redis.call('EXISTS', unpack(KEYS, 3)) == 0 then
+  taken[1] = #KEYS - 2
+  return taken
+end
 local lists = {}
 for i = 3, #KEYS do
   lists[#lists + 1] = i
 end
+local first_round = true
 while #lists > 0 do
   local still = {}
   for _, i in ipairs(lists) do
+    local list = i - 2
     local raw = redis.call('RPOP', KEYS[i])
+    if raw and string.sub(ARGV[3], list, list) == 'a' and not record(raw) then
+      redis.call('RPUSH', KEYS[i], raw)
+      return taken
+    end
+    if first_round then
+      taken[1] = list
+    end
     if raw then
-      local list = i - 2
-      if string.sub(ARGV[3], list, list) == 'a' then
-        local ok, message = pcall(cjson.decode, raw)
-        local properties = ok and type(message) == 'table' and message['properties']
-        local info = type(properties) == 'table' and properties['delivery_info']
-        local tag = type(properties) == 'table' and properties['delivery_tag']
-        if type(tag) ~= 'string' or type(info) ~= 'table' then
-          redis.call('RPUSH', KEYS[i], raw)
-          return taken
-        end
-        -- As kombu's QoS.append records it: [message, exchange, routing key].
-        local record = '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ','
-          .. cjson.encode(info['routing_key']) .. ']'
-        redis.call('ZADD', KEYS[1], ARGV[1], tag)
-        redis.call('HSET', KEYS[2], tag, record)
-      end
       taken[#taken + 1] = list
       taken[#taken + 1] = raw
-      if #taken >= 2 * most then
+      if #taken > 2 * most then
         return taken
       end
       still[#still + 1] = i
     end
   end
+  first_round = false
   lists = still
 end
 return taken
@@ -123,11 +153,11 @@ class Channel(kombu_redis.Channel):
 
     _operations_client: redis.Redis | None = None
     _in_poll: Any = None  # kombu's: the connection a BRPOP (here, or a take) is in flight on
-    # The lists of the take in flight (None: a BRPOP or nothing is), and whether the next
-    # poll takes (messages were waiting at the last) or blocks.
-    _taking: list[str] | None = None
-    _backlog = True
-    _asked = 0  # how many the take in flight asked for
+    # The lists of the take in flight and how many it asked for (None: a BRPOP or nothing
+    # is in flight), and whether the next poll takes (the last take came back full).
+    _taking: tuple[list[str], int] | None = None
+    _backlog = False
+    _refusal_said = False
     # True while delivering what a take recorded, for QoS.append.
     recorded_by_take = False
 
@@ -153,72 +183,131 @@ class Channel(kombu_redis.Channel):
             self._unacknowledged_queues.discard(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
+    # --- the poll: a take while messages keep coming, else kombu's BRPOP -------------------
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._backlog:
             super()._brpop_start(timeout)
             return
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
+        most = self._room()
+        lists, command = self._take_command(most)
+        if not lists:
             return
+        self._taking = lists, most
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's, None at rest
+        self.client.connection.send_command(*command)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        taking, self._taking = self._taking, None
+        connection = self.client.connection
+        try:
+            try:
+                reply = self.client.parse_response(
+                    connection, "BRPOP" if taking is None else "EVAL", **options
+                )
+            except self.connection_errors:
+                connection.disconnect()  # the next poll connects again
+                raise
+            except self.ResponseError as refused:
+                if taking is None:
+                    raise
+                self._refused(refused)
+                reply = [0]
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+        if taking is None:
+            return self._after_brpop(reply)
+        lists, most = taking
+        looked, messages = _read(lists, reply)
+        self._backlog = len(messages) >= most
+        self._deliver_recorded(looked, messages)
+        if not messages:
+            raise Empty()  # nothing was waiting: BRPOP next
+        return True
+
+    def _after_brpop(self, reply: tuple[bytes, bytes] | None) -> bool:
+        """Record what BRPOP took, take more with it, and deliver them all."""
+        if not reply:
+            raise Empty()
+        key, raw = reply
+        queue = bytes_to_str(key).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        most = self._room() - 1  # the room counts the one in hand
+        acknowledged = queue not in self._unacknowledged_queues
+        if not (most or acknowledged):
+            self._backlog = False
+            self._deliver_recorded([], [(queue, raw)])  # nothing to record, no room for more
+            return True
+        lists, command = self._take_command(most, first=raw if acknowledged else None)
+        try:
+            with self.conn_or_acquire() as client:
+                taken = client.execute_command(*command)
+        except self.ResponseError as refused:
+            self._refused(refused)
+            self._backlog = False
+            self.connection._deliver(loads(bytes_to_str(raw)), queue)  # recorded as kombu does
+            return True
+        looked, messages = _read(lists, taken)
+        self._backlog = most > 0 and len(messages) >= most
+        self._deliver_recorded(looked, [(queue, raw), *messages])
+        return True
+
+    def _refused(self, refused: Exception) -> None:
+        # Said once per channel: a Redis older than 7.0 refuses every take (the script's
+        # flags), and one full of data each, while kombu's path goes on.
+        say = log.debug if self._refusal_said else log.warning
+        say("Redis refused the batched take (%s): taking as kombu does", refused)
+        self._refusal_said = True
+
+    def _room(self) -> int:
+        room = self.qos.can_consume_max_estimate()
+        return _TAKE_AT_MOST if room is None else min(room, _TAKE_AT_MOST)
+
+    def _take_command(self, most: int, first: bytes | None = None) -> tuple[list[str], list[Any]]:
+        """The lists a take tries, in kombu's order (none when it takes none), and the
+        take's command."""
+        queues = self._queue_cycle.consume(most * _LOOK_AT_PER_MESSAGE)
         steps = self.priority_steps
         lists = [queue for _ in steps for queue in queues]
         keys = [self._q_for_pri(queue, pri) for pri in steps for queue in queues]
         marks = "".join("n" if queue in self._unacknowledged_queues else "a" for queue in lists)
-        prefix = self.global_keyprefix
         records = (self.unacked_index_key, self.unacked_key)
-        self._taking = lists
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's, None at rest
-        self.client.connection.send_command(
+        prefix = self.global_keyprefix
+        command = [
             "EVAL",
             _TAKE,
             len(keys) + 2,
             *(prefix + key for key in (*records, *keys)),
             time.time(),
-            self._room(),
+            most,
             marks,
-        )
+            *([] if first is None else [first]),
+        ]
+        return lists, command
 
-    def _brpop_read(self, **options: Any) -> bool:
-        lists, self._taking = self._taking, None
-        if lists is None:
-            delivered: bool = super()._brpop_read(**options)  # raises Empty when none came
-            self._backlog = True
-            return delivered
-        taken = self._read_take(**options)
-        asked = self._asked
-        self._backlog = len(taken) // 2 >= asked
-        if not taken:
-            raise Empty()  # nothing waiting: BRPOP next
+    def _deliver_recorded(self, looked: list[str], messages: list[tuple[str, bytes]]) -> None:
+        """Deliver what a take recorded, each queue served going to the end of the order,
+        after those it ``looked`` at and found empty."""
+        served = {queue for queue, _ in messages}
+        for queue in dict.fromkeys(looked):
+            if queue not in served:
+                self._queue_cycle.rotate(queue)
         self.recorded_by_take = True
         try:
-            for index, raw in zip(taken[::2], taken[1::2], strict=True):
-                queue = lists[index - 1]
+            for queue, raw in messages:
                 self._queue_cycle.rotate(queue)
                 self.connection._deliver(loads(bytes_to_str(raw)), queue)
         finally:
             self.recorded_by_take = False
-        return True
 
-    def _room(self) -> int:
-        room = self.qos.can_consume_max_estimate()
-        self._asked = _TAKE_AT_MOST if room is None else min(room, _TAKE_AT_MOST)
-        return self._asked
 
-    def _read_take(self, **options: Any) -> list[Any]:
-        connection = self.client.connection
-        try:
-            reply: list[Any] = self.client.parse_response(connection, "EVAL", **options)
-        except self.connection_errors:
-            connection.disconnect()  # the next poll connects again, as after a BRPOP
-            raise
-        except self.ResponseError as refused:
-            log.warning("Redis refused the batched take (%s): taking with BRPOP", refused)
-            return []
-        finally:
-            self._in_poll = None
-            self._flush_brpop_reauth()
-        return reply
+def _read(lists: list[str], reply: list[Any]) -> tuple[list[str], list[tuple[str, bytes]]]:
+    """A take's reply: the lists it looked at, and what it took as (queue, message) pairs."""
+    looked, taken = reply[0], reply[1:]
+    pairs = zip(taken[::2], taken[1::2], strict=True)
+    return lists[:looked], [(lists[index - 1], raw) for index, raw in pairs]
 
 
 class Transport(kombu_redis.Transport):

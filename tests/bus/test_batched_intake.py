@@ -222,9 +222,62 @@ def test_busy_queues_take_turns(server: RedisServer) -> None:
     assert all(now != then for now, then in itertools.pairwise(order)), order
 
 
-def _take(client: redis.Redis, lists: list[str], most: int) -> list[Any]:
+def test_a_redis_that_refuses_the_take_gets_kombus_way(
+    server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A user who may not run scripts: every take is refused, as by a Redis older than 7.0.
+    client.acl_setuser(
+        "no-scripts",
+        enabled=True,
+        passwords=["+only-for-this-test"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-eval"],
+    )
+    sent = _publish(server.url, SERVICES[:2], 3)
+    url = server.url.replace("redis://", "redis://no-scripts:only-for-this-test@")
+    taker = _Taker(url, SERVICES[:2], prefetch=4)
+    received: list[str] = []
+    try:
+        while len(received) < len(sent):
+            (message,) = taker.take(1)
+            assert message.delivery_tag in _on_record(client)  # recorded as kombu does
+            received.append(message.decode())
+            message.ack()
+    finally:
+        taker.close()
+    assert sorted(received) == sorted(sent)
+    refusals = [r for r in caplog.records if "refused the batched take" in r.getMessage()]
+    assert [r.levelname for r in refusals if r.levelname == "WARNING"] == ["WARNING"]
+
+
+def _take(client: redis.Redis, lists: list[str], most: int) -> tuple[int, list[Any]]:
+    """The take's script run by hand: how many lists it looked at, and what it took."""
     keys = ["unacked_index", "unacked", *lists]
-    return client.eval(_TAKE, len(keys), *keys, 0, most, "a" * len(lists))  # type: ignore[no-any-return]
+    looked, *taken = client.eval(_TAKE, len(keys), *keys, 0, most, "a" * len(lists))  # type: ignore[misc]
+    return looked, taken
+
+
+def test_messages_behind_many_idle_queues_all_arrive(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    # A take looks only at the first few lists in order (finding idle ones, it sends them
+    # to the back): what waits further down comes by BRPOP, as in kombu.
+    idle = [f"idle-{n:03d}" for n in range(100)]
+    _publish(server.url, idle, 0)
+    sent = _publish(server.url, ["busy-1", "busy-2", "busy-3"], 10)
+    taker = _Taker(server.url, [*idle, "busy-1", "busy-2", "busy-3"], prefetch=4)
+    received: list[str] = []
+    try:
+        while len(received) < len(sent):
+            (message,) = taker.take(1)
+            assert message.delivery_tag in _on_record(client)
+            received.append(message.decode())
+            message.ack()
+    finally:
+        taker.close()
+    assert sorted(received) == sorted(sent)
+    assert _on_record(client) == set()
 
 
 def test_a_message_the_take_cannot_read_stays_where_it_was(
@@ -233,9 +286,9 @@ def test_a_message_the_take_cannot_read_stays_where_it_was(
     _publish(server.url, ["later"], 1)
     client.lpush("unreadable", b"not kombu's json")
 
-    assert _take(client, ["unreadable", "later"], most=4) == []
-
-    # Left at the head of its list, for kombu's BRPOP; nothing taken after it either.
+    # Left at the head of its list, for kombu's BRPOP, and its list not counted as looked
+    # at (it stays in front); nothing taken after it either.
+    assert _take(client, ["unreadable", "later"], most=4) == (0, [])
     assert client.lrange("unreadable", 0, -1) == [b"not kombu's json"]
     assert client.llen("later") == 1
     assert _on_record(client) == set()
@@ -254,5 +307,5 @@ def test_a_full_redis_refuses_the_take_before_it_takes_anything(
     assert _on_record(client) == set()
 
     client.config_set("maxmemory", 0)
-    assert len(_take(client, ["full"], most=4)) == 2 * 3
+    assert len(_take(client, ["full"], most=4)[1]) == 2 * 3
     assert len(_on_record(client)) == 3
