@@ -56,6 +56,8 @@ from workers.app import create_celery
 
 __all__ = [
     "CELERY_TASKS",
+    "DROVERS",
+    "KOMBUS",
     "CeleryWorker",
     "celery_noop_rate",
     "celery_round_trip",
@@ -68,6 +70,11 @@ __all__ = [
 KOMBU_MESSAGES: Final = int(os.environ.get("BENCH_KOMBU_MESSAGES", "5000"))
 CELERY_TASKS: Final = int(os.environ.get("BENCH_CELERY_TASKS", "2000"))
 ROUND_TRIPS: Final = 200
+# The transport a bare Celery worker consumes with: kombu's own, as the bare stack comes;
+# or Drover's (orchestrator.redis_transport, its batched intake), to price that path alone.
+KOMBUS: Final = "kombu"
+DROVERS: Final = "drover"
+TRANSPORTS: Final = (KOMBUS, DROVERS)
 _WARM_UP: Final = 10  # round trips before the measured ones: connections, declarations
 _PREFETCH: Final = 16  # as Drover's coordinator consumes its queues
 _VISIBILITY_TIMEOUT_S: Final = 300.0  # Drover's default (DROVER_REDIS_VISIBILITY_TIMEOUT_S)
@@ -380,13 +387,15 @@ def celery_round_trip(
 
 @contextmanager
 def celery_worker(
-    options: Options, concurrency: int | None = None, queues: int = 1
+    options: Options, concurrency: int | None = None, queues: int = 1, transport: str = KOMBUS
 ) -> Iterator[CeleryWorker]:
-    """A bare Celery worker process on ``queues`` queues, up and consuming, and gone after."""
+    """A bare Celery worker process on ``queues`` queues, up and consuming, and gone after;
+    its connection on kombu's own transport, or on Drover's (``transport``)."""
     namespace = f"bench-bare-{uuid.uuid4().hex[:10]}"
     app = _celery(options.broker_url, namespace)
     threads = concurrency or WORKER_CONCURRENCY
     arguments = [options.broker_url, options.redis_url, namespace, str(queues), str(threads)]
+    arguments.append(transport)
     # Its output (Celery's warnings, its shutdown line) goes to a file, shown if it fails.
     log = tempfile.NamedTemporaryFile(prefix="bench-celery-", suffix=".log")  # noqa: SIM115
     process = subprocess.Popen(
@@ -411,10 +420,12 @@ def celery_worker(
         _forget(options, namespace, [*worker.queues, f"{namespace}.outcomes"])
 
 
-def _celery(broker_url: str, namespace: str) -> Celery:
-    """Drover's Celery app, on kombu's own transport (see the module's docstring)."""
+def _celery(broker_url: str, namespace: str, transport: str = KOMBUS) -> Celery:
+    """Drover's Celery app, on kombu's own transport (see the module's docstring) unless
+    told to keep Drover's."""
     app = create_celery(broker_url, namespace, _VISIBILITY_TIMEOUT_S)
-    app.conf.broker_transport = None
+    if transport == KOMBUS:
+        app.conf.broker_transport = None
     return app
 
 
@@ -449,10 +460,10 @@ def _forget(options: Options, namespace: str, queues: Sequence[str]) -> None:
 
 
 def _worker_main(
-    broker_url: str, redis_url: str, namespace: str, queues: str, threads: str
+    broker_url: str, redis_url: str, namespace: str, queues: str, threads: str, *, transport: str
 ) -> None:
     """A Celery worker with Drover's configuration and three tasks of its own."""
-    app = _celery(broker_url, namespace)
+    app = _celery(broker_url, namespace, transport)
     store = redis.Redis.from_url(redis_url)
     store_write = store.register_script(_STORE_WRITE)
 
@@ -496,6 +507,9 @@ def _worker_main(
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["worker"] or len(sys.argv) != 7:
-        sys.exit("usage: python -m bench.bare worker BROKER_URL REDIS_URL NAMESPACE QUEUES THREADS")
-    _worker_main(*sys.argv[2:])
+    if sys.argv[1:2] != ["worker"] or len(sys.argv) != 8 or sys.argv[7] not in TRANSPORTS:
+        sys.exit(
+            "usage: python -m bench.bare worker BROKER_URL REDIS_URL NAMESPACE QUEUES THREADS"
+            f" {'|'.join(TRANSPORTS)}"
+        )
+    _worker_main(*sys.argv[2:7], transport=sys.argv[7])

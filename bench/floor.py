@@ -29,7 +29,10 @@ Figures, each side by side with its reference, run by run:
   queues), against Celery's no-op through one queue, P1's reference; and the no-op
   through those many queues, to show what the queues alone cost;
 * P2's shape: the round trip of a floor component with the coordinator's calls before
-  each command, against Celery's round trip, P2's reference.
+  each command, against Celery's round trip, P2's reference;
+* on Redis, P1's shape with the floor's worker on Drover's transport
+  (:mod:`orchestrator.redis_transport`: a take brings as many commands as the worker has
+  free slots) beside the same on kombu's: how far the batched intake moves the floor.
 
 A Drover figure above its floor's ratio would be impossible; one near it has little left
 to remove but the guarantees themselves.
@@ -40,7 +43,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from bench.bare import CELERY_TASKS, ROUND_TRIPS, celery_worker
+from bench.bare import CELERY_TASKS, DROVERS, ROUND_TRIPS, celery_worker
 from bench.measure import Figure, side_by_side
 from bench.options import Options
 from bench.wide import COMPONENTS
@@ -86,7 +89,7 @@ def run(options: Options) -> list[Figure]:
         "tasks": tasks,
     }
     floor_sides = ("floor", "celery")
-    return [
+    figures = [
         Figure("floor p1 shape, 1 queue", floor, noop, notes=notes, sides=floor_sides),
         Figure(
             f"floor p1 shape, {COMPONENTS} queues", floor_wide, noop, notes=notes, sides=floor_sides
@@ -96,3 +99,27 @@ def run(options: Options) -> list[Figure]:
         ),
         Figure("floor p2 shape", floor_trip, trip, notes=notes, sides=floor_sides),
     ]
+    if options.broker == "redis":
+        figures.append(_with_drovers_intake(options, tasks, notes))
+    return figures
+
+
+def _with_drovers_intake(options: Options, tasks: int, notes: dict[str, int]) -> Figure:
+    """P1's shape, the floor's worker on Drover's transport (its batched intake) beside
+    the same on kombu's: how far the intake moves the floor."""
+    with (
+        celery_worker(options, queues=COMPONENTS) as kombus,
+        celery_worker(options, queues=COMPONENTS, transport=DROVERS) as drovers,
+    ):
+        batched, one_by_one = side_by_side(
+            options.runs,
+            ("floor, Drover's intake", "comp/s", lambda: drovers.rate(tasks, WORKER_STORE_CALLS)),
+            ("floor, kombu's", "comp/s", lambda: kombus.rate(tasks, WORKER_STORE_CALLS)),
+        )
+    return Figure(
+        f"floor p1 shape, {COMPONENTS} queues, Drover's intake",
+        batched,
+        one_by_one,
+        notes=notes,
+        sides=("drover's intake", "kombu's"),
+    )

@@ -195,6 +195,20 @@ def test_a_consumer_killed_holding_messages_loses_none(
     assert _on_record(client) == set()
 
 
+def test_a_consumer_closing_holding_messages_puts_them_back_at_once(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    # As a Celery worker's warm shutdown does with what it took and did not start: kombu
+    # puts back what the records say, so they must be kombu's records.
+    sent = _publish(server.url, SERVICES, EACH)
+    taker = _Taker(server.url, SERVICES, prefetch=8)
+    taker.take(8)
+    taker.close()
+
+    assert _on_record(client) == set()
+    assert _waiting(client, SERVICES) == len(sent)
+
+
 def test_queues_consumed_without_acknowledgement_leave_no_record(
     server: RedisServer, client: redis.Redis
 ) -> None:
