@@ -10,7 +10,8 @@ runs the threads pool, like Drover's. A ratio then measures what Drover adds on 
 the stack, not the price of choices the stack would cost anyone who made them. The
 transport, though, is kombu's own: where Drover changed it for speed
 (:mod:`orchestrator.redis_transport`), that is a path of Drover's, to be measured against
-the stack as it comes, not given to it.
+the stack as it comes, not given to it (the floor alone runs a worker on it, by name, to
+price that path).
 
 Four figures, each measured ``options.runs`` times:
 
@@ -394,8 +395,8 @@ def celery_worker(
     namespace = f"bench-bare-{uuid.uuid4().hex[:10]}"
     app = _celery(options.broker_url, namespace)
     threads = concurrency or WORKER_CONCURRENCY
-    arguments = [options.broker_url, options.redis_url, namespace, str(queues), str(threads)]
-    arguments.append(transport)
+    where = [options.broker_url, options.redis_url, namespace]
+    arguments = [*where, str(queues), str(threads), transport]
     # Its output (Celery's warnings, its shutdown line) goes to a file, shown if it fails.
     log = tempfile.NamedTemporaryFile(prefix="bench-celery-", suffix=".log")  # noqa: SIM115
     process = subprocess.Popen(
