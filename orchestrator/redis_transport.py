@@ -221,7 +221,7 @@ class Channel(kombu_redis.Channel):
             return self._after_brpop(reply)
         lists, most = taking
         looked, messages = _read(lists, reply)
-        self._backlog = len(messages) >= most
+        self._backlog = 0 < most <= len(messages)
         self._deliver_recorded(looked, messages)
         if not messages:
             raise Empty()  # nothing was waiting: BRPOP next
@@ -250,7 +250,7 @@ class Channel(kombu_redis.Channel):
             self.connection._deliver(loads(bytes_to_str(raw)), queue)  # recorded as kombu does
             return True
         looked, messages = _read(lists, taken)
-        self._backlog = most > 0 and len(messages) >= most
+        self._backlog = 0 < most <= len(messages)
         self._deliver_recorded(looked, [(queue, raw), *messages])
         return True
 

@@ -111,6 +111,16 @@ class _Taker:
                 assert time.monotonic() < deadline, f"{len(self.held)} of {wanted} came"
         return self.held[wanted - count :]
 
+    def receive(self, count: int, client: redis.Redis, prefix: str = "") -> list[str]:
+        """``count`` more (a poll may bring several), each on record until acknowledged."""
+        received = []
+        while len(received) < count:
+            for message in self.take(1):
+                assert message.delivery_tag in _on_record(client, prefix)
+                received.append(message.decode())
+                message.ack()
+        return received
+
     def close(self) -> None:
         self.consumer.cancel()
         self.connection.close()
@@ -138,11 +148,7 @@ def test_waiting_messages_arrive_once_each_on_record_until_acknowledged(
             message.ack()
         assert _on_record(client, prefix) == set()
 
-        received = _bodies(first)
-        while len(received) < len(sent):
-            for message in taker.take(1):
-                received.append(message.decode())
-                message.ack()
+        received = _bodies(first) + taker.receive(len(sent) - len(first), client, prefix)
     finally:
         taker.close()
     assert sorted(received) == sorted(sent)
@@ -165,7 +171,7 @@ def test_a_consumer_killed_holding_messages_loses_none(
         taker = _Taker({server.url!r}, {SERVICES!r}, prefetch=8)
         taker.take(8)
         print("holding", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # holding them until the test kills it, well before this ends
         """
     )
     with subprocess.Popen(
@@ -183,12 +189,8 @@ def test_a_consumer_killed_holding_messages_loses_none(
 
     # And it all comes, the eight held by the dead consumer again after the visibility timeout.
     taker = _Taker(server.url, SERVICES, prefetch=4)
-    received: list[str] = []
     try:
-        while len(received) < len(sent):
-            for message in taker.take(1):
-                received.append(message.decode())
-                message.ack()
+        received = taker.receive(len(sent), client)
     finally:
         taker.close()
     assert sorted(received) == sorted(sent)
@@ -251,13 +253,8 @@ def test_a_redis_that_refuses_the_take_gets_kombus_way(
     sent = _publish(server.url, SERVICES[:2], 3)
     url = server.url.replace("redis://", "redis://no-scripts:only-for-this-test@")
     taker = _Taker(url, SERVICES[:2], prefetch=4)
-    received: list[str] = []
     try:
-        while len(received) < len(sent):
-            (message,) = taker.take(1)
-            assert message.delivery_tag in _on_record(client)  # recorded as kombu does
-            received.append(message.decode())
-            message.ack()
+        received = taker.receive(len(sent), client)  # each recorded as kombu does
     finally:
         taker.close()
     assert sorted(received) == sorted(sent)
@@ -281,13 +278,8 @@ def test_messages_behind_many_idle_queues_all_arrive(
     _publish(server.url, idle, 0)
     sent = _publish(server.url, ["busy-1", "busy-2", "busy-3"], 10)
     taker = _Taker(server.url, [*idle, "busy-1", "busy-2", "busy-3"], prefetch=4)
-    received: list[str] = []
     try:
-        while len(received) < len(sent):
-            (message,) = taker.take(1)
-            assert message.delivery_tag in _on_record(client)
-            received.append(message.decode())
-            message.ack()
+        received = taker.receive(len(sent), client)
     finally:
         taker.close()
     assert sorted(received) == sorted(sent)
