@@ -156,7 +156,7 @@ class Coordinator:
         """Consume commands and events until ``stop`` is set."""
         self._bus.declare()
         self._bus.declare_service_queues(self._fleet.service_names())
-        self._outbox.relay()  # whatever a previous run committed but did not get to publish
+        self._outbox.sweep()  # whatever a previous run committed but did not get to publish
         topology = self._bus.topology
         self._bus.consume(
             [topology.commands_queue, topology.coordinator_queue],
@@ -186,14 +186,14 @@ class Coordinator:
         # The commands go out before the message that caused them is acknowledged: the
         # next component waits for no other round trip. A crash in between delivers the
         # message again, and the seen set makes it change nothing.
-        if self._outbox.wanted:  # the tick relays regardless, for what a crash left
-            self._relay_safely()
+        if self._outbox.wanted:  # the tick sweeps regardless, for what a crash left
+            self._relay_safely(self._outbox.relay)
         delivery.ack()
 
-    def _relay_safely(self) -> None:
+    def _relay_safely(self, relay: Callable[[], None]) -> None:
         # What is not published now stays in the outbox; the next tick tries again.
         try:
-            self._outbox.relay()
+            relay()
         except Exception as exc:
             log.warning("outbox relay failed; will retry", error=repr(exc))
 
@@ -259,7 +259,7 @@ class Coordinator:
 
     def _tick(self) -> None:
         """About once a second: publish what is pending, and wake releases that are due."""
-        self._relay_safely()
+        self._relay_safely(self._outbox.sweep)
         judged_now = self._read_up_to.moment()
         try:
             for held in expire(self._store, datetime.now(UTC)):
@@ -330,15 +330,17 @@ class Coordinator:
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
     ) -> CommitResult:
         """Commit what the shell learned without deciding: the state stays as it is."""
-        self._outbox.offered(messages)
-        return self._store.commit(
-            release_id,
-            message_id=message_id,
-            expected_revision=None,
-            state=None,
-            outbox=messages,
-            timeline=messages,
-            wake_at=wake_at,
+        return self._outbox.commit(
+            messages,
+            lambda: self._store.commit(
+                release_id,
+                message_id=message_id,
+                expected_revision=None,
+                state=None,
+                outbox=messages,
+                timeline=messages,
+                wake_at=wake_at,
+            ),
         )
 
     def _own(self, payload: Message, release_id: str, purpose: str) -> Envelope:
@@ -375,16 +377,18 @@ class Coordinator:
             for index, payload in enumerate(decision.outgoing)
         ]
         changed = decision.state != before
-        self._outbox.offered(outgoing)
-        return self._store.commit(
-            message.release_id,
-            message_id=message.id,
-            expected_revision=revision,
-            state=decision.state if changed else None,
-            outbox=outgoing,
-            timeline=[message, *outgoing],
-            wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
-            changed_components=_changed_components(before, decision.state),
+        return self._outbox.commit(
+            outgoing,
+            lambda: self._store.commit(
+                message.release_id,
+                message_id=message.id,
+                expected_revision=revision,
+                state=decision.state if changed else None,
+                outbox=outgoing,
+                timeline=[message, *outgoing],
+                wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
+                changed_components=_changed_components(before, decision.state),
+            ),
         )
 
     def _refuse(self, delivery: Delivery, error: MessageDecodeError) -> None:
@@ -412,14 +416,16 @@ class Coordinator:
         outgoing = [
             envelope(p, release_id=release_id, actor=COORDINATOR_ACTOR) for p in decision.outgoing
         ]
-        self._outbox.offered(outgoing)
-        self._store.commit(
-            release_id,
-            message_id=message_id,
-            expected_revision=0,
-            state=decision.state,
-            outbox=outgoing,
-            timeline=outgoing,
+        self._outbox.commit(
+            outgoing,
+            lambda: self._store.commit(
+                release_id,
+                message_id=message_id,
+                expected_revision=0,
+                state=decision.state,
+                outbox=outgoing,
+                timeline=outgoing,
+            ),
         )
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:

@@ -2,21 +2,27 @@
 
 A message is published only after the commit that put it in the outbox, and marked
 published only after it went out; a crash in between publishes it again on the next
-relay, which the receivers' seen sets make harmless. The relay reads the outbox, oldest
-first, so it also finds what it was never told of: an earlier run's messages, a commit
-whose answer was lost (it answers DUPLICATE when its message comes again), another
-coordinator's leftovers.
+relay, which the receivers' seen sets make harmless.
+
+The commits made through the relay (:meth:`OutboxRelay.commit`) tell it what they put in
+the outbox, so after each message handled it publishes those from memory, with no read
+of the store on the way from a component's outcome to the next command. Whenever it
+cannot be sure that the outbox holds nothing else (a commit that raised, and so may or
+may not have landed; a message committed before, whose first commit's answer was lost;
+a publish that failed; the relay's own start), it reads the outbox instead, oldest
+first. The coordinator's tick reads it regardless (:meth:`OutboxRelay.sweep`), for what
+no commit of its own left: an earlier run's messages, another coordinator's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from orchestrator.bus import Bus
 from orchestrator.contract import Envelope
 from orchestrator.drills import CrashPoints
-from orchestrator.store import Store
+from orchestrator.store import CommitResult, Store
 
 __all__ = ["OutboxRelay"]
 
@@ -28,26 +34,56 @@ class OutboxRelay:
         self._store = store
         self._bus = bus
         self._crash = crash
-        self.wanted = False  # a commit since the last relay offered messages
+        self._committed: list[Envelope] = []  # known in the outbox, not yet published
+        self._unsure = True  # the outbox may hold messages this relay was not told of
 
-    def offered(self, messages: Sequence[Envelope]) -> None:
-        """A commit is about to offer ``messages`` to the outbox: relay after it."""
-        self.wanted |= bool(messages)
+    @property
+    def wanted(self) -> bool:
+        """Whether a commit since the last relay may have left messages to publish."""
+        return self._unsure or bool(self._committed)
+
+    def commit(
+        self, messages: Sequence[Envelope], commit: Callable[[], CommitResult]
+    ) -> CommitResult:
+        """Run ``commit``, which puts ``messages`` in the outbox if it lands, and note
+        what it put there for the next :meth:`relay`."""
+        unsure, self._unsure = self._unsure, True  # should ``commit`` raise, it may have landed
+        result = commit()
+        if result is CommitResult.COMMITTED:
+            self._committed.extend(messages)
+        if result is not CommitResult.DUPLICATE:  # a duplicate's first commit may be unpublished
+            self._unsure = unsure
+        return result
 
     def relay(self) -> None:
+        """Publish what the commits since the last relay put in the outbox, or the whole
+        outbox if it may hold more than they said."""
+        if self._unsure:
+            self.sweep()
+            return
+        committed, self._committed = self._committed, []
+        self._publish(committed)
+
+    def sweep(self) -> None:
         """Publish every committed message not yet published, oldest first."""
-        self.wanted = False
+        self._committed = []  # in the outbox too: read with the rest
+        self._unsure = False
         while True:
             pending = self._store.pending_outbox(_RELAY_BATCH)
-            published: list[str] = []
-            try:
-                for message in pending:
-                    self._bus.publish(message)
-                    published.append(message.id)
-                    self._crash.reached("coordinator.after_publish")
-            finally:
-                # A crash before this publishes those again on the next relay: the
-                # receivers' seen sets make that harmless.
-                self._store.mark_published(published)
+            self._publish(pending)
             if len(pending) < _RELAY_BATCH:
                 return  # that was all: what is committed from now on, the next relay sends
+
+    def _publish(self, messages: Sequence[Envelope]) -> None:
+        published: list[str] = []
+        self._unsure = True  # until every one is out and marked: what is left is read back
+        try:
+            for message in messages:
+                self._bus.publish(message)
+                published.append(message.id)
+                self._crash.reached("coordinator.after_publish")
+        finally:
+            # A crash before this publishes those again on the next relay: the
+            # receivers' seen sets make that harmless.
+            self._store.mark_published(published)
+        self._unsure = False

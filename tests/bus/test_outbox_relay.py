@@ -1,6 +1,6 @@
 """The coordinator's outbox relay, on a real Redis broker and a real store: every message a
 commit put in the outbox reaches the bus, oldest first, including those the relay was
-never told of (an earlier run's, a commit whose answer was lost)."""
+never told of (an earlier run's, a commit whose answer was lost, another coordinator's)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from orchestrator.contract import Envelope, StepStarted, envelope
 from orchestrator.drills import CrashPoints
 from orchestrator.outbox import OutboxRelay
 from orchestrator.runtime import Parts
-from orchestrator.store import CommitResult, Store
+from orchestrator.store import CommitResult, Store, StoreUnavailable
 from orchestrator.vocabulary import Step
 from tests.support.listening import connected_parts, drain, listen, messages
 
@@ -61,20 +61,26 @@ def _relay(parts: Parts) -> OutboxRelay:
     return OutboxRelay(parts.store, parts.bus, CrashPoints())
 
 
+def _commit_through(
+    relay: OutboxRelay, store: Store, message_id: str, outbox: Sequence[Envelope]
+) -> CommitResult:
+    return relay.commit(outbox, lambda: _commit(store, message_id, outbox))
+
+
 def test_what_commits_put_in_the_outbox_is_published_in_order(parts: Parts) -> None:
     listener = listen(parts.settings.broker_url, parts.bus.topology.events_exchange, "#")
     relay = _relay(parts)
-    first, second = _events(3), _events(2)
+    first, second, third = _events(3), _events(2), _events(1)
 
-    relay.offered(first)
-    _commit(parts.store, "m1", first)
+    _commit_through(relay, parts.store, "m1", first)
     relay.relay()
-    relay.offered(second)
-    _commit(parts.store, "m2", second)
+    _commit_through(relay, parts.store, "m2", second)
+    _commit_through(relay, parts.store, "m3", third)
     relay.relay()
 
-    assert messages(drain(parts.settings.broker_url, listener)) == first + second
+    assert messages(drain(parts.settings.broker_url, listener)) == first + second + third
     assert parts.store.pending_outbox() == []
+    assert not relay.wanted
 
 
 def test_what_an_earlier_run_left_in_the_outbox_goes_first(parts: Parts) -> None:
@@ -83,8 +89,7 @@ def test_what_an_earlier_run_left_in_the_outbox_goes_first(parts: Parts) -> None
     _commit(parts.store, "m0", left)  # committed by a run that died before relaying
     relay, new = _relay(parts), _events(1)
 
-    relay.offered(new)
-    _commit(parts.store, "m1", new)
+    _commit_through(relay, parts.store, "m1", new)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == left + new
@@ -94,14 +99,45 @@ def test_a_commit_whose_answer_was_lost_is_published_by_the_next_relay(parts: Pa
     listener = listen(parts.settings.broker_url, parts.bus.topology.events_exchange, "#")
     relay = _relay(parts)
     relay.relay()  # an empty outbox
-    lost = _events(2)
-    _commit(parts.store, "m1", lost)  # it landed, but the answer never came back
-    relay.offered(lost)  # the message delivered again
-    assert _commit(parts.store, "m1", lost) is CommitResult.DUPLICATE
-    new = _events(1)
+    lost, new = _events(2), _events(1)
 
-    relay.offered(new)
-    _commit(parts.store, "m2", new)
+    def answer_lost() -> CommitResult:
+        _commit(parts.store, "m1", lost)  # it landed, but the answer never came back
+        raise StoreUnavailable("connection reset")
+
+    with pytest.raises(StoreUnavailable):
+        relay.commit(lost, answer_lost)
+    _commit_through(relay, parts.store, "m2", new)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == lost + new
+
+
+def test_a_message_committed_before_has_its_first_outbox_published(parts: Parts) -> None:
+    listener = listen(parts.settings.broker_url, parts.bus.topology.events_exchange, "#")
+    relay = _relay(parts)
+    relay.relay()  # an empty outbox
+    first = _events(2)
+    _commit(parts.store, "m1", first)  # a first delivery, handled by a coordinator that died
+
+    assert _commit_through(relay, parts.store, "m1", first) is CommitResult.DUPLICATE
+    relay.relay()
+
+    assert messages(drain(parts.settings.broker_url, listener)) == first
+
+
+def test_the_sweep_publishes_what_another_coordinator_left(parts: Parts) -> None:
+    listener = listen(parts.settings.broker_url, parts.bus.topology.events_exchange, "#")
+    relay = _relay(parts)
+    relay.relay()  # an empty outbox
+    theirs, ours = _events(2), _events(1)
+    _commit(parts.store, "m1", theirs)  # committed elsewhere; that coordinator then died
+    _commit_through(relay, parts.store, "m2", ours)
+    relay.relay()
+
+    relay.sweep()  # the coordinator's tick
+
+    assert sorted(m.id for m in messages(drain(parts.settings.broker_url, listener))) == sorted(
+        m.id for m in theirs + ours
+    )
+    assert parts.store.pending_outbox() == []
