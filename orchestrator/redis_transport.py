@@ -158,6 +158,7 @@ class Channel(kombu_redis.Channel):
     _taking: tuple[list[str], int] | None = None
     _backlog = False
     _refusal_said = False
+    _consumed: list[str] | None = None  # active_queues, until the queues consumed change
     # True while delivering what a take recorded, for QoS.append.
     recorded_by_take = False
 
@@ -181,7 +182,27 @@ class Channel(kombu_redis.Channel):
             self._unacknowledged_queues.add(queue)
         else:
             self._unacknowledged_queues.discard(queue)
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
+        self._consumed = None
+        try:
+            return super().basic_consume(queue, no_ack, *args, **kwargs)
+        finally:
+            self._consumed = None
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        self._consumed = None
+        try:
+            return super()._basic_cancel(consumer_tag)
+        finally:
+            self._consumed = None
+
+    @property
+    def active_queues(self) -> list[str]:
+        # kombu builds this list anew at every turn of the event loop, from every queue
+        # the channel consumes (a thousand for a worker of a wide fleet): kept here until
+        # a consumer is added or cancelled, the only changes to what it is built from.
+        if self._consumed is None:
+            self._consumed = super().active_queues
+        return self._consumed
 
     # --- the poll: a take while messages keep coming, else kombu's BRPOP -------------------
 

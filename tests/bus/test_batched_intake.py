@@ -6,6 +6,7 @@ kombu or Celery process shares these queues)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 import textwrap
@@ -315,3 +316,26 @@ def test_a_full_redis_refuses_the_take_before_it_takes_anything(
     client.config_set("maxmemory", 0)
     assert len(_take(client, ["full"], most=4)[1]) == 2 * 3
     assert len(_on_record(client)) == 3
+
+
+def test_queues_consumed_can_change_between_polls(
+    server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, cancelled, added = SERVICES[:3]
+    taker = _Taker(server.url, [first, cancelled], prefetch=4)
+    try:
+        _publish(server.url, [first], 1)
+        assert taker.receive(1, client) == [f"{first}/0"]  # polled: the queues are known
+
+        taker.consumer.cancel_by_queue(cancelled)
+        _publish(server.url, [first, cancelled], 1)
+        assert taker.receive(1, client) == [f"{first}/0"]
+
+        taker.consumer.add_queue(_queues([added])[0])
+        taker.consumer.consume()
+        _publish(server.url, [added], 1)
+        assert taker.receive(1, client) == [f"{added}/0"]
+        assert client.llen(cancelled) == 1  # for whoever consumes it, not taken
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    finally:
+        taker.close()
