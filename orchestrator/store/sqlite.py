@@ -4,6 +4,12 @@ Every write runs inside ``BEGIN IMMEDIATE``, which takes the file's write lock b
 first read, so a saga step's duplicate and revision checks and its writes have no other
 writer in between, be it another thread here or another process on the same file. WAL
 journal mode lets readers go on while one process writes.
+
+Writes of several threads are committed together (:meth:`SqliteStore._write`): a commit
+waits for the disk (``synchronous = FULL``), and that wait, not the statements, is most
+of what a write costs, so whichever thread commits takes every write waiting with its
+own into the same transaction, each in a savepoint of its own. No caller returns before
+the commit that holds its write is on disk, and a write that fails is undone alone.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ReleaseState
@@ -42,6 +49,8 @@ _BUSY_TIMEOUT_S: Final = 30.0
 
 # How long to wait between tries to switch a file that another process is opening to WAL.
 _WAL_RETRY_S: Final = 0.01
+
+_T = TypeVar("_T")
 
 _SCHEMA: Final = (
     # one row per release: its own fields (without its components) and the revision its
@@ -196,6 +205,7 @@ class SqliteStore:
         # open by threads that ended, and a close() that cannot reach them.
         self._lock = threading.Lock()
         self._db = _open(path)
+        self._waiting: deque[_Write[object]] = deque()  # writes for the next commit
         self._attempt_ttl_s = shared.ATTEMPT_COUNT_TTL_S
 
     # --- the saga ---------------------------------------------------------------------
@@ -218,7 +228,7 @@ class SqliteStore:
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
         changed_components: Collection[str] | None = None,
     ) -> CommitResult:
-        with self._write() as db:
+        def commit(db: sqlite3.Connection) -> CommitResult:
             if _is_seen(db, release_id, message_id):
                 return CommitResult.DUPLICATE
             revision = _revision(db, release_id)
@@ -229,7 +239,9 @@ class SqliteStore:
                 _save_state(db, release_id, record, state.created_at, revision + 1)
             _append(db, release_id, message_id, outbox, timeline)
             _set_wake(db, release_id, wake_at)
-        return CommitResult.COMMITTED
+            return CommitResult.COMMITTED
+
+        return self._write(commit)
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
         if limit <= 0:
@@ -251,8 +263,8 @@ class SqliteStore:
     def mark_published(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        with self._write() as db:
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in message_ids])
+        rows = [(i,) for i in message_ids]
+        self._write(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", rows))
 
     def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
         with self._read() as db:
@@ -263,8 +275,7 @@ class SqliteStore:
         return [decode(body) for (body,) in rows]
 
     def record_reports(self, word: Word) -> None:
-        with self._write() as db:
-            _record_word(db, word)
+        self._write(lambda db: _record_word(db, word))
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -297,7 +308,7 @@ class SqliteStore:
     def set_host_version(
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
     ) -> bool:
-        with self._write() as db:
+        def set_version(db: sqlite3.Connection) -> bool:
             changed = db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, host)"
@@ -305,6 +316,8 @@ class SqliteStore:
                 (environment, service, host, version),
             ).rowcount
             return _counted(db, changed > 0, environment, service, effect)
+
+        return self._write(set_version)
 
     def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
         with self._read() as db:
@@ -330,7 +343,8 @@ class SqliteStore:
             if drained
             else "DELETE FROM drained WHERE environment = ? AND service = ? AND host = ?"
         )
-        with self._write() as db:
+
+        def set_drained(db: sqlite3.Connection) -> bool:
             changed = db.execute(statement, (environment, service, host)).rowcount > 0
             if changed and drained:
                 db.execute(
@@ -343,6 +357,8 @@ class SqliteStore:
                 )
             return _counted(db, changed, environment, service, effect)
 
+        return self._write(set_drained)
+
     def service_state(self, environment: str, service: str) -> dict[str, str]:
         with self._read() as db:
             rows = db.execute(
@@ -354,7 +370,7 @@ class SqliteStore:
     def set_service_state(
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
     ) -> bool:
-        with self._write() as db:
+        def set_state(db: sqlite3.Connection) -> bool:
             changed = db.execute(
                 "INSERT INTO service_state (environment, service, field, value)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, field)"
@@ -363,15 +379,18 @@ class SqliteStore:
             ).rowcount
             return _counted(db, changed > 0, environment, service, effect)
 
+        return self._write(set_state)
+
     # --- notes ---------------------------------------------------------------------------
 
     def set_note(self, key: str, value: str) -> None:
-        with self._write() as db:
-            db.execute(
+        self._write(
+            lambda db: db.execute(
                 "INSERT INTO notes (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+        )
 
     def note(self, key: str) -> str | None:
         with self._read() as db:
@@ -379,8 +398,9 @@ class SqliteStore:
         return None if row is None else str(row[0])
 
     def delete_note(self, key: str) -> bool:
-        with self._write() as db:
-            return db.execute("DELETE FROM notes WHERE key = ?", (key,)).rowcount > 0
+        return self._write(
+            lambda db: db.execute("DELETE FROM notes WHERE key = ?", (key,)).rowcount > 0
+        )
 
     def notes(self, prefix: str) -> dict[str, str]:
         # A range on the primary key, not LIKE: the prefix may hold % or _.
@@ -395,30 +415,30 @@ class SqliteStore:
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         ttl_s = shared.lease_ttl_s(ttl_s)
-        with self._write() as db:
-            return _take_lease(db, name, owner, ttl_s)
+        return self._write(lambda db: _take_lease(db, name, owner, ttl_s))
 
     def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         ttl_s = shared.lease_ttl_s(ttl_s)
-        with self._write() as db:
-            now = time.time()
+
+        def renew(db: sqlite3.Connection) -> bool:
+            now = time.time()  # once the write lock is ours: waiting for it takes time
             renewed = db.execute(
                 "UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ? AND expires_at > ?",
                 (now + ttl_s, name, owner, now),
             )
             return renewed.rowcount > 0
 
+        return self._write(renew)
+
     def release_lease(self, name: str, owner: str) -> None:
-        with self._write() as db:
-            _release_lease(db, name, owner)
+        self._write(lambda db: _release_lease(db, name, owner))
 
     def lease_holder(self, name: str) -> str | None:
         with self._read() as db:
             return _lease_holder(db, name)
 
     def record_progress(self, command_id: str, host: str, step: str) -> None:
-        with self._write() as db:
-            _record_done(db, [StepDone(command_id, host, step)])
+        self._write(lambda db: _record_done(db, [StepDone(command_id, host, step)]))
 
     def progress(self, command_id: str) -> dict[str, list[str]]:
         with self._read() as db:
@@ -428,8 +448,7 @@ class SqliteStore:
         return shared.steps_by_host(rows)
 
     def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
-        with self._write() as db:
-            return _keep_first(db, command_id, outcome)
+        return self._write(lambda db: _keep_first(db, command_id, outcome))
 
     def outcome(self, command_id: str) -> Envelope | None:
         with self._read() as db:
@@ -439,8 +458,7 @@ class SqliteStore:
         return None if row is None else decode(row[0])
 
     def count_attempt(self, message_id: str) -> int:
-        with self._write() as db:
-            return _count_attempt(db, message_id, self._attempt_ttl_s)
+        return self._write(lambda db: _count_attempt(db, message_id, self._attempt_ttl_s))
 
     def claim_work(
         self,
@@ -453,7 +471,8 @@ class SqliteStore:
         component: tuple[str, str] | None = None,
     ) -> Claim:
         ttl_s = shared.lease_ttl_s(ttl_s)
-        with self._write() as db:
+
+        def claim(db: sqlite3.Connection) -> Claim:
             row = db.execute("SELECT body FROM outcomes WHERE command_id = ?", (work,)).fetchone()
             if row is not None:
                 return Claim(outcome=decode(row[0]), taken=False, holder=None, attempts=0)
@@ -471,31 +490,39 @@ class SqliteStore:
                 release=release,
             )
 
+        return self._write(claim)
+
     def finish_work(
         self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
     ) -> Envelope:
-        with self._write() as db:
+        def finish(db: sqlite3.Connection) -> Envelope:
             if last is not None:
                 _record_word(db, last)
             kept = _keep_first(db, work, outcome)
             _release_lease(db, lease, owner)
             return kept
 
+        return self._write(finish)
+
     # --- locks: one release at a time per (environment, service) ---------------------------
 
     def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
         # one write transaction: the release joins all its queues with nobody in between
-        with self._write() as db:
+        def acquire(db: sqlite3.Connection) -> bool:
             _queue(db, release_id, keys)
             return _holds_all(db, release_id)
 
+        return self._write(acquire)
+
     def release_locks(self, release_id: str) -> list[str]:
-        with self._write() as db:
+        def release(db: sqlite3.Connection) -> list[str]:
             freed = _headed_by(db, release_id)
             db.execute("DELETE FROM lock_queue WHERE release_id = ?", (release_id,))
             successors = dict.fromkeys(_head(db, key) for key in freed)
             starting = [r for r in successors if r is not None and _holds_all(db, r)]
             return sorted(starting, key=lambda r: _first_queued(db, r))
+
+        return self._write(release)
 
     def lock_queue(self, key: str) -> list[str]:
         with self._read() as db:
@@ -515,19 +542,14 @@ class SqliteStore:
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         # a letter added again keeps its first row and its place, as on Redis
-        with self._write() as db:
-            db.execute(
+        row = (letter.id, letter.at.isoformat(), letter.reason, letter.raw, letter.source)
+        self._write(
+            lambda db: db.execute(
                 f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT ?, ?, ?, ?, ?"
                 " WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE id = ?)",
-                (
-                    letter.id,
-                    letter.at.isoformat(),
-                    letter.reason,
-                    letter.raw,
-                    letter.source,
-                    letter.id,
-                ),
+                (*row, letter.id),
             )
+        )
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         if limit <= 0:
@@ -547,8 +569,11 @@ class SqliteStore:
         return None if row is None else _dead_letter(row)
 
     def remove_dead_letter(self, letter_id: str) -> bool:
-        with self._write() as db:
-            return db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,)).rowcount > 0
+        return self._write(
+            lambda db: (
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,)).rowcount > 0
+            )
+        )
 
     def durability_problems(self) -> list[str]:
         return []  # WAL with synchronous=FULL: a committed step is on disk
@@ -565,17 +590,75 @@ class SqliteStore:
         with self._lock, _translated():
             yield self._db
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _translated():
-            _immediately(self._db)
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``body``'s answer, once what it wrote is committed: with the writes of other
+        threads waiting at the same time, if there are any."""
+        mine = _Write(body)
+        self._waiting.append(mine)  # type: ignore[arg-type]  # what it answers is its own
+        with self._lock:
+            if not mine.done:  # no other thread took it into its commit while we waited
+                group: list[_Write[object]] = []
+                while self._waiting:
+                    group.append(self._waiting.popleft())
+                _commit_together(self._db, group)
+        with _translated():
+            return mine.answer()
+
+
+class _Write(Generic[_T]):
+    """One caller's write: what it does, and how it ended once its commit is over."""
+
+    __slots__ = ("body", "done", "error", "result")
+
+    def __init__(self, body: Callable[[sqlite3.Connection], _T]) -> None:
+        self.body = body
+        self.done = False
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+    def run(self, db: sqlite3.Connection) -> None:
+        db.execute("SAVEPOINT one_write")
+        try:
+            self.result = self.body(db)
+        except Exception as exc:
+            if not db.in_transaction:
+                raise  # SQLite gave up the whole transaction (a full or failing disk)
+            db.execute("ROLLBACK TO one_write")
+            self.error = exc
+        db.execute("RELEASE one_write")
+
+    def lost(self, cause: BaseException) -> None:
+        """Nothing of the transaction was committed, this write included."""
+        if self.error is None:
+            # Another thread's interruption (a KeyboardInterrupt in the thread that was
+            # committing) is not this caller's to raise: for it, the store failed.
+            interrupted = not isinstance(cause, Exception)
+            self.error = sqlite3.OperationalError("interrupted") if interrupted else cause
+        self.result = None
+
+    def answer(self) -> _T:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # set by run() when no error
+
+
+def _commit_together(db: sqlite3.Connection, group: Sequence[_Write[object]]) -> None:
+    """Run the writes of ``group`` in one transaction and commit it once."""
+    try:
+        _immediately(db)
+        for write in group:
+            write.run(db)
+        db.execute("COMMIT")
+    except BaseException as exc:
+        for write in group:
+            write.lost(exc)
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if not isinstance(exc, Exception):
+            raise  # this thread's own interruption
+    finally:
+        for write in group:
+            write.done = True
 
 
 def _record_word(db: sqlite3.Connection, word: Word) -> None:

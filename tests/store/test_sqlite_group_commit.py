@@ -1,0 +1,173 @@
+"""The SQLite store commits the writes of several threads together (one transaction, one
+wait for the disk): each caller still gets its own answer, a write that fails is undone
+alone, and no write a caller was answered for is lost, even to a process killed at once.
+
+To make writes wait together, a test holds the store's connection the way a long read
+does; the writes then queue behind it, and whichever thread gets the connection next
+commits them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from orchestrator.contract import Step, StepStarted, envelope
+from orchestrator.saga import ReleaseState, ReleaseStatus
+from orchestrator.store import CommitResult, StoreUnavailable
+from orchestrator.store.sqlite import SqliteStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with closing(SqliteStore(str(tmp_path / "drover.db"))) as opened:
+        yield opened
+
+
+@contextmanager
+def _writes_queued(store: SqliteStore, count: int) -> Iterator[ThreadPoolExecutor]:
+    """Writes submitted inside wait behind a reader until ``count`` of them are queued."""
+    with ThreadPoolExecutor(max_workers=count) as pool, store._read():
+        yield pool
+        deadline = time.monotonic() + 10
+        while len(store._waiting) < count:
+            assert time.monotonic() < deadline, f"{len(store._waiting)} of {count} queued"
+            time.sleep(0.001)
+
+
+def _state(release_id: str) -> ReleaseState:
+    return ReleaseState(
+        id=release_id,
+        environment="prod",
+        reason="test",
+        requested_by="alice",
+        status=ReleaseStatus.RUNNING,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def _commit(store: SqliteStore, release_id: str, wake_at: datetime = T0) -> CommitResult:
+    report = envelope(
+        StepStarted(environment="prod", service="api", step=Step.DRAIN, batch=1, hosts=("h",)),
+        release_id=release_id,
+        actor="worker-1",
+    )
+    return store.commit(
+        release_id,
+        message_id=f"{release_id}-m1",
+        expected_revision=0,
+        state=_state(release_id),
+        outbox=[report],
+        timeline=[report],
+        wake_at=wake_at,
+    )
+
+
+def test_threads_writing_at_once_each_get_their_own_answer(store: SqliteStore) -> None:
+    threads, each = 8, 40
+
+    def count(thread: int) -> list[int]:
+        # every thread counts one shared message and one of its own
+        return [store.count_attempt("shared") for _ in range(each)] + [
+            store.count_attempt(f"own-{thread}") for _ in range(each)
+        ]
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        answers = list(pool.map(count, range(threads)))
+
+    shared = sorted(n for answer in answers for n in answer[:each])
+    assert shared == list(range(1, threads * each + 1))  # each count answered once
+    assert all(answer[each:] == list(range(1, each + 1)) for answer in answers)
+
+
+def test_a_write_that_fails_is_undone_alone(store: SqliteStore) -> None:
+    naive = datetime(2026, 3, 1, 12, 0)  # refused, after the state and the seen record
+    with _writes_queued(store, 3) as pool:
+        good = [pool.submit(_commit, store, f"r{n}") for n in (1, 2)]
+        bad = pool.submit(_commit, store, "r-bad", naive)
+
+    assert [future.result() for future in good] == [CommitResult.COMMITTED] * 2
+    with pytest.raises(ValueError, match="time zone"):
+        bad.result()
+    assert store.load("r-bad") is None
+    assert store.timeline("r-bad") == []
+    assert _commit(store, "r-bad") is CommitResult.COMMITTED  # not taken for a duplicate
+    assert [m.release_id for m in store.pending_outbox()] == ["r1", "r2", "r-bad"]
+
+
+def test_a_full_file_answers_no_write_it_did_not_keep(store: SqliteStore) -> None:
+    with store._read() as db:  # room for a few notes of this size, not for all of them
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages + 12}")
+    value = "x" * 9000
+
+    def note(key: str) -> Callable[[], None]:
+        return lambda: store.set_note(key, value)
+
+    keys = [f"note-{n}" for n in range(12)]
+    with _writes_queued(store, len(keys)) as pool:
+        written: dict[str, Future[None]] = {key: pool.submit(note(key)) for key in keys}
+
+    kept = {key for key, future in written.items() if future.exception() is None}
+    refused = set(keys) - kept
+    assert refused, "the file never filled up"
+    assert all(isinstance(written[key].exception(), StoreUnavailable) for key in refused)
+    assert set(store.notes("note-")) == kept
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, threading
+    from orchestrator.store.sqlite import SqliteStore
+
+    store = SqliteStore(sys.argv[1])
+    said = threading.Lock()
+
+    def write(thread):
+        for n in range(100_000):
+            key = f"note-{thread}-{n}"
+            store.set_note(key, "x" * 200)
+            with said:
+                print(key, flush=True)
+
+    for thread in range(4):
+        threading.Thread(target=write, args=(thread,), daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+
+def test_a_process_killed_while_writing_loses_no_answered_write(tmp_path: Path) -> None:
+    path = str(tmp_path / "drover.db")
+    answered = []
+    with subprocess.Popen(
+        [sys.executable, "-c", _WRITER, path], stdout=subprocess.PIPE, text=True
+    ) as writer:
+        assert writer.stdout is not None
+        try:
+            while len(answered) < 400:
+                line = writer.stdout.readline()
+                assert line, f"the writer stopped after {len(answered)} notes"
+                answered.append(line.strip())
+        finally:
+            os.kill(writer.pid, signal.SIGKILL)
+        answered += [line.strip() for line in writer.stdout if line.strip()]
+
+    with closing(SqliteStore(path)) as reopened:
+        kept = reopened.notes("note-")
+    assert len(answered) >= 400
+    assert set(answered) <= set(kept)
