@@ -1,6 +1,7 @@
 # kombu ships no annotations for its transports (as for orchestrator.bus in pyproject.toml).
 # mypy: disallow-subclassing-any=False, disallow-untyped-calls=False
-"""kombu's Redis transport, with one redis-py client per channel, and a batched intake.
+"""kombu's Redis transport, with one redis-py client per channel, a batched intake, and
+the list of queues consumed kept between polls.
 
 **One client.** Outside its poll, kombu's Redis channel makes a new redis-py client for
 every operation: each publish makes two (one to read the exchange's bindings, one to push
@@ -29,6 +30,11 @@ of the order; what waits further down comes by ``BRPOP``, which names every list
 kombu. A lone message costs what it costs in kombu, ``BRPOP`` and one round trip (the
 take sees empty lists with one ``EXISTS``). Queues consumed without acknowledgements get
 no record, as in kombu.
+
+**The queues consumed.** kombu builds the list of the queues a channel consumes anew at
+every turn of the event loop (``active_queues``, from every queue consumed: a thousand
+for a worker of a wide fleet); the channel keeps it until a consumer is added or
+cancelled.
 
 Everything else is kombu's: the same keys, the same records of unacknowledged messages,
 acknowledgement and redelivery (the visibility timeout), so Drover's processes and any
