@@ -62,21 +62,23 @@ class OutboxRelay:
             self.sweep()
             return
         committed, self._committed = self._committed, []
+        self._unsure = True  # until every one is out and marked: what is left is read back
         self._publish(committed)
+        self._unsure = False
 
     def sweep(self) -> None:
         """Publish every committed message not yet published, oldest first."""
         self._committed = []  # in the outbox too: read with the rest
-        self._unsure = False
+        self._unsure = True  # until the whole outbox is out and marked
         while True:
             pending = self._store.pending_outbox(_RELAY_BATCH)
             self._publish(pending)
             if len(pending) < _RELAY_BATCH:
-                return  # that was all: what is committed from now on, the next relay sends
+                break  # that was all: what is committed from now on, the next relay sends
+        self._unsure = False
 
     def _publish(self, messages: Sequence[Envelope]) -> None:
         published: list[str] = []
-        self._unsure = True  # until every one is out and marked: what is left is read back
         try:
             for message in messages:
                 self._bus.publish(message)
@@ -86,4 +88,3 @@ class OutboxRelay:
             # A crash before this publishes those again on the next relay: the
             # receivers' seen sets make that harmless.
             self._store.mark_published(published)
-        self._unsure = False
