@@ -594,7 +594,7 @@ class SqliteStore:
         """``body``'s answer, once what it wrote is committed: with the writes of other
         threads waiting at the same time, if there are any."""
         mine = _Write(body)
-        self._waiting.append(mine)  # type: ignore[arg-type]  # what it answers is its own
+        self._waiting.append(mine)  # type: ignore[arg-type]  # the queue holds any answer type
         with self._lock:
             if not mine.done:  # no other thread took it into its commit while we waited
                 group: list[_Write[object]] = []
