@@ -1,6 +1,7 @@
 """The coordinator's outbox relay, on a real Redis broker and a real store: every message a
 commit put in the outbox reaches the bus, oldest first, including those the relay was
-never told of (an earlier run's, a commit whose answer was lost, another coordinator's)."""
+never told of (an earlier run's, a commit whose answer was lost, another coordinator's),
+and what a publish to a broker that went away left behind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.bus import Topology
+from orchestrator import bus
+from orchestrator.bus import BrokerUnavailable, Topology
 from orchestrator.contract import Envelope, StepStarted, envelope
 from orchestrator.drills import CrashPoints
 from orchestrator.outbox import OutboxRelay
@@ -18,6 +20,7 @@ from orchestrator.runtime import Parts
 from orchestrator.store import CommitResult, Store, StoreUnavailable
 from orchestrator.vocabulary import Step
 from tests.support.listening import connected_parts, drain, listen, messages
+from tests.support.redis_server import RedisServer
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 
@@ -141,3 +144,29 @@ def test_the_sweep_publishes_what_another_coordinator_left(parts: Parts) -> None
         m.id for m in theirs + ours
     )
     assert parts.store.pending_outbox() == []
+
+
+def test_what_a_failed_publish_left_goes_out_first_when_the_broker_is_back(
+    tmp_path: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(bus._RETRY_POLICY, "max_retries", 1)  # give up on a dead broker soon
+    broker = RedisServer(tmp_path)  # of the test's own, persistent: it is killed
+    broker.start()
+    try:
+        with connected_parts(broker.url, namespace, tmp_path, FLEET) as parts:
+            listener = listen(broker.url, parts.bus.topology.events_exchange, "#")
+            relay = _relay(parts)
+            relay.relay()  # an empty outbox
+            first, second = _events(2), _events(1)
+            _commit_through(relay, parts.store, "m1", first)
+            broker.kill()
+            with pytest.raises(BrokerUnavailable):
+                relay.relay()
+            broker.start()  # its queues and bindings back from its append-only file
+
+            _commit_through(relay, parts.store, "m2", second)
+            relay.relay()
+
+            assert messages(drain(broker.url, listener)) == first + second
+    finally:
+        broker.kill()
