@@ -43,12 +43,12 @@ class OutboxRelay:
         return self._unsure or bool(self._committed)
 
     def commit(
-        self, messages: Sequence[Envelope], commit: Callable[[], CommitResult]
+        self, messages: Sequence[Envelope], commit: Callable[[Sequence[Envelope]], CommitResult]
     ) -> CommitResult:
-        """Run ``commit``, which puts ``messages`` in the outbox if it lands, and note
-        what it put there for the next :meth:`relay`."""
+        """Run ``commit`` with ``messages`` for its outbox, and note what it put there for
+        the next :meth:`relay`."""
         unsure, self._unsure = self._unsure, True  # should ``commit`` raise, it may have landed
-        result = commit()
+        result = commit(messages)
         if result is CommitResult.COMMITTED:
             self._committed.extend(messages)
         if result is not CommitResult.DUPLICATE:  # a duplicate's first commit may be unpublished

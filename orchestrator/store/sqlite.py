@@ -634,7 +634,6 @@ class _Write(Generic[_T]):
             # committing) is not this caller's to raise: for it, the store failed.
             interrupted = not isinstance(cause, Exception)
             self.error = sqlite3.OperationalError("interrupted") if interrupted else cause
-        self.result = None
 
     def answer(self) -> _T:
         if self.error is not None:
