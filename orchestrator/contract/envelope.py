@@ -11,9 +11,17 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    computed_field,
+)
 
 from orchestrator.contract.base import Payload, Problem
 from orchestrator.contract.commands import (
@@ -176,6 +184,22 @@ _EVENTS: Final[tuple[type[Payload], ...]] = (
 MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {c.__name__: c for c in _COMMANDS + _EVENTS}
 
 
+def _payload_type(value: Any) -> str | None:
+    return type(value).__name__ if isinstance(value, Payload) else None
+
+
+# An envelope is built around a payload already made and checked, so its field is chosen
+# by the payload's type at once: pydantic would otherwise try the union's 39 members one
+# after another, for every message made (a third of the time it takes to make one).
+if TYPE_CHECKING:
+    _TypedPayload = Message
+else:
+    _TypedPayload = Annotated[
+        Union[tuple(Annotated[kind, Tag(name)] for name, kind in MESSAGE_TYPES.items())],  # noqa: UP007
+        Discriminator(_payload_type),
+    ]
+
+
 class _Header(BaseModel):
     """The envelope as it is read off the wire, before its payload is trusted."""
 
@@ -202,7 +226,7 @@ class Envelope(BaseModel):
     release_id: _ReleaseId
     causation_id: str | None = None
     actor: _Actor
-    payload: Message
+    payload: _TypedPayload
 
     @computed_field  # type: ignore[prop-decorator]
     @property
