@@ -6,12 +6,13 @@ languages can publish.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final, Union
+from typing import TYPE_CHECKING, Annotated, Any, Final, Self, Union
 
 from pydantic import (
     BaseModel,
@@ -238,7 +239,18 @@ class Envelope(BaseModel):
         return isinstance(self.payload, _COMMANDS)
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    # A message never changes once made, and most are written twice (to the store, then
+    # to the bus): its bytes are made once.
+    @functools.cached_property
+    def _encoded(self) -> bytes:
         return self.model_dump_json().encode()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("_encoded", None)  # the bytes of the message copied, not the copy
+        return copied
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict, for transports (Celery task arguments) that serialise it."""

@@ -258,6 +258,21 @@ def test_encoded_message_is_the_documented_envelope() -> None:
     }
 
 
+def test_a_copy_with_changes_is_encoded_as_changed() -> None:
+    sent = envelope(SAMPLES["ReleaseSucceeded"], release_id=RELEASE_ID, actor=ACTOR)
+    sent.encode()  # its bytes are kept once made
+
+    copied = sent.model_copy(update={"actor": "someone-else"})
+
+    assert decode(copied.encode()).actor == "someone-else"
+    assert decode(sent.encode()).actor == ACTOR
+
+
+def test_a_payload_that_is_not_a_message_type_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        envelope(HOSTS, release_id=RELEASE_ID, actor=ACTOR)  # type: ignore[arg-type]
+
+
 def test_envelope_links_a_message_to_its_cause_and_fills_id_and_clock() -> None:
     cause = event(SAMPLES["SubmitRelease"], message_id="cause-1")
     before = datetime.now(UTC)
