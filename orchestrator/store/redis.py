@@ -599,7 +599,7 @@ class RedisStore:
         key = self._keys.outcome(command_id)
         with _translated():
             kept = self._keep_first_script(keys=[key], args=[outcome.encode()])
-        return decode(_bytes(kept))
+        return shared.kept_outcome(outcome, _bytes(kept))
 
     def outcome(self, command_id: str) -> Envelope | None:
         with _translated():
@@ -661,7 +661,7 @@ class RedisStore:
             args += word_args
         with _translated():
             kept = self._finish_work_script(keys=keys, args=args)
-        return decode(_bytes(kept))
+        return shared.kept_outcome(outcome, _bytes(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------
 

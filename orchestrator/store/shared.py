@@ -6,6 +6,7 @@ from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Final
 
+from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ComponentState, ReleaseState
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ReleaseRecord",
     "epoch_s",
     "from_epoch_s",
+    "kept_outcome",
     "lease_ttl_s",
     "release_record",
     "state_from_record",
@@ -39,6 +41,12 @@ def epoch_s(at: datetime) -> float:
 def from_epoch_s(seconds: float) -> datetime:
     """The instant :func:`epoch_s` stored, in UTC."""
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def kept_outcome(offered: Envelope, kept: bytes) -> Envelope:
+    """The outcome a store kept for a command: the one offered, unless another was first."""
+    # Most often it is the one offered: the bytes tell, without reading them again.
+    return offered if kept == offered.encode() else decode(kept)
 
 
 def lease_ttl_s(ttl_s: float) -> float:

@@ -716,7 +716,7 @@ def _keep_first(db: sqlite3.Connection, command_id: str, outcome: Envelope) -> E
         (command_id, outcome.encode()),
     )
     (kept,) = db.execute("SELECT body FROM outcomes WHERE command_id = ?", (command_id,)).fetchone()
-    return decode(kept)
+    return shared.kept_outcome(outcome, kept)
 
 
 def _count_attempt(db: sqlite3.Connection, message_id: str, ttl_s: float) -> int:
