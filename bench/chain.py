@@ -17,7 +17,15 @@ from typing import Final
 from bench.bare import ROUND_TRIPS, celery_worker
 from bench.measure import Figure, side_by_side
 from bench.options import Options
-from bench.processes import WORKER_CONCURRENCY, cluster, service_names, span_seconds, write_release
+from bench.processes import (
+    WORKER_CONCURRENCY,
+    cluster,
+    processor_figures,
+    processor_per_component,
+    service_names,
+    span_seconds,
+    write_release,
+)
 from orchestrator.contract import Envelope
 
 __all__ = ["COMPONENTS", "chain_timeline", "run"]
@@ -26,10 +34,11 @@ COMPONENTS: Final = int(os.environ.get("BENCH_P2_COMPONENTS", "200"))
 
 
 def run(options: Options) -> list[Figure]:
+    processor: list[dict[str, float]] = []
     with celery_worker(options, WORKER_CONCURRENCY) as worker:
         drover, bare = side_by_side(
             options.runs,
-            ("time per component", "ms", lambda: _ms_per_component(options)),
+            ("time per component", "ms", lambda: _ms_per_component(options, processor)),
             (
                 "celery round trip p50",
                 "ms",
@@ -37,18 +46,25 @@ def run(options: Options) -> list[Figure]:
             ),
         )
     notes = {"components": COMPONENTS, "worker_concurrency": WORKER_CONCURRENCY}
-    return [Figure(f"p2 chain ({COMPONENTS})", drover, bare, "<= 2", notes)]
+    chain = Figure(f"p2 chain ({COMPONENTS})", drover, bare, "<= 2", notes)
+    return [chain, *processor_figures("p2", processor)]
 
 
-def _ms_per_component(options: Options) -> float:
-    timeline = chain_timeline(options, COMPONENTS)
+def _ms_per_component(options: Options, processor: list[dict[str, float]]) -> float:
+    timeline = chain_timeline(options, COMPONENTS, processor)
     return span_seconds([timeline], first="ReleaseAccepted") / COMPONENTS * 1000
 
 
-def chain_timeline(options: Options, count: int) -> list[Envelope]:
-    """The timeline of one chain release of ``count`` components, on fresh processes."""
+def chain_timeline(
+    options: Options, count: int, processor: list[dict[str, float]] | None = None
+) -> list[Envelope]:
+    """The timeline of one chain release of ``count`` components, on fresh processes;
+    each role's processor time per component goes to ``processor``, if given."""
     services = service_names(count)
     with cluster(options, "p2", dict.fromkeys(services, 1), batch=1) as running:
         path = write_release(running.folder, "chain", services, "2.0.0", chained=True)
+        before = running.processor_ms()
         [timeline] = running.wait_for(running.submit([path]))
+        if processor is not None:
+            processor.append(processor_per_component(running, before, count))
     return timeline

@@ -31,6 +31,7 @@ from typing import Any, Final
 import redis
 from kombu.connection import Connection
 
+from bench.measure import Figure, Runs
 from bench.options import Options
 from orchestrator.client import Client
 from orchestrator.contract import Envelope
@@ -48,6 +49,8 @@ __all__ = [
     "cluster",
     "forget_keys",
     "fresh_namespace",
+    "processor_figures",
+    "processor_per_component",
     "service_names",
     "span_seconds",
     "write_fleet",
@@ -178,6 +181,11 @@ class Cluster:
         status = Path(f"/proc/{self.processes[name].pid}/status").read_text()
         line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024  # the kernel says kB
+
+    def processor_ms(self) -> dict[str, float]:
+        """The processor time (user and system, every thread) each process has used so
+        far, in milliseconds: what a release costs each role, less noisy than its time."""
+        return {name: _processor_ms(process.pid) for name, process in self.processes.items()}
 
     def _assert_alive(self) -> None:
         for name, process in self.processes.items():
@@ -340,6 +348,34 @@ def _forget_rabbitmq(amqp_url: str, namespace: str, services: Sequence[str]) -> 
 
 
 # --- what a release took --------------------------------------------------------------------
+
+
+def _processor_ms(pid: int) -> float:
+    # /proc/<pid>/stat: the command's name (field 2) may hold spaces, so the fields are
+    # counted after its closing parenthesis; utime and stime are fields 14 and 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def processor_per_component(
+    running: Cluster, before: Mapping[str, float], components: int
+) -> dict[str, float]:
+    """Each role's processor time since ``before``, in ms per component."""
+    return {
+        role: (used - before[role]) / components for role, used in running.processor_ms().items()
+    }
+
+
+def processor_figures(benchmark: str, per_run: Sequence[Mapping[str, float]]) -> list[Figure]:
+    """A figure per role of its processor time per component over the runs (no bare
+    side: the rate's ratio says how Drover compares; this says where its time went)."""
+    return [
+        Figure(
+            f"{benchmark} {role} processor",
+            Runs(f"{role} processor per component", "ms/comp", tuple(r[role] for r in per_run)),
+        )
+        for role in per_run[0]
+    ]
 
 
 def span_seconds(

@@ -18,7 +18,15 @@ from typing import Final
 from bench.bare import CELERY_TASKS, celery_worker
 from bench.measure import Figure, side_by_side
 from bench.options import Options
-from bench.processes import WORKER_CONCURRENCY, cluster, service_names, span_seconds, write_release
+from bench.processes import (
+    WORKER_CONCURRENCY,
+    cluster,
+    processor_figures,
+    processor_per_component,
+    service_names,
+    span_seconds,
+    write_release,
+)
 
 __all__ = ["COMPONENTS", "components_per_second", "run"]
 
@@ -26,13 +34,14 @@ COMPONENTS: Final = int(os.environ.get("BENCH_P1_COMPONENTS", "1000"))
 
 
 def run(options: Options) -> list[Figure]:
+    processor: list[dict[str, float]] = []
     with celery_worker(options, WORKER_CONCURRENCY) as worker:
         drover, bare = side_by_side(
             options.runs,
             (
                 "components per second",
                 "comp/s",
-                lambda: components_per_second(options, COMPONENTS),
+                lambda: components_per_second(options, COMPONENTS, processor),
             ),
             ("celery no-op", "task/s", lambda: worker.rate(CELERY_TASKS)),
         )
@@ -42,12 +51,20 @@ def run(options: Options) -> list[Figure]:
         "bare_tasks": CELERY_TASKS,
         "seconds_per_release": [round(COMPONENTS / rate, 2) for rate in drover.values],
     }
-    return [Figure(f"p1 wide ({COMPONENTS})", drover, bare, ">= 0.5", notes)]
+    wide = Figure(f"p1 wide ({COMPONENTS})", drover, bare, ">= 0.5", notes)
+    return [wide, *processor_figures("p1", processor)]
 
 
-def components_per_second(options: Options, count: int) -> float:
+def components_per_second(
+    options: Options, count: int, processor: list[dict[str, float]] | None = None
+) -> float:
+    """The rate of one wide release of ``count``; each role's processor time per
+    component goes to ``processor``, if given."""
     services = service_names(count)
     with cluster(options, "p1", dict.fromkeys(services, 1), batch=1) as running:
         path = write_release(running.folder, "wide", services, "2.0.0")
+        before = running.processor_ms()
         timelines = running.wait_for(running.submit([path]))
+        if processor is not None:
+            processor.append(processor_per_component(running, before, count))
     return count / span_seconds(timelines, first="ReleaseAccepted")
