@@ -27,6 +27,7 @@ BENCHMARKS: Final = {
     "latency": "bench.latency",  # from one component's end to the next one's command
     "floor": "bench.floor",  # the bare stack doing the least Drover's guarantees ask
     "intake": "bench.intake",  # taking commands off many queues: one per poll, or batched
+    "instructions": "bench.instructions",  # one component's cost to the worker, counted
 }
 
 

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -59,12 +59,16 @@ __all__ = [
     "CELERY_TASKS",
     "DROVERS",
     "KOMBUS",
+    "STORE_WRITE",
     "CeleryWorker",
+    "celery_app",
     "celery_noop_rate",
     "celery_round_trip",
     "celery_worker",
+    "floor_component",
     "kombu_rate",
     "kombu_round_trip",
+    "outcome_publisher",
     "run",
 ]
 
@@ -85,7 +89,7 @@ _REPLY_TASK: Final = "bench.reply"
 _FLOOR_TASK: Final = "bench.floor"
 # The least a durable write is: one key set in one Lua call (Drover's store calls are
 # Lua scripts or pipelines writing several keys each).
-_STORE_WRITE: Final = "return redis.call('SET', KEYS[1], ARGV[1])"
+STORE_WRITE: Final = "return redis.call('SET', KEYS[1], ARGV[1])"
 _ROOT: Final = Path(__file__).resolve().parents[1]
 
 
@@ -320,7 +324,7 @@ class CeleryWorker:
         self.queues = tuple(queues)
         self.namespace = namespace
         self.redis = redis.Redis.from_url(url)
-        self._store_write = self.redis.register_script(_STORE_WRITE)
+        self._store_write = self.redis.register_script(STORE_WRITE)
 
     def rate(self, tasks: int, store_calls: int | None = None) -> float:
         """Tasks/s from the first ``send_task`` to the last completion: no-ops, or floor
@@ -393,7 +397,7 @@ def celery_worker(
     """A bare Celery worker process on ``queues`` queues, up and consuming, and gone after;
     its connection on kombu's own transport, or on Drover's (``transport``)."""
     namespace = f"bench-bare-{uuid.uuid4().hex[:10]}"
-    app = _celery(options.broker_url, namespace)
+    app = celery_app(options.broker_url, namespace)
     threads = concurrency or WORKER_CONCURRENCY
     where = [options.broker_url, options.redis_url, namespace]
     arguments = [*where, str(queues), str(threads), transport]
@@ -421,7 +425,7 @@ def celery_worker(
         _forget(options, namespace, [*worker.queues, f"{namespace}.outcomes"])
 
 
-def _celery(broker_url: str, namespace: str, transport: str = KOMBUS) -> Celery:
+def celery_app(broker_url: str, namespace: str, transport: str = KOMBUS) -> Celery:
     """Drover's Celery app, on kombu's own transport (see the module's docstring) unless
     told to keep Drover's."""
     app = create_celery(broker_url, namespace, _VISIBILITY_TIMEOUT_S)
@@ -460,13 +464,39 @@ def _forget(options: Options, namespace: str, queues: Sequence[str]) -> None:
 # --- the worker process --------------------------------------------------------------------
 
 
+def outcome_publisher(app: Celery) -> Callable[[str, int], None]:
+    """Publish ``{"n": n}`` to a queue named ``name``, as a bare worker says it is done."""
+
+    def publish(name: str, n: int) -> None:
+        with app.producer_or_acquire() as producer:
+            producer.publish({"n": n}, **_route(_queue(name)))
+
+    return publish
+
+
+def floor_component(
+    store_write: Any,
+    publish: Callable[[str, int], None],
+    *,
+    key: str,
+    outcome: str,
+    n: int,
+    calls: int,
+) -> None:
+    """The least a one-host component does (:mod:`bench.floor`): ``calls`` durable writes
+    (``store_write``, a registered :data:`STORE_WRITE` script), then its outcome published."""
+    for call in range(calls):
+        store_write(keys=[key], args=[call])
+    publish(outcome, n)
+
+
 def _worker_main(
     broker_url: str, redis_url: str, namespace: str, queues: str, threads: str, *, transport: str
 ) -> None:
     """A Celery worker with Drover's configuration and three tasks of its own."""
-    app = _celery(broker_url, namespace, transport)
+    app = celery_app(broker_url, namespace, transport)
     store = redis.Redis.from_url(redis_url)
-    store_write = store.register_script(_STORE_WRITE)
+    store_write = store.register_script(STORE_WRITE)
 
     def count(counter: str, total: int) -> None:
         # The task that brings the count to the total writes the time: the last
@@ -474,9 +504,7 @@ def _worker_main(
         if store.incr(counter) == total:
             store.set(f"{counter}:done", repr(time.time()))
 
-    def publish(name: str, n: int) -> None:
-        with app.producer_or_acquire() as producer:
-            producer.publish({"n": n}, **_route(_queue(name)))
+    publish = outcome_publisher(app)
 
     @app.task(name=_NOOP_TASK)  # type: ignore[untyped-decorator]
     def noop(counter: str, total: int) -> None:
@@ -488,9 +516,9 @@ def _worker_main(
 
     @app.task(name=_FLOOR_TASK)  # type: ignore[untyped-decorator]
     def floor(n: int, outcome: str, calls: int, counter: str | None, total: int) -> None:
-        for call in range(calls):
-            store_write(keys=[f"{namespace}:floor:{n}"], args=[call])
-        publish(outcome, n)
+        floor_component(
+            store_write, publish, key=f"{namespace}:floor:{n}", outcome=outcome, n=n, calls=calls
+        )
         if counter is not None:
             count(counter, total)
 

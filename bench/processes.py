@@ -47,6 +47,7 @@ __all__ = [
     "WORKER_CONCURRENCY",
     "Cluster",
     "cluster",
+    "forget",
     "forget_keys",
     "fresh_namespace",
     "processor_figures",
@@ -228,7 +229,7 @@ def cluster(
             parts.close()
             worker = running.processes.get("worker")
             worker_pid = worker.pid if worker else None
-            _forget(options, namespace, parts.fleet.service_names(), worker_pid)
+            forget(options, namespace, parts.fleet.service_names(), worker_pid)
 
 
 def _settings(options: Options, namespace: str, fleet_path: Path) -> Settings:
@@ -300,8 +301,8 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 # --- what a cluster leaves behind ----------------------------------------------------------
 
 
-def _forget(
-    options: Options, namespace: str, services: Sequence[str], worker_pid: int | None
+def forget(
+    options: Options, namespace: str, services: Sequence[str], worker_pid: int | None = None
 ) -> None:
     """Remove store keys, kombu's Redis keys or RabbitMQ's queues and exchanges."""
     forget_keys(options.redis_url, namespace)
@@ -337,7 +338,7 @@ def _forget_pidbox(redis_url: str, worker_pid: int) -> None:
 def _forget_rabbitmq(amqp_url: str, namespace: str, services: Sequence[str]) -> None:
     # The names orchestrator.bus.Topology and Celery's default queue give them.
     queues = ["commands", "coordinator", "default", *(f"svc.{s}" for s in services)]
-    exchanges = ["commands", "events", "default", *(f"svc.{s}" for s in services)]
+    exchanges = ["commands", "events", "progress", "default", *(f"svc.{s}" for s in services)]
     with Connection(amqp_url) as connection:
         channel = connection.channel()
         for queue in queues:

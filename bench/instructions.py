@@ -1,0 +1,157 @@
+"""Instructions: what carrying out one component costs the worker, counted, not timed.
+
+On a shared machine a rate moves by a third from one run to the next, and so does the
+processor time behind it: a change worth a tenth is lost in that. The number of machine
+instructions a piece of work executes does not move (valgrind's ``callgrind`` counts
+them; what else the machine is doing changes nothing). This benchmark counts, in a
+process of its own under ``callgrind``:
+
+* **drover**: a worker's runner (``workers.tasks.ComponentRunner``) carrying out one-host
+  deploy commands one after another in one thread, as a Celery worker thread does, with
+  the store and the bus of a worker (Redis, and the broker chosen), a simulated driver
+  with no latency, and Drover's default logging;
+* **floor**: the floor's component (:mod:`bench.floor`): its nine durable writes, then
+  its outcome published, and nothing else.
+
+Each is run twice, with ``BENCH_INSTRUCTIONS_COMPONENTS`` (default ``20,60``) components,
+and the difference between the two counts over the difference in components is what one
+component costs: start-up, imports and the first command fall out. Celery's consumer,
+which hands commands to the runner, is left out of both: this measures what Drover does
+with a command. Needs valgrind; each side takes about half a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Final
+
+import redis
+
+from bench.bare import STORE_WRITE, celery_app, floor_component, outcome_publisher
+from bench.floor import WORKER_STORE_CALLS
+from bench.measure import Figure, Runs
+from bench.options import Options
+from bench.processes import ENVIRONMENT, forget, fresh_namespace, service_names, write_fleet
+
+__all__ = ["run"]
+
+SIZES: Final = tuple(
+    int(n) for n in os.environ.get("BENCH_INSTRUCTIONS_COMPONENTS", "20,60").split(",")
+)
+SIDES: Final = ("drover", "floor")
+_COLLECTED: Final = re.compile(r"Collected : (\d+)")
+
+
+def run(options: Options) -> list[Figure]:
+    if shutil.which("valgrind") is None:
+        raise RuntimeError("the instructions benchmark needs valgrind (Debian's valgrind)")
+    if len(SIZES) != 2 or not 0 < SIZES[0] < SIZES[1]:
+        raise ValueError(f"BENCH_INSTRUCTIONS_COMPONENTS: two sizes, smaller first, not {SIZES}")
+    drover, floor = (_per_component(options, side) for side in SIDES)
+    notes = {"components": list(SIZES), "floor_store_calls": WORKER_STORE_CALLS}
+    return [
+        Figure(
+            "instructions per component",
+            Runs("worker's runner, one thread", "M instr", (drover / 1e6,)),
+            Runs("floor component, one thread", "M instr", (floor / 1e6,)),
+            notes=notes,
+            sides=("drover", "floor"),
+        )
+    ]
+
+
+def _per_component(options: Options, side: str) -> float:
+    small, large = (_instructions(options, side, n) for n in SIZES)
+    return (large - small) / (SIZES[1] - SIZES[0])
+
+
+def _instructions(options: Options, side: str, components: int) -> int:
+    """Instructions a child process executes carrying out ``components`` on ``side``."""
+    namespace = fresh_namespace("instr")
+    with tempfile.TemporaryDirectory(prefix=f"{namespace}-") as scratch:
+        report = Path(scratch) / "callgrind.log"
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            f"--log-file={report}",
+            sys.executable,
+            "-m",
+            "bench.instructions",
+            side,
+            str(components),
+            options.broker_url,
+            options.redis_url,
+            namespace,
+            scratch,
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+        finally:
+            forget(options, namespace, service_names(components + 1))
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{side} ({components}) exited {done.returncode}: {done.stderr[-3000:]}"
+            )
+        found = _COLLECTED.search(report.read_text())
+    if found is None:
+        raise RuntimeError(f"callgrind reported no count for {side} ({components})")
+    return int(found.group(1))
+
+
+# --- in the counted process ------------------------------------------------------------------
+
+
+def _drover(components: int, broker_url: str, redis_url: str, namespace: str, folder: Path) -> None:
+    from orchestrator.contract import DeployComponent, envelope
+    from orchestrator.observability import configure_logging
+    from orchestrator.plans import load_fleet
+    from orchestrator.runtime import connect
+    from orchestrator.settings import Settings
+    from workers.tasks import ComponentRunner, WorkerLimits
+
+    configure_logging("json", "info")  # Drover's default: its logging is part of its cost
+    services = service_names(components + 1)  # the first warms up, and is not counted
+    fleet = write_fleet(folder, dict.fromkeys(services, 1), batch=1)
+    settings = Settings(
+        broker_url=broker_url, store_url=redis_url, namespace=namespace, fleet=fleet
+    )
+    parts = connect(settings, load_fleet(fleet))
+    try:
+        parts.bus.declare()
+        runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
+        release_id = uuid.uuid4().hex[:12]
+        for service in services:
+            command = DeployComponent(environment=ENVIRONMENT, service=service, version="2.0.0")
+            runner.deploy(envelope(command, release_id=release_id, actor="bench").to_wire())
+    finally:
+        parts.close()
+
+
+def _floor(components: int, broker_url: str, redis_url: str, namespace: str) -> None:
+    app = celery_app(broker_url, namespace)
+    publish = outcome_publisher(app)
+    store = redis.Redis.from_url(redis_url)
+    store_write = store.register_script(STORE_WRITE)
+    outcome = f"{namespace}.outcomes"
+    for n in range(components + 1):
+        key = f"{namespace}:floor:{n}"
+        floor_component(
+            store_write, publish, key=key, outcome=outcome, n=n, calls=WORKER_STORE_CALLS
+        )
+    store.close()
+
+
+if __name__ == "__main__":
+    side, count, broker, store_url, space, scratch_folder = sys.argv[1:7]
+    if side == "drover":
+        _drover(int(count), broker, store_url, space, Path(scratch_folder))
+    else:
+        _floor(int(count), broker, store_url, space)
