@@ -35,6 +35,7 @@ from orchestrator.store import (
     shared,
 )
 from orchestrator.store.keys import Keys
+from orchestrator.store.redis_scripts import ScriptRunner
 
 __all__ = ["RedisStore"]
 
@@ -317,6 +318,7 @@ class RedisStore:
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
         )
+        self._scripts = ScriptRunner(self._client)
         # Registered once: later calls send only the script's SHA (EVALSHA).
         self._commit_script = self._client.register_script(_COMMIT_LUA)
         self._lease_script = self._client.register_script(_LEASE_LUA)
@@ -397,7 +399,7 @@ class RedisStore:
             args += [message.id, message.encode()]
         args += [message.encode() for message in timeline]
         with _translated():
-            result = self._commit_script(keys=keys, args=args)
+            result = self._scripts(self._commit_script, keys, args)
         return CommitResult(_text(result))
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
@@ -436,7 +438,7 @@ class RedisStore:
     def record_reports(self, word: Word) -> None:
         keys, args = self._word(word)
         with _translated():
-            self._record_reports_script(keys=keys, args=args)
+            self._scripts(self._record_reports_script, keys, args)
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""
@@ -539,7 +541,7 @@ class RedisStore:
         keys = [key, effects, self._keys.service_state(environment, service)]
         args = [change, member, value, counted, PEAK_DRAINED]
         with _translated():
-            return bool(self._fleet_change(keys=keys, args=args))
+            return bool(self._scripts(self._fleet_change, keys, args))
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -574,11 +576,11 @@ class RedisStore:
     def _lease(self, name: str, owner: str, ttl_s: float, *, may_take: bool) -> bool:
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), "1" if may_take else "0"]
         with _translated():
-            return bool(self._lease_script(keys=[self._keys.lease(name)], args=args))
+            return bool(self._scripts(self._lease_script, [self._keys.lease(name)], args))
 
     def release_lease(self, name: str, owner: str) -> None:
         with _translated():
-            self._release_lease_script(keys=[self._keys.lease(name)], args=[owner])
+            self._scripts(self._release_lease_script, [self._keys.lease(name)], [owner])
 
     def lease_holder(self, name: str) -> str | None:
         with _translated():
@@ -588,7 +590,7 @@ class RedisStore:
     def record_progress(self, command_id: str, host: str, step: str) -> None:
         done = json.dumps([host, step])
         with _translated():
-            self._progress_script(keys=[self._keys.progress(command_id)], args=[done])
+            self._scripts(self._progress_script, [self._keys.progress(command_id)], [done])
 
     def progress(self, command_id: str) -> dict[str, list[str]]:
         with _translated():
@@ -598,7 +600,7 @@ class RedisStore:
     def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
         key = self._keys.outcome(command_id)
         with _translated():
-            kept = self._keep_first_script(keys=[key], args=[outcome.encode()])
+            kept = self._scripts(self._keep_first_script, [key], [outcome.encode()])
         return shared.kept_outcome(outcome, _bytes(kept))
 
     def outcome(self, command_id: str) -> Envelope | None:
@@ -609,7 +611,7 @@ class RedisStore:
     def count_attempt(self, message_id: str) -> int:
         key = self._keys.attempts(message_id)
         with _translated():
-            return int(self._count_attempt_script(keys=[key], args=[self._attempt_ttl_ms]))
+            return int(self._scripts(self._count_attempt_script, [key], [self._attempt_ttl_ms]))
 
     def claim_work(
         self,
@@ -629,7 +631,7 @@ class RedisStore:
         keys += release_keys + [self._keys.progress(journal) for journal in journals]
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms, name]
         with _translated():
-            found = self._claim_work_script(keys=keys, args=args)
+            found = self._scripts(self._claim_work_script, keys, args)
         if found[0] is not None:
             return Claim(outcome=decode(_bytes(found[0])), taken=False, holder=None, attempts=0)
         if len(found) == 2:
@@ -660,7 +662,7 @@ class RedisStore:
             keys += word_keys
             args += word_args
         with _translated():
-            kept = self._finish_work_script(keys=keys, args=args)
+            kept = self._scripts(self._finish_work_script, keys, args)
         return shared.kept_outcome(outcome, _bytes(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------
@@ -668,13 +670,13 @@ class RedisStore:
     def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
         args = [*self._lock_prefixes, release_id, *keys]
         with _translated():
-            holds = self._acquire_locks_script(keys=[self._keys.lock_sequence], args=args)
+            holds = self._scripts(self._acquire_locks_script, [self._keys.lock_sequence], args)
         return bool(holds)
 
     def release_locks(self, release_id: str) -> list[str]:
         args = [*self._lock_prefixes, release_id]
         with _translated():
-            starting = self._release_locks_script(keys=[], args=args)
+            starting = self._scripts(self._release_locks_script, [], args)
         return [_text(release) for release in starting]
 
     def lock_queue(self, key: str) -> list[str]:
