@@ -1,7 +1,8 @@
 """The fleet's service queues, declared by the coordinator as it starts, on real brokers.
 
 A command sent to a service whose workers have never started must wait in the service's
-queue; a direct exchange with nothing bound to it would drop it.
+queue; a direct exchange with nothing bound to it would drop it. A command there says in
+Celery's task headers what it is, for Celery's monitors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import redis
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
+from orchestrator.contract import DeployComponent, decode, envelope
 from orchestrator.runtime import Parts
 from tests.support.listening import connected_parts
 
@@ -71,3 +73,23 @@ def test_every_service_queue_holds_a_command_sent_before_any_worker_started(
             assert message.payload == {"for": service}
             message.ack()
             waiting.close()
+
+
+def test_a_command_tells_celerys_monitors_what_it_is(parts: Parts) -> None:
+    command = envelope(
+        DeployComponent(environment="staging", service="web", version="2.0.0"),
+        release_id="r1",
+        actor="test",
+    )
+
+    parts.bus.publish(command)
+
+    with Connection(parts.settings.broker_url) as connection:
+        waiting = connection.SimpleQueue(parts.bus.topology.service_queue("web"))
+        message = waiting.get(timeout=5)
+        message.ack()
+        waiting.close()
+    assert message.headers["argsrepr"] == f"(DeployComponent {command.id} of release r1,)"
+    assert message.headers["kwargsrepr"] == "{}"
+    args, kwargs, _ = message.payload
+    assert decode(args[0]) == command and kwargs == {}  # the command itself, whole
