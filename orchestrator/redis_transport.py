@@ -1,7 +1,7 @@
 # kombu ships no annotations for its transports (as for orchestrator.bus in pyproject.toml).
 # mypy: disallow-subclassing-any=False, disallow-untyped-calls=False
-"""kombu's Redis transport, with one redis-py client per channel, a batched intake, and
-the list of queues consumed kept between polls.
+"""kombu's Redis transport, with one redis-py client per channel, a batched intake, the
+list of queues consumed kept between polls, and commands packed in C.
 
 **One client.** Outside its poll, kombu's Redis channel makes a new redis-py client for
 every operation: each publish makes two (one to read the exchange's bindings, one to push
@@ -36,6 +36,12 @@ every turn of the event loop (``active_queues``, from every queue consumed: a th
 for a worker of a wide fleet); the channel keeps it until a consumer is added or
 cancelled.
 
+**Packed in C.** redis-py encodes every argument of a command in Python before hiredis
+packs them: a ``BRPOP`` naming a thousand queues took 0.57 ms of the poll to pack, 0.08 ms
+packed by hiredis directly, and the worker's poll holds the interpreter while a command
+it has just handed over waits to start. The channel's connections pack what hiredis
+can pack themselves (the same bytes), and leave the rest to redis-py.
+
 Everything else is kombu's: the same keys, the same records of unacknowledged messages,
 acknowledgement and redelivery (the visibility timeout), so Drover's processes and any
 other kombu or Celery process share queues as before. The take's script declares itself
@@ -56,6 +62,7 @@ from contextlib import contextmanager
 from queue import Empty
 from typing import Any, Final
 
+import hiredis
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -210,6 +217,11 @@ class Channel(kombu_redis.Channel):
             self._consumed = super().active_queues
         return self._consumed
 
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        params["connection_class"] = _packed_in_c(params["connection_class"])
+        return params
+
     # --- the poll: a take while messages keep coming, else kombu's BRPOP -------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
@@ -335,6 +347,33 @@ def _read(lists: list[str], reply: list[Any]) -> tuple[list[str], list[tuple[str
     looked, taken = reply[0], reply[1:]
     pairs = zip(taken[::2], taken[1::2], strict=True)
     return lists[:looked], [(lists[index - 1], raw) for index, raw in pairs]
+
+
+def _packed_in_c(connection_class: type[redis.Connection]) -> type[redis.Connection]:
+    """``connection_class``, sending what hiredis can pack without redis-py's encoding."""
+
+    class PackedInC(connection_class):  # type: ignore[valid-type,misc]
+        def send_command(self, *args: Any, **kwargs: Any) -> None:
+            packed = command_packed(args)
+            if packed is None:
+                super().send_command(*args, **kwargs)
+                return
+            self.send_packed_command([packed], check_health=kwargs.get("check_health", True))
+
+    return PackedInC
+
+
+def command_packed(args: tuple[Any, ...]) -> bytes | None:
+    """The command ``args`` as redis-py would send it, packed by hiredis; None where
+    redis-py must do it: a command named in two words ("CLIENT SETNAME"), which it
+    splits, or an argument hiredis does not take, which it refuses with its own error."""
+    if not args or (isinstance(args[0], str) and " " in args[0]):
+        return None
+    try:
+        packed: bytes = hiredis.pack_command(args)
+    except TypeError:
+        return None
+    return packed
 
 
 class Transport(kombu_redis.Transport):
