@@ -11,10 +11,11 @@ argument encoded in Python. That was a fifth of all the worker did for a compone
 connection taken from a stack the store keeps: about 35,000.
 
 What is kept of redis-py is what matters: its connections, made by the client's pool from
-the store's URL (password, TLS, database, timeouts), and its retry policy, applied as its
-client applies it (a broken connection is dropped, made again and the call sent again,
-with backoff). A Redis that has forgotten a script (restarted without it, or flushed)
-is sent the script whole, as redis-py's ``Script`` would load it again.
+the store's URL (password, TLS, database, timeouts), each checked before use as the pool
+checks what it hands out, and the connection's retry policy, applied as redis-py's client
+applies it (a connection that fails is dropped; the URL's policy says whether the call is
+sent again). A Redis that has forgotten a script (restarted without it, or flushed) is
+sent the script whole, as redis-py's ``Script`` would load it again.
 """
 
 from __future__ import annotations
