@@ -350,7 +350,10 @@ def test_events_delivered_out_of_order(
     folders = (tmp_path, tmp_path_factory)
     # Flag flips side by side: outcomes close together, for the drill to shuffle (what a
     # worker sends the coordinator is its outcomes; its step reports go to the store).
-    flips = [{"service": "cache", "flag": f"shuffled-{n}"} for n in range(6)]
+    # Ten, made within milliseconds of each other and each held back a random time up to
+    # 400 ms: that they arrive in the order they happened is a chance of one in 10!
+    # (3.6 million). Six made it one in 720, and a run of CI met it.
+    flips = [{"service": "cache", "flag": f"shuffled-{n}"} for n in range(10)]
     ended = release_under_drill(
         broker, components + flips, expected, folders, fleet, drill_reorder_events_ms="400"
     )
