@@ -21,7 +21,6 @@ from bench.processes import (
     WORKER_CONCURRENCY,
     cluster,
     processor_figures,
-    processor_per_component,
     service_names,
     span_seconds,
     write_release,
@@ -63,8 +62,6 @@ def chain_timeline(
     services = service_names(count)
     with cluster(options, "p2", dict.fromkeys(services, 1), batch=1) as running:
         path = write_release(running.folder, "chain", services, "2.0.0", chained=True)
-        before = running.processor_ms()
-        [timeline] = running.wait_for(running.submit([path]))
-        if processor is not None:
-            processor.append(processor_per_component(running, before, count))
+        with running.processor_per_component(count, processor):
+            [timeline] = running.wait_for(running.submit([path]))
     return timeline

@@ -39,6 +39,12 @@ from bench.floor import WORKER_STORE_CALLS
 from bench.measure import Figure, Runs
 from bench.options import Options
 from bench.processes import ENVIRONMENT, forget, fresh_namespace, service_names, write_fleet
+from orchestrator.contract import DeployComponent, envelope
+from orchestrator.observability import configure_logging
+from orchestrator.plans import load_fleet
+from orchestrator.runtime import connect
+from orchestrator.settings import Settings
+from workers.tasks import ComponentRunner, WorkerLimits
 
 __all__ = ["run"]
 
@@ -110,13 +116,6 @@ def _instructions(options: Options, side: str, components: int) -> int:
 
 
 def _drover(components: int, broker_url: str, redis_url: str, namespace: str, folder: Path) -> None:
-    from orchestrator.contract import DeployComponent, envelope
-    from orchestrator.observability import configure_logging
-    from orchestrator.plans import load_fleet
-    from orchestrator.runtime import connect
-    from orchestrator.settings import Settings
-    from workers.tasks import ComponentRunner, WorkerLimits
-
     configure_logging("json", "info")  # Drover's default: its logging is part of its cost
     services = service_names(components + 1)  # the first warms up, and is not counted
     fleet = write_fleet(folder, dict.fromkeys(services, 1), batch=1)

@@ -51,7 +51,6 @@ __all__ = [
     "forget_keys",
     "fresh_namespace",
     "processor_figures",
-    "processor_per_component",
     "service_names",
     "span_seconds",
     "write_fleet",
@@ -183,9 +182,20 @@ class Cluster:
         line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024  # the kernel says kB
 
-    def processor_ms(self) -> dict[str, float]:
-        """The processor time (user and system, every thread) each process has used so
-        far, in milliseconds: what a release costs each role, less noisy than its time."""
+    @contextmanager
+    def processor_per_component(
+        self, components: int, into: list[dict[str, float]] | None
+    ) -> Iterator[None]:
+        """Each role's processor time (user and system, every thread) over the block, in
+        ms per component, added to ``into`` if given: what a release costs each role, less
+        noisy than its time."""
+        before = self._processor_ms()
+        yield
+        if into is not None:
+            after = self._processor_ms()
+            into.append({role: (after[role] - before[role]) / components for role in after})
+
+    def _processor_ms(self) -> dict[str, float]:
         return {name: _processor_ms(process.pid) for name, process in self.processes.items()}
 
     def _assert_alive(self) -> None:
@@ -356,15 +366,6 @@ def _processor_ms(pid: int) -> float:
     # counted after its closing parenthesis; utime and stime are fields 14 and 15.
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def processor_per_component(
-    running: Cluster, before: Mapping[str, float], components: int
-) -> dict[str, float]:
-    """Each role's processor time since ``before``, in ms per component."""
-    return {
-        role: (used - before[role]) / components for role, used in running.processor_ms().items()
-    }
 
 
 def processor_figures(benchmark: str, per_run: Sequence[Mapping[str, float]]) -> list[Figure]:

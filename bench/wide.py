@@ -22,7 +22,6 @@ from bench.processes import (
     WORKER_CONCURRENCY,
     cluster,
     processor_figures,
-    processor_per_component,
     service_names,
     span_seconds,
     write_release,
@@ -63,8 +62,6 @@ def components_per_second(
     services = service_names(count)
     with cluster(options, "p1", dict.fromkeys(services, 1), batch=1) as running:
         path = write_release(running.folder, "wide", services, "2.0.0")
-        before = running.processor_ms()
-        timelines = running.wait_for(running.submit([path]))
-        if processor is not None:
-            processor.append(processor_per_component(running, before, count))
+        with running.processor_per_component(count, processor):
+            timelines = running.wait_for(running.submit([path]))
     return count / span_seconds(timelines, first="ReleaseAccepted")
