@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from celery import Celery
 from kombu.connection import Connection
@@ -193,7 +193,7 @@ class Bus:
         self._producers = ProducerPool(self._connection.Pool(limit=32), limit=32)
         self._declared = False
         self._declare_lock = threading.Lock()
-        self._service_queues: dict[str, Queue] = {}  # by service, bound to a channel
+        self._bound: dict[str, Any] = {}  # queues and exchanges, bound to a producer's channel
         self._feed = ProgressFeed(self._publish_progress_now, progress_every_s)
 
     def declare(self) -> None:
@@ -281,6 +281,7 @@ class Bus:
         else:
             body, headers = encode_batch(message), _headers(message[0], batch=len(message))
         with self._producers.acquire(block=True) as producer:
+            exchange = self._bound_to(producer.channel, f"exchange {exchange.name}", exchange)
             producer.publish(
                 body,
                 exchange=exchange,
@@ -303,7 +304,11 @@ class Bus:
                 _TASKS[type(message.payload)],
                 args=[message.to_wire()],
                 task_id=message.id,
-                queue=self._service_queue(service, producer.channel),
+                queue=self._bound_to(
+                    producer.channel,
+                    f"queue of {service}",
+                    functools.partial(self.topology.service_queue, service),
+                ),
                 producer=producer,
                 headers=_headers(message),
                 # What Celery shows of a task's arguments in its events and monitors: left to
@@ -314,17 +319,19 @@ class Bus:
                 **_PUBLISH_LIMITS,
             )
 
-    def _service_queue(self, service: str, channel: Any) -> Queue:
-        """``service``'s queue, bound to ``channel``: a command declares its queue on the
-        way (:meth:`declare_service_queues`), and kombu, before it finds the queue among
-        those it has declared, copies a queue not yet bound to a channel (with its
-        exchange and binding) to bind it, which was a third of what sending cost. The
-        producer's channel changes only with its connection."""
-        queue = self._service_queues.get(service)
-        if queue is None or queue.channel is not channel:
-            queue = self.topology.service_queue(service).bind(channel)
-            self._service_queues[service] = queue
-        return queue
+    def _bound_to(self, channel: Any, key: str, entity: _Entity | Callable[[], _Entity]) -> _Entity:
+        """The queue or exchange a publish declares on the way, bound to the producer's
+        ``channel`` and kept under ``key`` until that changes (with its connection).
+
+        kombu, before it finds an entity among those it has declared, copies one not
+        bound to a channel to bind it (a queue with its exchange and binding): a third of
+        what sending a command cost. ``entity`` is made only when it must be bound anew.
+        """
+        bound = self._bound.get(key)
+        if bound is None or bound.channel is not channel:
+            unbound = entity if isinstance(entity, Queue | Exchange) else entity()
+            bound = self._bound[key] = unbound.bind(channel)
+        return bound  # type: ignore[no-any-return]  # kombu's bind is not annotated
 
     def consume(
         self,
@@ -383,6 +390,8 @@ class Bus:
         self._connection.release()
         self.metrics.close()
 
+
+_Entity = TypeVar("_Entity", Queue, Exchange)
 
 _PUBLISH_LIMITS: Final[dict[str, Any]] = {
     "timeout": _PUBLISH_TIMEOUT_S,
