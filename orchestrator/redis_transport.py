@@ -83,6 +83,8 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from orchestrator.redis_calls import Argument, KeptConnections, Lua
+
 __all__ = ["Channel", "Transport", "transport_for"]
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ _LOOK_AT_PER_MESSAGE: Final = 8
 # round looked at, then the index (from 1) of each list taken from and the message, in
 # turn. A message the script cannot read (not kombu's JSON, no delivery tag) goes back
 # where it was and ends the take: kombu's BRPOP, next, deals with it as it always has.
-_TAKE: Final = """#!lua
+_TAKE: Final = Lua("""#!lua
 local function record(raw)
   local ok, message = pcall(cjson.decode, raw)
   local properties = ok and type(message) == 'table' and message['properties']
@@ -163,7 +165,7 @@ while #lists > 0 do
   lists = still
 end
 return taken
-"""
+""")
 
 
 # The exchange types whose routing kombu does in Python from the bindings alone (fanout
@@ -181,7 +183,7 @@ _ROUTE_TRIES: Final = 3
 # for a message routed nowhere). Pushes the message onto each list if the set holds
 # exactly those bindings, and returns how many lists it pushed to; otherwise pushes
 # nothing and returns the bindings as they are now.
-_ROUTE: Final = """#!lua
+_ROUTE: Final = Lua("""#!lua
 local known = #ARGV - 1
 if redis.call('SCARD', KEYS[1]) == known then
   local same = true
@@ -201,7 +203,15 @@ if redis.call('SCARD', KEYS[1]) == known then
   end
 end
 return redis.call('SMEMBERS', KEYS[1])
-"""
+""")
+
+# KEYS: 1 the unacknowledged messages' index, 2 the unacknowledged messages. ARGV: 1 the
+# delivery tag of a message acknowledged. As kombu's acknowledgement, in one step. No
+# flags: a Redis out of memory still takes what only frees it, as it takes kombu's.
+_FORGET: Final = Lua("""
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+""")
 
 
 @dataclass(frozen=True)
@@ -227,11 +237,29 @@ class QoS(kombu_redis.QoS):
         else:
             super().append(message, delivery_tag)
 
+    def ack(self, delivery_tag: str) -> None:
+        self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:  # kombu's own: put back where it was, in one transaction
+            super().reject(delivery_tag, requeue=True)
+            return
+        self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _forget(self, delivery_tag: str) -> None:
+        """Remove the record of a message handled (kombu's two, in one call; kombu's own
+        way where Redis refuses the script)."""
+        if not self.channel.forgot(delivery_tag):
+            self._remove_from_indices(delivery_tag).execute()
+
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
 
     _operations_client: redis.Redis | None = None
+    _kept: KeptConnections | None = None
     _in_poll: Any = None  # kombu's: the connection a BRPOP (here, or a take) is in flight on
     # The lists of the take in flight and how many it asked for (None: a BRPOP or nothing
     # is in flight), and whether the next poll takes (the last take came back full).
@@ -257,6 +285,35 @@ class Channel(kombu_redis.Channel):
         if cached is None or cached.connection_pool is not pool:
             cached = self._operations_client = self._create_client()
         yield cached
+
+    @property
+    def calls(self) -> KeptConnections:
+        """Calls past redis-py's client (:mod:`orchestrator.redis_calls`), on connections of
+        the channel's pool, kept until kombu replaces the pool."""
+        pool = self.pool
+        kept = self._kept
+        if kept is None or kept.pool is not pool:
+            kept = self._kept = KeptConnections(pool)
+        return kept
+
+    def forgot(self, delivery_tag: str) -> bool:
+        """Whether the record of a message handled was removed in one call (False: Redis
+        refused the script)."""
+        prefix = self.global_keyprefix
+        records = [prefix + self.unacked_index_key, prefix + self.unacked_key]
+        try:
+            self.calls.script(_FORGET, records, [delivery_tag])
+        except self.ResponseError as refused:
+            self._refused("an acknowledgement in one call", refused)
+            return False
+        return True
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if "_publish_batch" in kwargs or queue in self._expires:
+            super()._put(queue, message, **kwargs)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        self.calls.command("LPUSH", self.global_keyprefix + key, dumps(message))
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
@@ -297,13 +354,14 @@ class Channel(kombu_redis.Channel):
             super()._brpop_start(timeout)
             return
         most = self._room()
-        lists, command = self._take_command(most)
+        lists, keys, args = self._take_of(most)
         if not lists:
             return
         self._taking = lists, most
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's, None at rest
-        self.client.connection.send_command(*command)
+        # Read as the poll reads its BRPOP: a script Redis has not seen cannot be sent again.
+        self.client.connection.send_command("EVAL", _TAKE.script, len(keys), *keys, *args)
 
     def _brpop_read(self, **options: Any) -> bool:
         taking, self._taking = self._taking, None
@@ -347,10 +405,9 @@ class Channel(kombu_redis.Channel):
             self._backlog = False
             self._deliver_recorded([], [(queue, raw)])  # nothing to record, no room for more
             return True
-        lists, command = self._take_command(most, first=raw if acknowledged else None)
+        lists, keys, args = self._take_of(most, first=raw if acknowledged else None)
         try:
-            with self.conn_or_acquire() as client:
-                taken = client.execute_command(*command)
+            taken = self.calls.script(_TAKE, keys, args)
         except self.ResponseError as refused:
             self._refused("the batched take", refused)
             self._backlog = False
@@ -397,10 +454,7 @@ class Channel(kombu_redis.Channel):
             lists = [self.global_keyprefix + self._q_for_pri(q, priority) for q in queues]
             keys = (bindings_key, *lists)
             try:
-                with self.conn_or_acquire() as client:
-                    reply = client.execute_command(
-                        "EVAL", _ROUTE, len(keys), *keys, payload, *bindings.members
-                    )
+                reply = self.calls.script(_ROUTE, keys, [payload, *bindings.members])
             except self.ResponseError as refused:
                 self._refused("a publish in one call", refused)
                 return False
@@ -433,9 +487,11 @@ class Channel(kombu_redis.Channel):
         room = self.qos.can_consume_max_estimate()
         return _TAKE_AT_MOST if room is None else min(room, _TAKE_AT_MOST)
 
-    def _take_command(self, most: int, first: bytes | None = None) -> tuple[list[str], list[Any]]:
+    def _take_of(
+        self, most: int, first: bytes | None = None
+    ) -> tuple[list[str], list[str], list[Argument]]:
         """The lists a take tries, in kombu's order (none when it takes none), and the
-        take's command."""
+        take's keys and arguments."""
         queues = self._queue_cycle.consume(most * _LOOK_AT_PER_MESSAGE)
         steps = self.priority_steps
         lists = [queue for _ in steps for queue in queues]
@@ -443,17 +499,8 @@ class Channel(kombu_redis.Channel):
         marks = "".join("n" if queue in self._unacknowledged_queues else "a" for queue in lists)
         records = (self.unacked_index_key, self.unacked_key)
         prefix = self.global_keyprefix
-        command = [
-            "EVAL",
-            _TAKE,
-            len(keys) + 2,
-            *(prefix + key for key in (*records, *keys)),
-            time.time(),
-            most,
-            marks,
-            *([] if first is None else [first]),
-        ]
-        return lists, command
+        args: list[Argument] = [time.time(), most, marks, *([] if first is None else [first])]
+        return lists, [prefix + key for key in (*records, *keys)], args
 
     def _deliver_recorded(self, looked: list[str], messages: list[tuple[str, bytes]]) -> None:
         """Deliver what a take recorded, each queue served going to the end of the order,

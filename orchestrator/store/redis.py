@@ -20,6 +20,7 @@ import redis
 from redis.exceptions import RedisError
 
 from orchestrator.contract import Envelope, decode
+from orchestrator.redis_calls import KeptConnections, Lua
 from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
@@ -35,7 +36,6 @@ from orchestrator.store import (
     shared,
 )
 from orchestrator.store.keys import Keys
-from orchestrator.store.redis_scripts import ScriptRunner
 
 __all__ = ["RedisStore"]
 
@@ -318,20 +318,20 @@ class RedisStore:
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
         )
-        self._scripts = ScriptRunner(self._client)
-        # Registered once: later calls send only the script's SHA (EVALSHA).
-        self._commit_script = self._client.register_script(_COMMIT_LUA)
-        self._lease_script = self._client.register_script(_LEASE_LUA)
-        self._release_lease_script = self._client.register_script(_RELEASE_LEASE_LUA)
-        self._keep_first_script = self._client.register_script(_KEEP_FIRST_LUA)
-        self._count_attempt_script = self._client.register_script(_COUNT_ATTEMPT_LUA)
-        self._claim_work_script = self._client.register_script(_CLAIM_WORK_LUA)
-        self._finish_work_script = self._client.register_script(_FINISH_WORK_LUA)
-        self._progress_script = self._client.register_script(_PROGRESS_LUA)
-        self._record_reports_script = self._client.register_script(_RECORD_REPORTS_LUA)
-        self._fleet_change = self._client.register_script(_FLEET_CHANGE_LUA)
-        self._acquire_locks_script = self._client.register_script(_ACQUIRE_LOCKS_LUA)
-        self._release_locks_script = self._client.register_script(_RELEASE_LOCKS_LUA)
+        self._calls = KeptConnections(self._client.connection_pool)
+        # Sent by their SHA (EVALSHA), and whole only to a Redis that has not seen them.
+        self._commit_script = Lua(_COMMIT_LUA)
+        self._lease_script = Lua(_LEASE_LUA)
+        self._release_lease_script = Lua(_RELEASE_LEASE_LUA)
+        self._keep_first_script = Lua(_KEEP_FIRST_LUA)
+        self._count_attempt_script = Lua(_COUNT_ATTEMPT_LUA)
+        self._claim_work_script = Lua(_CLAIM_WORK_LUA)
+        self._finish_work_script = Lua(_FINISH_WORK_LUA)
+        self._progress_script = Lua(_PROGRESS_LUA)
+        self._record_reports_script = Lua(_RECORD_REPORTS_LUA)
+        self._fleet_change = Lua(_FLEET_CHANGE_LUA)
+        self._acquire_locks_script = Lua(_ACQUIRE_LOCKS_LUA)
+        self._release_locks_script = Lua(_RELEASE_LOCKS_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
         self._attempt_ttl_ms = _ms(shared.ATTEMPT_COUNT_TTL_S)
 
@@ -399,7 +399,7 @@ class RedisStore:
             args += [message.id, message.encode()]
         args += [message.encode() for message in timeline]
         with _translated():
-            result = self._scripts(self._commit_script, keys, args)
+            result = self._calls.script(self._commit_script, keys, args)
         return CommitResult(_text(result))
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
@@ -438,7 +438,7 @@ class RedisStore:
     def record_reports(self, word: Word) -> None:
         keys, args = self._word(word)
         with _translated():
-            self._scripts(self._record_reports_script, keys, args)
+            self._calls.script(self._record_reports_script, keys, args)
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""
@@ -541,7 +541,7 @@ class RedisStore:
         keys = [key, effects, self._keys.service_state(environment, service)]
         args = [change, member, value, counted, PEAK_DRAINED]
         with _translated():
-            return bool(self._scripts(self._fleet_change, keys, args))
+            return bool(self._calls.script(self._fleet_change, keys, args))
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -576,11 +576,11 @@ class RedisStore:
     def _lease(self, name: str, owner: str, ttl_s: float, *, may_take: bool) -> bool:
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), "1" if may_take else "0"]
         with _translated():
-            return bool(self._scripts(self._lease_script, [self._keys.lease(name)], args))
+            return bool(self._calls.script(self._lease_script, [self._keys.lease(name)], args))
 
     def release_lease(self, name: str, owner: str) -> None:
         with _translated():
-            self._scripts(self._release_lease_script, [self._keys.lease(name)], [owner])
+            self._calls.script(self._release_lease_script, [self._keys.lease(name)], [owner])
 
     def lease_holder(self, name: str) -> str | None:
         with _translated():
@@ -590,7 +590,7 @@ class RedisStore:
     def record_progress(self, command_id: str, host: str, step: str) -> None:
         done = json.dumps([host, step])
         with _translated():
-            self._scripts(self._progress_script, [self._keys.progress(command_id)], [done])
+            self._calls.script(self._progress_script, [self._keys.progress(command_id)], [done])
 
     def progress(self, command_id: str) -> dict[str, list[str]]:
         with _translated():
@@ -600,7 +600,7 @@ class RedisStore:
     def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
         key = self._keys.outcome(command_id)
         with _translated():
-            kept = self._scripts(self._keep_first_script, [key], [outcome.encode()])
+            kept = self._calls.script(self._keep_first_script, [key], [outcome.encode()])
         return shared.kept_outcome(outcome, _bytes(kept))
 
     def outcome(self, command_id: str) -> Envelope | None:
@@ -611,7 +611,9 @@ class RedisStore:
     def count_attempt(self, message_id: str) -> int:
         key = self._keys.attempts(message_id)
         with _translated():
-            return int(self._scripts(self._count_attempt_script, [key], [self._attempt_ttl_ms]))
+            return int(
+                self._calls.script(self._count_attempt_script, [key], [self._attempt_ttl_ms])
+            )
 
     def claim_work(
         self,
@@ -631,7 +633,7 @@ class RedisStore:
         keys += release_keys + [self._keys.progress(journal) for journal in journals]
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms, name]
         with _translated():
-            found = self._scripts(self._claim_work_script, keys, args)
+            found = self._calls.script(self._claim_work_script, keys, args)
         if found[0] is not None:
             return Claim(outcome=decode(_bytes(found[0])), taken=False, holder=None, attempts=0)
         if len(found) == 2:
@@ -662,7 +664,7 @@ class RedisStore:
             keys += word_keys
             args += word_args
         with _translated():
-            kept = self._scripts(self._finish_work_script, keys, args)
+            kept = self._calls.script(self._finish_work_script, keys, args)
         return shared.kept_outcome(outcome, _bytes(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------
@@ -670,13 +672,13 @@ class RedisStore:
     def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
         args = [*self._lock_prefixes, release_id, *keys]
         with _translated():
-            holds = self._scripts(self._acquire_locks_script, [self._keys.lock_sequence], args)
+            holds = self._calls.script(self._acquire_locks_script, [self._keys.lock_sequence], args)
         return bool(holds)
 
     def release_locks(self, release_id: str) -> list[str]:
         args = [*self._lock_prefixes, release_id]
         with _translated():
-            starting = self._scripts(self._release_locks_script, [], args)
+            starting = self._calls.script(self._release_locks_script, [], args)
         return [_text(release) for release in starting]
 
     def lock_queue(self, key: str) -> list[str]:

@@ -266,7 +266,7 @@ def test_a_redis_that_refuses_the_take_gets_kombus_way(
 def _take(client: redis.Redis, lists: list[str], most: int) -> tuple[int, list[Any]]:
     """The take's script run by hand: how many lists it looked at, and what it took."""
     keys = ["unacked_index", "unacked", *lists]
-    looked, *taken = client.eval(_TAKE, len(keys), *keys, 0, most, "a" * len(lists))  # type: ignore[misc]
+    looked, *taken = client.eval(_TAKE.script, len(keys), *keys, 0, most, "a" * len(lists))  # type: ignore[misc]
     return looked, taken
 
 

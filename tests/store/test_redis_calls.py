@@ -1,5 +1,6 @@
-"""The Redis store's scripts, sent past redis-py's client: every caller gets its own answer,
-through a Redis that forgot them, was restarted, or answered with an error or too late."""
+"""Redis calls past redis-py's client (the store's scripts, the broker's pushes, takes and
+acknowledgements): every caller gets its own answer, through a Redis that forgot the
+scripts, was restarted, or answered with an error or too late."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
+from orchestrator.redis_calls import KeptConnections, Lua
 from orchestrator.store.redis import RedisStore
-from orchestrator.store.redis_scripts import ScriptRunner
 from tests.conftest import require
 from tests.support.redis_server import RedisServer
 
@@ -61,37 +62,37 @@ def test_a_restarted_redis_is_reached_again(server: RedisServer) -> None:
 
 def test_an_error_reply_leaves_the_next_call_its_own_answer(server: RedisServer) -> None:
     client = _client(server)
-    runner = ScriptRunner(client)
-    failing = client.register_script("return redis.error_reply('no such thing')")
-    echo = client.register_script(_ECHO)
+    runner = KeptConnections(client.connection_pool)
+    failing = Lua("return redis.error_reply('no such thing')")
+    echo = Lua(_ECHO)
 
     with pytest.raises(ResponseError, match="no such thing"):
-        runner(failing, [], [])
+        runner.script(failing, [], [])
 
-    assert runner(echo, [], ["mine"]) == b"mine"
+    assert runner.script(echo, [], ["mine"]) == b"mine"
     assert _connections(client) == 1 + 1  # the runner's one, and the one counting
 
 
 def test_a_reply_too_late_is_not_taken_by_the_next_call(server: RedisServer) -> None:
     client = _client(server, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    runner = ScriptRunner(client)
-    slow = client.register_script(
+    runner = KeptConnections(client.connection_pool)
+    slow = Lua(
         "local t = redis.call('TIME') local until_us = t[1] * 1e6 + t[2] + 500000 "
         "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] > until_us return 'late'"
     )
-    echo = client.register_script(_ECHO)
+    echo = Lua(_ECHO)
 
     with pytest.raises(RedisTimeout):
-        runner(slow, [], [])
+        runner.script(slow, [], [])
     time.sleep(0.6)  # the slow script's answer is sent, to whoever still listens
 
-    assert runner(echo, [], ["mine"]) == b"mine"  # not the slow script's "late"
+    assert runner.script(echo, [], ["mine"]) == b"mine"  # not the slow script's "late"
 
 
 def test_threads_calling_at_once_each_get_their_own_answers(server: RedisServer) -> None:
     client = _client(server)
-    runner = ScriptRunner(client)
-    echo = client.register_script(_ECHO)
+    runner = KeptConnections(client.connection_pool)
+    echo = Lua(_ECHO)
     wrong: list[tuple[str, bytes]] = []
     start = threading.Barrier(8)
 
@@ -99,7 +100,7 @@ def test_threads_calling_at_once_each_get_their_own_answers(server: RedisServer)
         start.wait()
         for n in range(300):
             mine = f"{name}/{n}"
-            answer = runner(echo, [], [mine])
+            answer = runner.script(echo, [], [mine])
             if answer != mine.encode():
                 wrong.append((mine, answer))
 
@@ -115,3 +116,14 @@ def test_threads_calling_at_once_each_get_their_own_answers(server: RedisServer)
 
 def _connections(client: redis.Redis) -> int:
     return len(client.client_list())
+
+
+def test_a_command_answers_as_redis_does(server: RedisServer) -> None:
+    client = _client(server)
+    calls = KeptConnections(client.connection_pool)
+
+    assert calls.command("RPUSH", "waiting", "first", b"second") == 2
+    assert calls.command("LRANGE", "waiting", 0, -1) == [b"first", b"second"]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        calls.command("HGET", "waiting", "field")
+    assert calls.command("LLEN", "waiting") == 2  # the error read whole: this answer is its own
