@@ -150,6 +150,13 @@ _RELEASE_LEASE_LUA: Final = _WORK_FUNCTIONS_LUA + "return release_lease(KEYS[1],
 # KEYS: 1 the outcome. ARGV: 1 the outcome offered.
 _KEEP_FIRST_LUA: Final = _WORK_FUNCTIONS_LUA + "return keep_first(KEYS[1], ARGV[1])"
 
+# KEYS: 1 the outbox's pending ids, 2 its bodies. ARGV: the ids of those published (a
+# relay's batch at most: Lua unpacks a few thousand at once).
+_MARK_PUBLISHED_LUA: Final = """
+redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('HDEL', KEYS[2], unpack(ARGV))
+"""
+
 # KEYS: 1 the attempts. ARGV: 1 their TTL in ms.
 _COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])"
 
@@ -332,6 +339,7 @@ class RedisStore:
         self._fleet_change = Lua(_FLEET_CHANGE_LUA)
         self._acquire_locks_script = Lua(_ACQUIRE_LOCKS_LUA)
         self._release_locks_script = Lua(_RELEASE_LOCKS_LUA)
+        self._mark_published_script = Lua(_MARK_PUBLISHED_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
         self._attempt_ttl_ms = _ms(shared.ATTEMPT_COUNT_TTL_S)
 
@@ -425,10 +433,9 @@ class RedisStore:
     def mark_published(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        with _translated(), self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._keys.outbox_pending, *message_ids)
-            pipe.hdel(self._keys.outbox_bodies, *message_ids)
-            pipe.execute()
+        keys = [self._keys.outbox_pending, self._keys.outbox_bodies]
+        with _translated():
+            self._calls.script(self._mark_published_script, keys, message_ids)
 
     def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
         with _translated():
