@@ -53,6 +53,7 @@ class Lease:
         attempts: int,
         journaled: frozenset[str] = frozenset(),
         release: StoredRelease | None = None,
+        kept: Envelope | None = None,
     ):
         self.name = name
         self.owner = owner
@@ -61,6 +62,7 @@ class Lease:
         self.attempts = attempts  # how often the work was taken, this time included
         self.journaled = journaled  # the work's journals that had entries when taken
         self.release = release  # the release and its component as stored when taken
+        self.kept = kept  # the outcome kept under the key asked for, when taken
         self._keeper = keeper
         self._lost = threading.Event()
         self._finished = False
@@ -173,6 +175,7 @@ def claimed(
     ttl_s: float,
     waiting: Callable[[str | None], None],
     waiting_every_s: float,
+    kept: str | None = None,
     poll_s: float = 0.25,
 ) -> Iterator[Lease | Envelope]:
     """Hold the lease ``name`` for ``work`` in the block, waiting for it as long as its
@@ -180,8 +183,9 @@ def claimed(
 
     Each look is one store call (:meth:`Store.claim_work`): the outcome, or the lease,
     one more attempt counted (:attr:`Lease.attempts`), which of the work's ``journals``
-    have entries (:attr:`Lease.journaled`) and the release with its ``component``
-    (release id, name) as stored then (:attr:`Lease.release`), or the holder. While it
+    have entries (:attr:`Lease.journaled`), the release with its ``component``
+    (release id, name) as stored then (:attr:`Lease.release`) and the outcome ``kept``
+    under that key (:attr:`Lease.kept`); or the holder. While it
     waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so that whoever
     waits for *this* worker knows it is alive.
     """
@@ -189,7 +193,7 @@ def claimed(
     next_word = 0.0
     while True:
         claim = keeper.store.claim_work(
-            work, name, owner, ttl_s, journals=journals, component=component
+            work, name, owner, ttl_s, journals=journals, component=component, kept=kept
         )
         if claim.outcome is not None:
             yield claim.outcome
@@ -209,6 +213,7 @@ def claimed(
         attempts=claim.attempts,
         journaled=claim.journaled,
         release=claim.release,
+        kept=claim.kept,
     )
     lease._start()
     try:

@@ -54,7 +54,11 @@ class _Runner(Protocol):
     def message(self, event: Event, command: Envelope) -> Envelope: ...
 
     def report(
-        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
+        self,
+        reports: Sequence[Envelope],
+        command: Envelope,
+        done: Sequence[StepDone],
+        keep: tuple[str, Envelope] | None,
     ) -> None: ...
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
@@ -86,22 +90,34 @@ class ComponentProgress:
         self._lease = lease
         self._unsent: list[Envelope] = []
         self._done: list[StepDone] = []
+        self._keep: tuple[str, Envelope] | None = None  # kept with the next write
 
     def keep(self, message: Envelope) -> None:
         """Report a message already made (and recorded apart) with the next batch."""
         self._unsent.append(message)
 
+    def keep_first(self, key: str, message: Envelope) -> None:
+        """Report ``message`` with the next batch, and keep it under ``key`` (as an
+        outcome is kept) in the same write, which comes before any effect. Should another
+        be kept there first, that write records nothing and raises :class:`LeaseLost`:
+        only a worker whose lease lapsed meanwhile can meet one."""
+        self._unsent.append(message)
+        self._keep = key, message
+
     def flush(self) -> None:
         """Record the reports and journal entries kept so far, and publish the reports
         for listeners."""
+        keep, self._keep = self._keep, None
         reports, done = self.take()
-        if reports or done:
-            self._runner.report(reports, self._command, done)
+        if reports or done or keep:
+            self._runner.report(reports, self._command, done, keep)
 
     def take(self) -> tuple[list[Envelope], list[StepDone]]:
-        """The reports and journal entries kept so far, for the caller to record."""
+        """The reports and journal entries kept so far, for the caller to record. What
+        was to be kept with them is not: a command that ends before its first write
+        touched nothing, and needs no record of what it found."""
         taken = self._unsent, self._done
-        self._unsent, self._done = [], []
+        self._unsent, self._done, self._keep = [], [], None
         return taken
 
     def journaled(self, done: StepDone) -> None:

@@ -146,6 +146,7 @@ class ComponentRunner:
             waiting=lambda holder: self._waiting(command, payload, holder),
             # Word well within the step deadline, or the coordinator would give up on us.
             waiting_every_s=min(service.step_timeout_s / 3, 5.0),
+            kept=_started_key(command),
         ) as claim:
             if isinstance(claim, Envelope):
                 self._replay(claim)  # finished before, or by the holder while this waited
@@ -199,44 +200,40 @@ class ComponentRunner:
             progress=progress,
             check=lease.check,
             crash=self.crash,
-            started=lambda event: self._started(command, event, progress),
+            started=lambda event: self._started(command, event, progress, lease.kept),
             journaled=lease.journaled,
         )
-        return self._perform(work, command, payload)
-
-    def _perform(self, work: Work, command: Envelope, payload: WorkerCommand) -> Event:
         match payload:
             case DeployComponent():
                 return deploy(work, payload)
             case RollbackComponent():
-                before = self.store.outcome(
-                    started_key(command.release_id, payload.service, payload.attempt)
-                )
-                recorded = (
-                    before.payload
-                    if before and isinstance(before.payload, ComponentStarted)
-                    else None
-                )
-                return roll_back_component(work, payload, recorded)
+                recorded = lease.kept.payload if lease.kept else None  # read with the lease
+                before = recorded if isinstance(recorded, ComponentStarted) else None
+                return roll_back_component(work, payload, before)
             case ToggleFlag():
                 return toggle(work, payload)
 
     def _started(
-        self, command: Envelope, event: ComponentStarted, progress: ComponentProgress
+        self,
+        command: Envelope,
+        event: ComponentStarted,
+        progress: ComponentProgress,
+        recorded: Envelope | None,
     ) -> ComponentStarted:
         """What the hosts ran before this command touched them, recorded once.
 
-        A worker taking over reads the first worker's record: asking the hosts again
-        would find some of them already on the new version.
+        A worker taking over goes by the first worker's record (``recorded``, read with
+        the lease): asking the hosts again would find some of them already on the new
+        version. The first records it with its first step's start, before any effect.
         """
-        attempt = getattr(command.payload, "attempt", 1)
-        key = started_key(command.release_id, event.service, attempt)
-        recorded = self.store.record_outcome(
-            key, self.message(event, command, purpose="started")
-        )  # the first worker's, if one recorded it before
-        assert isinstance(recorded.payload, ComponentStarted)
-        progress.keep(recorded)  # with the first step's start, before any effect
-        return recorded.payload
+        if recorded is not None:
+            assert isinstance(recorded.payload, ComponentStarted)
+            progress.keep(recorded)
+            return recorded.payload
+        key = _started_key(command)
+        assert key is not None  # a deploy's
+        progress.keep_first(key, self.message(event, command, purpose="started"))
+        return event
 
     def _replay(self, recorded: Envelope) -> None:
         """Say again how a command finished before, and nothing more."""
@@ -312,16 +309,27 @@ class ComponentRunner:
         self._bus.publish(self.message(event, command, purpose))
 
     def report(
-        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone] = ()
+        self,
+        reports: Sequence[Envelope],
+        command: Envelope,
+        done: Sequence[StepDone] = (),
+        keep: tuple[str, Envelope] | None = None,
     ) -> None:
         """Step reports: into the release's timeline, with the time of this word from
-        the command's worker (what its deadline is judged by) and the steps done since
-        its last word, then out to listeners."""
-        self.store.record_reports(self._word(command, reports, done))
+        the command's worker (what its deadline is judged by), the steps done since its
+        last word and what it ``keep``s (:meth:`ComponentProgress.keep_first`), then out
+        to listeners."""
+        kept = self.store.record_reports(self._word(command, reports, done, keep))
+        if kept is not None:
+            raise LeaseLost(f"another worker kept {keep[0] if keep else ''} first")
         self._bus.publish_progress(reports)
 
     def _word(
-        self, command: Envelope, reports: Sequence[Envelope], done: Sequence[StepDone]
+        self,
+        command: Envelope,
+        reports: Sequence[Envelope],
+        done: Sequence[StepDone],
+        keep: tuple[str, Envelope] | None = None,
     ) -> Word:
         payload = command.payload
         key = word_key(
@@ -329,7 +337,7 @@ class ComponentRunner:
             rollback=_undoes(payload),
             attempt=getattr(payload, "attempt", 1),
         )
-        return Word(command.release_id, key, datetime.now(UTC), reports, done)
+        return Word(command.release_id, key, datetime.now(UTC), reports, done, keep)
 
 
 def work_key(command: Envelope) -> str:
@@ -350,6 +358,15 @@ def work_key(command: Envelope) -> str:
             phase = "undo" if getattr(payload, "undo", False) else "flip"
     attempt = getattr(payload, "attempt", 1)
     return f"{command.release_id}/{component_name(command)}/{phase}/{attempt}"
+
+
+def _started_key(command: Envelope) -> str | None:
+    """Where a deploy's record of what its hosts ran is kept (its rollback reads it); None
+    for a flag's flip."""
+    payload = command.payload
+    if not isinstance(payload, DeployComponent | RollbackComponent):
+        return None
+    return started_key(command.release_id, payload.service, payload.attempt)
 
 
 def _still_wanted(command: Envelope, stored: StoredRelease | None) -> ReleaseState | None:

@@ -76,6 +76,9 @@ class Claim:
     # The release asked about (its one component asked for), as stored when the lease was
     # taken; None if not asked, not taken, or not in the store.
     release: StoredRelease | None = None
+    # The outcome kept under the key asked for (:meth:`Store.record_outcome`), as it was
+    # when the lease was taken; None if not asked, not taken, or none kept.
+    kept: Envelope | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class Word:
     at: datetime
     reports: Sequence[Envelope] = ()
     done: Sequence[StepDone] = ()
+    # An outcome to keep under a key (:meth:`Store.record_outcome`) with the word, unless
+    # one is kept there already: then nothing of the word is recorded.
+    keep: tuple[str, Envelope] | None = None
 
 
 class StoreUnavailable(Exception):
@@ -184,10 +190,14 @@ class Store(Protocol):
         only what it has not seen)."""
         ...
 
-    def record_reports(self, word: Word) -> None:
+    def record_reports(self, word: Word) -> Envelope | None:
         """A worker's word: its reports added to the release's timeline, its time kept as
-        the last word under its key, and its steps done journaled (as
-        :meth:`record_progress`), in one atomic step."""
+        the last word under its key, its steps done journaled (as
+        :meth:`record_progress`) and the outcome it keeps kept, in one atomic step.
+
+        None, or the outcome kept before under the word's ``keep`` key when it is not the
+        one offered: then nothing was recorded.
+        """
         ...
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
@@ -279,13 +289,14 @@ class Store(Protocol):
         *,
         journals: Sequence[str] = (),
         component: tuple[str, str] | None = None,
+        kept: str | None = None,
     ) -> Claim:
         """In one step: the outcome of ``work`` if it has one (nothing else is done);
         otherwise the lease for ``owner`` if it is free, expired or already theirs, one
         more attempt counted under ``work``, which of ``journals`` (command ids, as in
-        :meth:`progress`) have entries and, for ``component`` (release id, component
-        name), the release as :meth:`load` reads it with that component alone; otherwise
-        who holds the lease.
+        :meth:`progress`) have entries, for ``component`` (release id, component name) the
+        release as :meth:`load` reads it with that component alone, and the outcome kept
+        under ``kept`` (as :meth:`outcome` reads it); otherwise who holds the lease.
 
         One step, so that work finished by the holder between the question and the lease
         is never begun again.

@@ -161,12 +161,13 @@ redis.call('HDEL', KEYS[2], unpack(ARGV))
 _COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])"
 
 # KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts, 4 the release, 5 its
-#       components (both "" when not asked), then journals.
+#       components (both "" when not asked), 6 an outcome kept ("" when not asked), then
+#       journals.
 # ARGV: 1 owner, 2 lease TTL in ms, 3 attempts' TTL in ms, 4 the component asked for.
 # Returns {outcome} when finished, {false, holder} when held by another, or {false,
-# false, attempts, the release's state, its revision, the component (each false when
-# not asked or not stored), then 1 or 0 for each journal: whether it has entries} when
-# taken.
+# false, attempts, the release's state, its revision, the component, the outcome kept
+# (each false when not asked or not stored), then 1 or 0 for each journal: whether it
+# has entries} when taken.
 _CLAIM_WORK_LUA: Final = (
     _WORK_FUNCTIONS_LUA
     + """
@@ -174,13 +175,14 @@ local outcome = redis.call('GET', KEYS[1])
 if outcome then return {outcome} end
 local taken, holder = take_lease(KEYS[2], ARGV[1], ARGV[2], true)
 if not taken then return {false, holder} end
-local claim = {false, false, count_attempt(KEYS[3], ARGV[3]), false, false, false}
+local claim = {false, false, count_attempt(KEYS[3], ARGV[3]), false, false, false, false}
 if KEYS[4] ~= '' then
   claim[4] = redis.call('HGET', KEYS[4], 'state')
   claim[5] = redis.call('HGET', KEYS[4], 'revision')
   claim[6] = redis.call('HGET', KEYS[5], ARGV[4])
 end
-for i = 6, #KEYS do claim[i + 1] = redis.call('EXISTS', KEYS[i]) end
+if KEYS[6] ~= '' then claim[7] = redis.call('GET', KEYS[6]) end
+for i = 7, #KEYS do claim[i + 1] = redis.call('EXISTS', KEYS[i]) end
 return claim
 """
 )
@@ -200,8 +202,20 @@ return kept
 # KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
 _PROGRESS_LUA: Final = _WORK_FUNCTIONS_LUA + "record_done(KEYS[1], ARGV[1])"
 
-# KEYS and ARGV: those of record_word.
-_RECORD_REPORTS_LUA: Final = _WORK_FUNCTIONS_LUA + "record_word(1, 1)"
+# KEYS: 1 an outcome to keep ("" for none), then those of record_word. ARGV: 1 the
+# outcome offered, then those of record_word. Returns the outcome kept before, if not the
+# one offered (and records nothing), or false.
+_RECORD_REPORTS_LUA: Final = (
+    _WORK_FUNCTIONS_LUA
+    + """
+if KEYS[1] ~= '' then
+  local kept = keep_first(KEYS[1], ARGV[1])
+  if kept ~= ARGV[1] then return kept end
+end
+record_word(2, 2)
+return false
+"""
+)
 
 # A change to the simulated fleet and the count of its effect, in one step: 1 if it changed
 # anything (and then the effect is counted), 0 if it was so already. A host put out of
@@ -442,10 +456,14 @@ class RedisStore:
             bodies = self._client.lrange(self._keys.timeline(release_id), max(start, 0), -1)
         return [decode(_bytes(body)) for body in bodies]
 
-    def record_reports(self, word: Word) -> None:
+    def record_reports(self, word: Word) -> Envelope | None:
+        key, offered = word.keep or ("", None)
         keys, args = self._word(word)
+        keys = [self._keys.outcome(key) if key else "", *keys]
+        args = [b"" if offered is None else offered.encode(), *args]
         with _translated():
-            self._calls.script(self._record_reports_script, keys, args)
+            kept = self._calls.script(self._record_reports_script, keys, args)
+        return None if kept is None else decode(_bytes(kept))
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""
@@ -631,13 +649,15 @@ class RedisStore:
         *,
         journals: Sequence[str] = (),
         component: tuple[str, str] | None = None,
+        kept: str | None = None,
     ) -> Claim:
         release_id, name = component or ("", "")
         release_keys = ["", ""]  # the script reads no release
         if component:
             release_keys = [self._keys.release(release_id), self._keys.components(release_id)]
         keys = [self._keys.outcome(work), self._keys.lease(lease), self._keys.attempts(work)]
-        keys += release_keys + [self._keys.progress(journal) for journal in journals]
+        keys += [*release_keys, self._keys.outcome(kept) if kept else ""]
+        keys += [self._keys.progress(journal) for journal in journals]
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms, name]
         with _translated():
             found = self._calls.script(self._claim_work_script, keys, args)
@@ -646,12 +666,12 @@ class RedisStore:
         if len(found) == 2:
             holder = None if found[1] is None else _text(found[1])
             return Claim(outcome=None, taken=False, holder=holder, attempts=0)
-        state, revision, part = found[3:6]
+        state, revision, part, kept_body = found[3:7]
         release = None
         if state is not None:
             parts = [] if part is None else [_placed(part)]
             release = StoredRelease(shared.state_from_record(state, parts), int(revision or 0))
-        journaled = frozenset(j for j, has in zip(journals, found[6:], strict=True) if has)
+        journaled = frozenset(j for j, has in zip(journals, found[7:], strict=True) if has)
         return Claim(
             outcome=None,
             taken=True,
@@ -659,6 +679,7 @@ class RedisStore:
             attempts=int(found[2]),
             journaled=journaled,
             release=release,
+            kept=None if kept_body is None else decode(_bytes(kept_body)),
         )
 
     def finish_work(

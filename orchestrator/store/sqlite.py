@@ -274,8 +274,17 @@ class SqliteStore:
             ).fetchall()
         return [decode(body) for (body,) in rows]
 
-    def record_reports(self, word: Word) -> None:
-        self._write(lambda db: _record_word(db, word))
+    def record_reports(self, word: Word) -> Envelope | None:
+        def record(db: sqlite3.Connection) -> Envelope | None:
+            if word.keep is not None:
+                key, offered = word.keep
+                kept = _keep_first(db, key, offered)
+                if kept is not offered:
+                    return kept
+            _record_word(db, word)
+            return None
+
+        return self._write(record)
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -452,10 +461,7 @@ class SqliteStore:
 
     def outcome(self, command_id: str) -> Envelope | None:
         with self._read() as db:
-            row = db.execute(
-                "SELECT body FROM outcomes WHERE command_id = ?", (command_id,)
-            ).fetchone()
-        return None if row is None else decode(row[0])
+            return _outcome(db, command_id)
 
     def count_attempt(self, message_id: str) -> int:
         return self._write(lambda db: _count_attempt(db, message_id, self._attempt_ttl_s))
@@ -469,6 +475,7 @@ class SqliteStore:
         *,
         journals: Sequence[str] = (),
         component: tuple[str, str] | None = None,
+        kept: str | None = None,
     ) -> Claim:
         ttl_s = shared.lease_ttl_s(ttl_s)
 
@@ -488,6 +495,7 @@ class SqliteStore:
                 attempts=attempts,
                 journaled=journaled,
                 release=release,
+                kept=None if kept is None else _outcome(db, kept),
             )
 
         return self._write(claim)
@@ -706,6 +714,11 @@ def _lease_holder(db: sqlite3.Connection, name: str) -> str | None:
         "SELECT owner FROM leases WHERE name = ? AND expires_at > ?", (name, time.time())
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def _outcome(db: sqlite3.Connection, command_id: str) -> Envelope | None:
+    row = db.execute("SELECT body FROM outcomes WHERE command_id = ?", (command_id,)).fetchone()
+    return None if row is None else decode(row[0])
 
 
 def _keep_first(db: sqlite3.Connection, command_id: str, outcome: Envelope) -> Envelope:

@@ -678,6 +678,32 @@ def test_the_first_outcome_of_a_command_is_the_one_kept_and_told(store: Store) -
     assert store.outcome("c2") == second
 
 
+def test_a_word_keeps_an_outcome_first_or_records_nothing(store: Store) -> None:
+    word = word_key("api", rollback=False, attempt=1)
+    started, other = _report(), _report()
+    done = [StepDone("c1", "web-1", "drain")]
+
+    assert store.record_reports(Word("r1", word, T0, [started], done, keep=("s1", started))) is None
+    assert store.outcome("s1") == started
+    # Another kept first (a worker whose lease lapsed, say): this word is not recorded.
+    late = Word("r1", word, T0, [other], [StepDone("c1", "web-1", "deploy")], keep=("s1", other))
+    assert store.record_reports(late) == started
+
+    assert store.outcome("s1") == started
+    assert store.timeline("r1") == [started]
+    assert store.progress("c1") == {"web-1": ["drain"]}
+
+
+def test_claiming_work_reads_the_outcome_kept_under_the_key_asked_for(store: Store) -> None:
+    started = _report()
+    store.record_outcome("s1", started)
+
+    assert store.claim_work("w1", "lease-1", "a", 60, kept="s1").kept == started
+    assert store.claim_work("w2", "lease-2", "a", 60, kept="s2").kept is None  # none kept
+    assert store.claim_work("w1", "lease-1", "b", 60, kept="s1").kept is None  # held: not told
+    assert store.claim_work("w3", "lease-3", "a", 60).kept is None  # not asked
+
+
 def test_attempts_are_counted_per_command(store: Store) -> None:
     assert [store.count_attempt("m1") for _ in range(3)] == [1, 2, 3]
     assert store.count_attempt("m2") == 1
