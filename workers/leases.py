@@ -109,16 +109,22 @@ class LeaseKeeper:
         self._renewing: Lease | None = None
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        # When the thread looks at the leases next, if it is waiting to (-inf: it is
+        # looking now, or not running): a lease due later needs no wake-up to be seen.
+        self._looks_at = -math.inf
 
     def keep(self, lease: Lease) -> None:
         with self._changed:
-            self._due[lease] = time.monotonic() + lease.ttl_s / 3
+            due = self._due[lease] = time.monotonic() + lease.ttl_s / 3
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._renew, name="drover-lease-keeper", daemon=True
                 )
                 self._thread.start()
-            self._changed.notify_all()
+            elif due < self._looks_at:
+                # Woken only when needed: a worker keeps a lease per component, and a
+                # thread woken for nothing takes the interpreter from those at work.
+                self._changed.notify_all()
 
     def let_go(self, lease: Lease) -> None:
         """Renew ``lease`` no more; returns once no renewal of it is under way."""
@@ -150,7 +156,7 @@ class LeaseKeeper:
         with self._changed:
             while True:
                 if not self._due:
-                    if not self._changed.wait(_IDLE_S) and not self._due:
+                    if not self._wait(_IDLE_S) and not self._due:
                         self._thread = None
                         return None
                     continue
@@ -160,7 +166,15 @@ class LeaseKeeper:
                     self._renewing = lease
                     self._due[lease] = math.inf  # under way: not due again until renewed
                     return lease
-                self._changed.wait(wait_s)
+                self._wait(wait_s)
+
+    def _wait(self, timeout_s: float) -> bool:
+        """Wait (holding the condition) until notified or ``timeout_s`` passes."""
+        self._looks_at = time.monotonic() + timeout_s
+        try:
+            return self._changed.wait(timeout_s)
+        finally:
+            self._looks_at = -math.inf
 
 
 @contextmanager
