@@ -281,10 +281,10 @@ class Bus:
         else:
             body, headers = encode_batch(message), _headers(message[0], batch=len(message))
         with self._producers.acquire(block=True) as producer:
-            exchange = self._bound_to(producer.channel, f"exchange {exchange.name}", exchange)
+            bound = self._bound_to(producer.channel, f"exchange {exchange.name}", lambda: exchange)
             producer.publish(
                 body,
-                exchange=exchange,
+                exchange=bound,
                 routing_key=routing_key,
                 content_type="application/json",
                 content_encoding="utf-8",
@@ -293,7 +293,7 @@ class Bus:
                 # kombu's virtual transports (Redis, memory) route by the exchange type
                 # this connection has seen declared, and would treat an undeclared topic
                 # exchange as direct and drop the message. Declaring is cached per channel.
-                declare=[exchange],
+                declare=[bound],
                 **_PUBLISH_LIMITS,
             )
 
@@ -319,18 +319,17 @@ class Bus:
                 **_PUBLISH_LIMITS,
             )
 
-    def _bound_to(self, channel: Any, key: str, entity: _Entity | Callable[[], _Entity]) -> _Entity:
+    def _bound_to(self, channel: Any, key: str, make: Callable[[], _Entity]) -> _Entity:
         """The queue or exchange a publish declares on the way, bound to the producer's
         ``channel`` and kept under ``key`` until that changes (with its connection).
 
         kombu, before it finds an entity among those it has declared, copies one not
         bound to a channel to bind it (a queue with its exchange and binding): a third of
-        what sending a command cost. ``entity`` is made only when it must be bound anew.
+        what sending a command cost. ``make`` is called only when it must be bound anew.
         """
         bound = self._bound.get(key)
         if bound is None or bound.channel is not channel:
-            unbound = entity if isinstance(entity, Queue | Exchange) else entity()
-            bound = self._bound[key] = unbound.bind(channel)
+            bound = self._bound[key] = make().bind(channel)
         return bound  # type: ignore[no-any-return]  # kombu's bind is not annotated
 
     def consume(

@@ -321,7 +321,7 @@ class ComponentRunner:
         to listeners."""
         kept = self.store.record_reports(self._word(command, reports, done, keep))
         if kept is not None:
-            raise LeaseLost(f"another worker kept {keep[0] if keep else ''} first")
+            raise LeaseLost(f"another worker's {kept.type} was kept first")
         self._bus.publish_progress(reports)
 
     def _word(

@@ -50,7 +50,7 @@ _CONNECT_TIMEOUT_S: Final = 5.0
 #       4 the release's own fields as JSON, 5 created_at score, 6 release id, 7 outbox
 #       count n, 8 wake action ("keep", "set" or "clear"), 9 wake score, 10 component
 #       count m, then m (name, "<place> <JSON>") pairs, then n (id, body) pairs, then the timeline.
-_COMMIT_LUA: Final = """
+_COMMIT_LUA: Final = Lua("""
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'
 end
@@ -88,7 +88,7 @@ for i = at, #ARGV do
   redis.call('RPUSH', KEYS[3], ARGV[i])
 end
 return 'committed'
-"""
+""")
 
 # Leases, outcomes and attempts: functions shared by the scripts that use them. A lease
 # is read and then written in one script, so no other owner can take it in between. The
@@ -140,25 +140,25 @@ end
 """
 
 # KEYS: 1 the lease. ARGV: 1 owner, 2 TTL in ms, 3 "1" when a free lease may be taken.
-_LEASE_LUA: Final = (
+_LEASE_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA + "return take_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == '1') and 1 or 0"
 )
 
 # KEYS: 1 the lease. ARGV: 1 owner.
-_RELEASE_LEASE_LUA: Final = _WORK_FUNCTIONS_LUA + "return release_lease(KEYS[1], ARGV[1])"
+_RELEASE_LEASE_LUA: Final = Lua(_WORK_FUNCTIONS_LUA + "return release_lease(KEYS[1], ARGV[1])")
 
 # KEYS: 1 the outcome. ARGV: 1 the outcome offered.
-_KEEP_FIRST_LUA: Final = _WORK_FUNCTIONS_LUA + "return keep_first(KEYS[1], ARGV[1])"
+_KEEP_FIRST_LUA: Final = Lua(_WORK_FUNCTIONS_LUA + "return keep_first(KEYS[1], ARGV[1])")
 
 # KEYS: 1 the outbox's pending ids, 2 its bodies. ARGV: the ids of those published (a
 # relay's batch at most: Lua unpacks a few thousand at once).
-_MARK_PUBLISHED_LUA: Final = """
+_MARK_PUBLISHED_LUA: Final = Lua("""
 redis.call('ZREM', KEYS[1], unpack(ARGV))
 redis.call('HDEL', KEYS[2], unpack(ARGV))
-"""
+""")
 
 # KEYS: 1 the attempts. ARGV: 1 their TTL in ms.
-_COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])"
+_COUNT_ATTEMPT_LUA: Final = Lua(_WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1], ARGV[1])")
 
 # KEYS: 1 the work's outcome, 2 the lease, 3 the work's attempts, 4 the release, 5 its
 #       components (both "" when not asked), 6 an outcome kept ("" when not asked), then
@@ -168,7 +168,7 @@ _COUNT_ATTEMPT_LUA: Final = _WORK_FUNCTIONS_LUA + "return count_attempt(KEYS[1],
 # false, attempts, the release's state, its revision, the component, the outcome kept
 # (each false when not asked or not stored), then 1 or 0 for each journal: whether it
 # has entries} when taken.
-_CLAIM_WORK_LUA: Final = (
+_CLAIM_WORK_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA
     + """
 local outcome = redis.call('GET', KEYS[1])
@@ -189,7 +189,7 @@ return claim
 
 # KEYS: 1 the work's outcome, 2 the lease, then those of record_word, if a last word.
 # ARGV: 1 the outcome offered, 2 owner, then those of record_word, if a last word.
-_FINISH_WORK_LUA: Final = (
+_FINISH_WORK_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA
     + """
 if #ARGV > 2 then record_word(3, 3) end
@@ -200,12 +200,12 @@ return kept
 )
 
 # KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
-_PROGRESS_LUA: Final = _WORK_FUNCTIONS_LUA + "record_done(KEYS[1], ARGV[1])"
+_PROGRESS_LUA: Final = Lua(_WORK_FUNCTIONS_LUA + "record_done(KEYS[1], ARGV[1])")
 
 # KEYS: 1 an outcome to keep ("" for none), then those of record_word. ARGV: 1 the
 # outcome offered, then those of record_word. Returns the outcome kept before, if not the
 # one offered (and records nothing), or false.
-_RECORD_REPORTS_LUA: Final = (
+_RECORD_REPORTS_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA
     + """
 if KEYS[1] ~= '' then
@@ -224,7 +224,7 @@ return false
 #       effects ("" for an uncounted change), 3 the service's state (for the peak).
 # ARGV: 1 "field", "drain" or "undrain", 2 the field or host, 3 the value, 4 the
 #       effect's field in KEYS[2], 5 the peak's field.
-_FLEET_CHANGE_LUA: Final = """
+_FLEET_CHANGE_LUA: Final = Lua("""
 local changed
 if ARGV[1] == 'field' then
   changed = redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3]
@@ -243,7 +243,7 @@ end
 if not changed then return 0 end
 if KEYS[2] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
 return 1
-"""
+""")
 
 # The lock scripts read and change many queues at once, and must: a release that joined
 # some of its queues but not yet others, or a release released from half of them, is how
@@ -269,7 +269,7 @@ end
 
 # KEYS: 1 lock sequence. ARGV: 1-3 as above, then the lock keys. One number per call, so a
 # release's entries in the queues it joins together sort alike against everyone else's.
-_ACQUIRE_LOCKS_LUA: Final = (
+_ACQUIRE_LOCKS_LUA: Final = Lua(
     _LOCK_FUNCTIONS_LUA
     + """
 local release, number = ARGV[3], nil
@@ -286,7 +286,7 @@ return holds_all(release) and 1 or 0
 
 # ARGV: 1-3 as above. Only the next release in a queue the leaving one headed can become a
 # holder; it is returned if it now heads all its queues, ordered by when it first queued.
-_RELEASE_LOCKS_LUA: Final = (
+_RELEASE_LOCKS_LUA: Final = Lua(
     _LOCK_FUNCTIONS_LUA
     + """
 local release, freed = ARGV[3], {}
@@ -340,20 +340,6 @@ class RedisStore:
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
         )
         self._calls = KeptConnections(self._client.connection_pool)
-        # Sent by their SHA (EVALSHA), and whole only to a Redis that has not seen them.
-        self._commit_script = Lua(_COMMIT_LUA)
-        self._lease_script = Lua(_LEASE_LUA)
-        self._release_lease_script = Lua(_RELEASE_LEASE_LUA)
-        self._keep_first_script = Lua(_KEEP_FIRST_LUA)
-        self._count_attempt_script = Lua(_COUNT_ATTEMPT_LUA)
-        self._claim_work_script = Lua(_CLAIM_WORK_LUA)
-        self._finish_work_script = Lua(_FINISH_WORK_LUA)
-        self._progress_script = Lua(_PROGRESS_LUA)
-        self._record_reports_script = Lua(_RECORD_REPORTS_LUA)
-        self._fleet_change = Lua(_FLEET_CHANGE_LUA)
-        self._acquire_locks_script = Lua(_ACQUIRE_LOCKS_LUA)
-        self._release_locks_script = Lua(_RELEASE_LOCKS_LUA)
-        self._mark_published_script = Lua(_MARK_PUBLISHED_LUA)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
         self._attempt_ttl_ms = _ms(shared.ATTEMPT_COUNT_TTL_S)
 
@@ -421,7 +407,7 @@ class RedisStore:
             args += [message.id, message.encode()]
         args += [message.encode() for message in timeline]
         with _translated():
-            result = self._calls.script(self._commit_script, keys, args)
+            result = self._calls.script(_COMMIT_LUA, keys, args)
         return CommitResult(_text(result))
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
@@ -449,7 +435,7 @@ class RedisStore:
             return
         keys = [self._keys.outbox_pending, self._keys.outbox_bodies]
         with _translated():
-            self._calls.script(self._mark_published_script, keys, message_ids)
+            self._calls.script(_MARK_PUBLISHED_LUA, keys, message_ids)
 
     def timeline(self, release_id: str, start: int = 0) -> list[Envelope]:
         with _translated():
@@ -462,7 +448,7 @@ class RedisStore:
         keys = [self._keys.outcome(key) if key else "", *keys]
         args = [b"" if offered is None else offered.encode(), *args]
         with _translated():
-            kept = self._calls.script(self._record_reports_script, keys, args)
+            kept = self._calls.script(_RECORD_REPORTS_LUA, keys, args)
         return None if kept is None else decode(_bytes(kept))
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
@@ -566,7 +552,7 @@ class RedisStore:
         keys = [key, effects, self._keys.service_state(environment, service)]
         args = [change, member, value, counted, PEAK_DRAINED]
         with _translated():
-            return bool(self._calls.script(self._fleet_change, keys, args))
+            return bool(self._calls.script(_FLEET_CHANGE_LUA, keys, args))
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -601,11 +587,11 @@ class RedisStore:
     def _lease(self, name: str, owner: str, ttl_s: float, *, may_take: bool) -> bool:
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), "1" if may_take else "0"]
         with _translated():
-            return bool(self._calls.script(self._lease_script, [self._keys.lease(name)], args))
+            return bool(self._calls.script(_LEASE_LUA, [self._keys.lease(name)], args))
 
     def release_lease(self, name: str, owner: str) -> None:
         with _translated():
-            self._calls.script(self._release_lease_script, [self._keys.lease(name)], [owner])
+            self._calls.script(_RELEASE_LEASE_LUA, [self._keys.lease(name)], [owner])
 
     def lease_holder(self, name: str) -> str | None:
         with _translated():
@@ -615,7 +601,7 @@ class RedisStore:
     def record_progress(self, command_id: str, host: str, step: str) -> None:
         done = json.dumps([host, step])
         with _translated():
-            self._calls.script(self._progress_script, [self._keys.progress(command_id)], [done])
+            self._calls.script(_PROGRESS_LUA, [self._keys.progress(command_id)], [done])
 
     def progress(self, command_id: str) -> dict[str, list[str]]:
         with _translated():
@@ -625,7 +611,7 @@ class RedisStore:
     def record_outcome(self, command_id: str, outcome: Envelope) -> Envelope:
         key = self._keys.outcome(command_id)
         with _translated():
-            kept = self._calls.script(self._keep_first_script, [key], [outcome.encode()])
+            kept = self._calls.script(_KEEP_FIRST_LUA, [key], [outcome.encode()])
         return shared.kept_outcome(outcome, _bytes(kept))
 
     def outcome(self, command_id: str) -> Envelope | None:
@@ -636,9 +622,7 @@ class RedisStore:
     def count_attempt(self, message_id: str) -> int:
         key = self._keys.attempts(message_id)
         with _translated():
-            return int(
-                self._calls.script(self._count_attempt_script, [key], [self._attempt_ttl_ms])
-            )
+            return int(self._calls.script(_COUNT_ATTEMPT_LUA, [key], [self._attempt_ttl_ms]))
 
     def claim_work(
         self,
@@ -660,7 +644,7 @@ class RedisStore:
         keys += [self._keys.progress(journal) for journal in journals]
         args: list[str | int] = [owner, _ms(shared.lease_ttl_s(ttl_s)), self._attempt_ttl_ms, name]
         with _translated():
-            found = self._calls.script(self._claim_work_script, keys, args)
+            found = self._calls.script(_CLAIM_WORK_LUA, keys, args)
         if found[0] is not None:
             return Claim(outcome=decode(_bytes(found[0])), taken=False, holder=None, attempts=0)
         if len(found) == 2:
@@ -692,7 +676,7 @@ class RedisStore:
             keys += word_keys
             args += word_args
         with _translated():
-            kept = self._calls.script(self._finish_work_script, keys, args)
+            kept = self._calls.script(_FINISH_WORK_LUA, keys, args)
         return shared.kept_outcome(outcome, _bytes(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------
@@ -700,13 +684,13 @@ class RedisStore:
     def acquire_locks(self, release_id: str, keys: Sequence[str]) -> bool:
         args = [*self._lock_prefixes, release_id, *keys]
         with _translated():
-            holds = self._calls.script(self._acquire_locks_script, [self._keys.lock_sequence], args)
+            holds = self._calls.script(_ACQUIRE_LOCKS_LUA, [self._keys.lock_sequence], args)
         return bool(holds)
 
     def release_locks(self, release_id: str) -> list[str]:
         args = [*self._lock_prefixes, release_id]
         with _translated():
-            starting = self._calls.script(self._release_locks_script, [], args)
+            starting = self._calls.script(_RELEASE_LOCKS_LUA, [], args)
         return [_text(release) for release in starting]
 
     def lock_queue(self, key: str) -> list[str]:

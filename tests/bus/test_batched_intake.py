@@ -23,7 +23,6 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 
 from orchestrator.redis_transport import _TAKE, Transport
-from tests.conftest import require
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.broker
@@ -33,15 +32,6 @@ EACH = 5  # messages waiting per service queue
 EXCHANGE = Exchange("intake-test", type="direct")
 # Taken but unacknowledged messages are handed out again after a second.
 FAST_REDELIVERY = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    require("Redis", "127.0.0.1", 6379)  # the machine's Redis says redis-server is here
-    server = RedisServer(tmp_path, settings=("--save", "", "--appendonly", "no"))
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

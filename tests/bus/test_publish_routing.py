@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +17,6 @@ from kombu.entity import Exchange, Queue
 from kombu.messaging import Producer
 
 from orchestrator.redis_transport import Transport
-from tests.conftest import require
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.broker
@@ -49,15 +46,6 @@ PUBLISHED = [
     (COMMANDS, "web", 3),
     (COMMANDS, "db", None),  # bound to no queue
 ]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    require("Redis", "127.0.0.1", 6379)  # the machine's Redis says redis-server is here
-    server = RedisServer(tmp_path, settings=("--save", "", "--appendonly", "no"))
-    server.start()
-    yield server
-    server.kill()
 
 
 def _connection(server: RedisServer, db: int, prefix: str, drovers: bool) -> Connection:
