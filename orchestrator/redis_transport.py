@@ -36,7 +36,8 @@ no record, as in kombu.
 **The queues consumed.** kombu builds the list of the queues a channel consumes anew at
 every turn of the event loop (``active_queues``, from every queue consumed: a thousand
 for a worker of a wide fleet); the channel keeps it until a consumer is added or
-cancelled.
+cancelled. The ``BRPOP`` naming them all is made per priority step, not one function
+call per list.
 
 **Routed and pushed in one call.** kombu publishes to an exchange in two round trips:
 it reads the exchange's bindings (``SMEMBERS``), routes the message by them in Python,
@@ -351,9 +352,28 @@ class Channel(kombu_redis.Channel):
     # --- the poll: a take while messages keep coming, else kombu's BRPOP -------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if not self._backlog:
-            super()._brpop_start(timeout)
+        if self._backlog:
+            self._take_start()
+        else:
+            self._block_start(timeout)
+
+    def _block_start(self, timeout: float | None) -> None:
+        """kombu's ``BRPOP`` naming every queue consumed, its keys made per priority step
+        rather than per queue (a worker's poll named a thousand lists through kombu's
+        ``_q_for_pri``, a third of what its event loop did, while a command it had just
+        handed over waited for the interpreter)."""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
             return
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's, None at rest
+        wait = self.brpop_timeout if timeout is None else timeout
+        command = ["BRPOP", *self._lists_of(queues), wait or 0]
+        if self.global_keyprefix:
+            command = self.client._prefix_args(command)
+        self.client.connection.send_command(*command)
+
+    def _take_start(self) -> None:
         most = self._room()
         lists, keys, args = self._take_of(most)
         if not lists:
@@ -494,14 +514,22 @@ class Channel(kombu_redis.Channel):
         """The lists a take tries, in kombu's order (none when it takes none), and the
         take's keys and arguments."""
         queues = self._queue_cycle.consume(most * _LOOK_AT_PER_MESSAGE)
-        steps = self.priority_steps
-        lists = [queue for _ in steps for queue in queues]
-        keys = [self._q_for_pri(queue, pri) for pri in steps for queue in queues]
+        lists = [queue for _ in self.priority_steps for queue in queues]
+        keys = self._lists_of(queues)
         marks = "".join("n" if queue in self._unacknowledged_queues else "a" for queue in lists)
         records = (self.unacked_index_key, self.unacked_key)
         prefix = self.global_keyprefix
         args: list[Argument] = [time.time(), most, marks, *([] if first is None else [first])]
         return lists, [prefix + key for key in (*records, *keys)], args
+
+    def _lists_of(self, queues: list[str]) -> list[str]:
+        """The lists holding ``queues``' messages, every queue's at the first priority
+        step, then at the next: kombu's order and names (``_q_for_pri``)."""
+        keys: list[str] = []
+        for step in self.priority_steps:
+            priority = self.priority(step)
+            keys += [f"{queue}{self.sep}{priority}" for queue in queues] if priority else queues
+        return keys
 
     def _deliver_recorded(self, looked: list[str], messages: list[tuple[str, bytes]]) -> None:
         """Deliver what a take recorded, each queue served going to the end of the order,

@@ -74,10 +74,16 @@ class _Taker:
     """A consumer on Drover's transport that keeps what it is given, unacknowledged."""
 
     def __init__(
-        self, url: str, services: list[str], prefetch: int, no_ack: bool = False, prefix: str = ""
+        self,
+        url: str,
+        services: list[str],
+        prefetch: int,
+        no_ack: bool = False,
+        prefix: str = "",
+        transport: type[Transport] | None = Transport,  # None: kombu's own
     ):
         options = FAST_REDELIVERY | {"global_keyprefix": prefix}
-        self.connection = Connection(url, transport=Transport, transport_options=options)
+        self.connection = Connection(url, transport=transport, transport_options=options)
         self.held: list[Message] = []
         self.consumer = Consumer(
             self.connection.default_channel,
@@ -227,6 +233,41 @@ def test_busy_queues_take_turns(server: RedisServer) -> None:
     finally:
         taker.close()
     assert all(now != then for now, then in itertools.pairwise(order)), order
+
+
+@pytest.mark.parametrize("prefix", ["", "drover:"], ids=["keys as kombu's", "keys prefixed"])
+def test_messages_of_every_priority_arrive_in_the_order_kombus_transport_gives(
+    server: RedisServer, prefix: str
+) -> None:
+    # One at a time (no room for more), every message comes by BRPOP, which names each
+    # queue's list at every one of kombu's priority steps.
+    services = SERVICES[:3]
+    orders = []
+    for transport in (None, Transport):
+        with Connection(server.url, transport_options={"global_keyprefix": prefix}) as sender:
+            producer = Producer(sender.default_channel, EXCHANGE)
+            for queue in _queues(services):
+                queue(sender.default_channel).declare()
+            for priority, service in itertools.product((6, 0, 9, 3, 0), services):
+                body = f"{service}/{priority}"
+                producer.publish(body, routing_key=service, priority=priority, serializer="json")
+        taker = _Taker(server.url, services, prefetch=1, prefix=prefix, transport=transport)
+        try:
+            orders.append(_one_by_one(taker, 15))
+        finally:
+            taker.close()
+    kombus, drovers = orders
+    assert drovers == kombus
+    assert kombus[:3] == [f"{service}/0" for service in services]  # priorities were kept
+
+
+def _one_by_one(taker: _Taker, count: int) -> list[Any]:
+    taken = []
+    for _ in range(count):
+        (message,) = taker.take(1)
+        taken.append(message.decode())
+        message.ack()
+    return taken
 
 
 def test_a_redis_that_refuses_the_take_gets_kombus_way(
