@@ -11,13 +11,20 @@ process of its own under ``callgrind``:
   the store and the bus of a worker (Redis, and the broker chosen), a simulated driver
   with no latency, and Drover's default logging;
 * **floor**: the floor's component (:mod:`bench.floor`): its nine durable writes, then
-  its outcome published, and nothing else.
+  its outcome published, and nothing else;
+* **coordinator**: the coordinator (``orchestrator.coordinator.Coordinator``) given a
+  chain's outcomes one after another in one thread, as its consumer gives them: each
+  decided, committed, the next component's command published (to Redis, and the broker
+  chosen) and the outcome acknowledged, with Drover's default logging. The chain's
+  components wait in the release until their turn, so the count grows a little with the
+  chain's length (the waiting are looked at after each outcome).
 
 Each is run twice, with ``BENCH_INSTRUCTIONS_COMPONENTS`` (default ``20,60``) components,
 and the difference between the two counts over the difference in components is what one
 component costs: start-up, imports and the first command fall out. Celery's consumer,
 which hands commands to the runner, is left out of both: this measures what Drover does
-with a command. Needs valgrind; each side takes about half a minute.
+with a command, and what the coordinator does with an outcome. Needs valgrind; each side
+takes about half a minute.
 """
 
 from __future__ import annotations
@@ -38,10 +45,19 @@ from bench.bare import STORE_WRITE, celery_app, floor_component, outcome_publish
 from bench.floor import WORKER_STORE_CALLS
 from bench.measure import Figure, Runs
 from bench.options import Options
-from bench.processes import ENVIRONMENT, forget, fresh_namespace, service_names, write_fleet
-from orchestrator.contract import DeployComponent, envelope
+from bench.processes import (
+    ENVIRONMENT,
+    forget,
+    fresh_namespace,
+    service_names,
+    write_fleet,
+    write_release,
+)
+from orchestrator.bus import Delivery
+from orchestrator.contract import ComponentDeployed, DeployComponent, Envelope, envelope
+from orchestrator.coordinator import Coordinator
 from orchestrator.observability import configure_logging
-from orchestrator.plans import load_fleet
+from orchestrator.plans import load_fleet, load_release
 from orchestrator.runtime import connect
 from orchestrator.settings import Settings
 from workers.tasks import ComponentRunner, WorkerLimits
@@ -51,7 +67,7 @@ __all__ = ["run"]
 SIZES: Final = tuple(
     int(n) for n in os.environ.get("BENCH_INSTRUCTIONS_COMPONENTS", "20,60").split(",")
 )
-SIDES: Final = ("drover", "floor")
+SIDES: Final = ("drover", "floor", "coordinator")
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
 
 
@@ -60,7 +76,7 @@ def run(options: Options) -> list[Figure]:
         raise RuntimeError("the instructions benchmark needs valgrind (Debian's valgrind)")
     if len(SIZES) != 2 or not 0 < SIZES[0] < SIZES[1]:
         raise ValueError(f"BENCH_INSTRUCTIONS_COMPONENTS: two sizes, smaller first, not {SIZES}")
-    drover, floor = (_per_component(options, side) for side in SIDES)
+    drover, floor, coordinator = (_per_component(options, side) for side in SIDES)
     notes = {"components": list(SIZES), "floor_store_calls": WORKER_STORE_CALLS}
     return [
         Figure(
@@ -69,7 +85,12 @@ def run(options: Options) -> list[Figure]:
             Runs("floor component, one thread", "M instr", (floor / 1e6,)),
             notes=notes,
             sides=("drover", "floor"),
-        )
+        ),
+        Figure(
+            "coordinator instructions per component",
+            Runs("coordinator, a chain's outcomes", "M instr", (coordinator / 1e6,)),
+            notes={"components": list(SIZES)},
+        ),
     ]
 
 
@@ -134,6 +155,43 @@ def _drover(components: int, broker_url: str, redis_url: str, namespace: str, fo
         parts.close()
 
 
+def _coordinator(
+    components: int, broker_url: str, redis_url: str, namespace: str, folder: Path
+) -> None:
+    configure_logging("json", "info")
+    services = service_names(components + 1)
+    fleet = write_fleet(folder, dict.fromkeys(services, 1), batch=1)
+    release = load_release(write_release(folder, "chain", services, "2.0.0", chained=True))
+    settings = Settings(
+        broker_url=broker_url, store_url=redis_url, namespace=namespace, fleet=fleet
+    )
+    parts = connect(settings, load_fleet(fleet))
+    try:
+        parts.bus.declare()
+        parts.bus.declare_service_queues(services)  # as the coordinator's start does
+        coordinator = Coordinator(parts.store, parts.bus, parts.fleet)
+        release_id = uuid.uuid4().hex[:12]
+        coordinator.handle(_delivered(envelope(release, release_id=release_id, actor="bench")))
+        for service in services:  # the first warms up, as the runner's does
+            deployed = ComponentDeployed(
+                environment=ENVIRONMENT,
+                service=service,
+                version="2.0.0",
+                previous_versions={f"{service}-h000": "1.0.0"},
+            )
+            coordinator.handle(_delivered(envelope(deployed, release_id=release_id, actor="w")))
+    finally:
+        parts.close()
+
+
+def _delivered(message: Envelope) -> Delivery:
+    return Delivery(message.encode(), "coordinator", ack=_settled, requeue=_settled)
+
+
+def _settled() -> None:
+    """Acknowledged: the message came from no queue."""
+
+
 def _floor(components: int, broker_url: str, redis_url: str, namespace: str) -> None:
     app = celery_app(broker_url, namespace)
     publish = outcome_publisher(app)
@@ -152,5 +210,7 @@ if __name__ == "__main__":
     side, count, broker, store_url, space, scratch_folder = sys.argv[1:7]
     if side == "drover":
         _drover(int(count), broker, store_url, space, Path(scratch_folder))
+    elif side == "coordinator":
+        _coordinator(int(count), broker, store_url, space, Path(scratch_folder))
     else:
         _floor(int(count), broker, store_url, space)
