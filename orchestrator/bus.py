@@ -213,11 +213,11 @@ class Bus:
         A command to a service declares its queue on the way (a command must never meet
         an exchange with nothing bound to it), which kombu does once per connection and
         again after a reconnection; declaring the fleet's queues up front takes that
-        round trip off each service's first command.
+        round trip off each service's first command, and keeps each queue bound for it.
         """
         with _broker_errors(self.broker_url), self.celery.producer_or_acquire() as producer:
             for service in services:
-                producer.maybe_declare(self.topology.service_queue(service))
+                producer.maybe_declare(self._service_queue(producer.channel, service))
 
     def publish(self, message: Envelope) -> None:
         """Send one message to where its type goes.
@@ -304,11 +304,7 @@ class Bus:
                 _TASKS[type(message.payload)],
                 args=[message.to_wire()],
                 task_id=message.id,
-                queue=self._bound_to(
-                    producer.channel,
-                    f"queue of {service}",
-                    functools.partial(self.topology.service_queue, service),
-                ),
+                queue=self._service_queue(producer.channel, service),
                 producer=producer,
                 headers=_headers(message),
                 # What Celery shows of a task's arguments in its events and monitors: left to
@@ -318,6 +314,10 @@ class Bus:
                 kwargsrepr="{}",
                 **_PUBLISH_LIMITS,
             )
+
+    def _service_queue(self, channel: Any, service: str) -> Queue:
+        make = functools.partial(self.topology.service_queue, service)
+        return self._bound_to(channel, f"queue of {service}", make)
 
     def _bound_to(self, channel: Any, key: str, make: Callable[[], _Entity]) -> _Entity:
         """The queue or exchange a publish declares on the way, bound to the producer's

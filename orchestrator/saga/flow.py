@@ -269,7 +269,9 @@ def _continue_forward(state: ReleaseState, at: datetime, fleet: Fleet) -> Decisi
 
 
 _NOT_STARTED: Final = frozenset({ComponentStatus.PENDING, ComponentStatus.AWAITING_APPROVAL})
+_DEPLOYED: Final = ComponentStatus.DEPLOYED
 _status = operator.attrgetter("status")
+_needs = operator.attrgetter("depends_on")
 
 
 def _not_started(components: Mapping[str, ComponentState]) -> list[ComponentState]:
@@ -282,6 +284,16 @@ def _not_started(components: Mapping[str, ComponentState]) -> list[ComponentStat
     return list(itertools.compress(every, map(_NOT_STARTED.__contains__, map(_status, every))))
 
 
+def _ready(components: Mapping[str, ComponentState]) -> list[ComponentState]:
+    """The components not started yet whose dependencies are all deployed, in the
+    release's order: walked as :func:`_not_started` walks, for the components of a long
+    chain wait for their turn in every one of its steps."""
+    statuses = map(_status, components.values())
+    deployed = set(itertools.compress(components, map(_DEPLOYED.__eq__, statuses)))
+    waiting = _not_started(components)
+    return list(itertools.compress(waiting, map(deployed.issuperset, map(_needs, waiting))))
+
+
 def _start_ready(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     """Send every waiting component whose dependencies are all deployed.
 
@@ -289,10 +301,8 @@ def _start_ready(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     """
     components = dict(state.components)
     outgoing: list[Message] = []
-    for component in _not_started(state.components):
+    for component in _ready(state.components):
         name = component.name
-        if not all(_is_deployed(state.components.get(d)) for d in component.depends_on):
-            continue
         if _needs_approval(component, state, fleet):
             if component.status is ComponentStatus.PENDING:
                 components[name] = component.moved_to(ComponentStatus.AWAITING_APPROVAL)
@@ -303,10 +313,6 @@ def _start_ready(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
         outgoing.append(_command_for(state, components[name]))
     started = state.model_copy(update={"components": components, "updated_at": at})
     return Decision(started, tuple(outgoing))
-
-
-def _is_deployed(component: ComponentState | None) -> bool:
-    return component is not None and component.status is ComponentStatus.DEPLOYED
 
 
 def _needs_approval(component: ComponentState, state: ReleaseState, fleet: Fleet) -> bool:
