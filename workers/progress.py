@@ -20,7 +20,7 @@ from orchestrator.contract import (
     ToggleFlag,
 )
 from orchestrator.drills import CrashPoints
-from orchestrator.observability import get_logger, message_context
+from orchestrator.observability import get_logger
 from orchestrator.saga import ReleaseState
 from orchestrator.store import StepDone, Store
 from orchestrator.vocabulary import Step
@@ -175,8 +175,7 @@ class ComponentProgress:
     # --- the Reporter ---------------------------------------------------------------------
 
     def step_started(self, step: Step, batch: int, hosts: Sequence[str], rollback: bool) -> None:
-        with message_context(step=step, batch=batch):
-            log.info("step started", hosts=list(hosts), rollback=rollback)
+        log.info("step started", step=step, batch=batch, hosts=list(hosts), rollback=rollback)
         self._say(StepStarted(**self._where(step, batch, hosts, rollback)))
 
     def step_succeeded(
@@ -195,8 +194,14 @@ class ComponentProgress:
     def step_failed(
         self, step: Step, batch: int, hosts: Sequence[str], rollback: bool, error: StepError
     ) -> None:
-        with message_context(step=step, batch=batch):
-            log.warning("step failed", host=error.host, reason=error.reason, rollback=rollback)
+        log.warning(
+            "step failed",
+            step=step,
+            batch=batch,
+            host=error.host,
+            reason=error.reason,
+            rollback=rollback,
+        )
         self._say(
             StepFailed(
                 **self._where(step, batch, hosts, rollback),
