@@ -286,8 +286,8 @@ def _not_started(components: Mapping[str, ComponentState]) -> list[ComponentStat
 
 def _ready(components: Mapping[str, ComponentState]) -> list[ComponentState]:
     """The components not started yet whose dependencies are all deployed, in the
-    release's order: walked as :func:`_not_started` walks, for the components of a long
-    chain wait for their turn in every one of its steps."""
+    release's order; found by C's loops, as :func:`_not_started` finds its own: after
+    every outcome of a long chain, all the components still waiting are looked at."""
     statuses = map(_status, components.values())
     deployed = set(itertools.compress(components, map(_DEPLOYED.__eq__, statuses)))
     waiting = _not_started(components)
