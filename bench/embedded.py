@@ -236,8 +236,7 @@ def _embedded_main(fleet_path: Path, release_path: Path) -> None:
         with embedded(parts):
             client = Client(parts.store, parts.bus)
             release_id = client.submit(request, actor="bench")
-            while (state := client.state(release_id)) is None or not state.status.is_terminal:
-                time.sleep(0.5)
+            client.wait(release_id, timeout_s=_TIMEOUT_S, poll_s=0.5)
         print(json.dumps(show(parts.store, release_id)))
     finally:
         parts.close()
