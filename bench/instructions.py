@@ -21,7 +21,12 @@ process of its own under ``callgrind``:
 
 Each is run twice, with ``BENCH_INSTRUCTIONS_COMPONENTS`` (default ``20,60``) components,
 and the difference between the two counts over the difference in components is what one
-component costs: start-up, imports and the first command fall out. Celery's consumer,
+component costs: start-up, imports and the first command fall out. Both runs set up the
+same fleet (and, for the coordinator, the same release) of the larger size, so that
+setting it up (the fleet file read, the queues declared) falls out too: only the number
+of components carried out differs. (Until 2026-12-06 the fleet grew with the run, and
+its setting up, about 3 million instructions a service on the coordinator's side, was
+counted as the components'.) Celery's consumer,
 which hands commands to the runner, is left out of both: this measures what Drover does
 with a command, and what the coordinator does with an outcome. Needs valgrind; each side
 takes about half a minute.
@@ -36,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -58,7 +64,7 @@ from orchestrator.contract import ComponentDeployed, DeployComponent, Envelope, 
 from orchestrator.coordinator import Coordinator
 from orchestrator.observability import configure_logging
 from orchestrator.plans import load_fleet, load_release
-from orchestrator.runtime import connect
+from orchestrator.runtime import Parts, connect
 from orchestrator.settings import Settings
 from workers.tasks import ComponentRunner, WorkerLimits
 
@@ -114,6 +120,7 @@ def _instructions(options: Options, side: str, components: int) -> int:
             "bench.instructions",
             side,
             str(components),
+            str(SIZES[-1]),
             options.broker_url,
             options.redis_url,
             namespace,
@@ -122,7 +129,7 @@ def _instructions(options: Options, side: str, components: int) -> int:
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False)
         finally:
-            forget(options, namespace, service_names(components + 1))
+            forget(options, namespace, service_names(SIZES[-1] + 1))
         if done.returncode != 0:
             raise RuntimeError(
                 f"{side} ({components}) exited {done.returncode}: {done.stderr[-3000:]}"
@@ -136,43 +143,53 @@ def _instructions(options: Options, side: str, components: int) -> int:
 # --- in the counted process ------------------------------------------------------------------
 
 
-def _drover(components: int, broker_url: str, redis_url: str, namespace: str, folder: Path) -> None:
-    configure_logging("json", "info")  # Drover's default: its logging is part of its cost
-    services = service_names(components + 1)  # the first warms up, and is not counted
-    fleet = write_fleet(folder, dict.fromkeys(services, 1), batch=1)
+@dataclass(frozen=True)
+class _Setting:
+    """Where a counted process works, and the size of the fleet it sets up."""
+
+    fleet_size: int
+    broker_url: str
+    redis_url: str
+    namespace: str
+    folder: Path
+
+
+def _connected(at: _Setting, services: list[str]) -> Parts:
+    """A worker's or coordinator's parts over a fleet of one-host ``services``."""
+    fleet = write_fleet(at.folder, dict.fromkeys(services, 1), batch=1)
     settings = Settings(
-        broker_url=broker_url, store_url=redis_url, namespace=namespace, fleet=fleet
+        broker_url=at.broker_url, store_url=at.redis_url, namespace=at.namespace, fleet=fleet
     )
     parts = connect(settings, load_fleet(fleet))
+    parts.bus.declare()
+    return parts
+
+
+def _drover(components: int, at: _Setting) -> None:
+    configure_logging("json", "info")  # Drover's default: its logging is part of its cost
+    services = service_names(at.fleet_size + 1)
+    parts = _connected(at, services)
     try:
-        parts.bus.declare()
         runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
         release_id = uuid.uuid4().hex[:12]
-        for service in services:
+        for service in services[: components + 1]:  # the first warms up, and is not counted
             command = DeployComponent(environment=ENVIRONMENT, service=service, version="2.0.0")
             runner.deploy(envelope(command, release_id=release_id, actor="bench").to_wire())
     finally:
         parts.close()
 
 
-def _coordinator(
-    components: int, broker_url: str, redis_url: str, namespace: str, folder: Path
-) -> None:
+def _coordinator(components: int, at: _Setting) -> None:
     configure_logging("json", "info")
-    services = service_names(components + 1)
-    fleet = write_fleet(folder, dict.fromkeys(services, 1), batch=1)
-    release = load_release(write_release(folder, "chain", services, "2.0.0", chained=True))
-    settings = Settings(
-        broker_url=broker_url, store_url=redis_url, namespace=namespace, fleet=fleet
-    )
-    parts = connect(settings, load_fleet(fleet))
+    services = service_names(at.fleet_size + 1)
+    release = load_release(write_release(at.folder, "chain", services, "2.0.0", chained=True))
+    parts = _connected(at, services)
     try:
-        parts.bus.declare()
         parts.bus.declare_service_queues(services)  # as the coordinator's start does
         coordinator = Coordinator(parts.store, parts.bus, parts.fleet)
         release_id = uuid.uuid4().hex[:12]
         coordinator.handle(_delivered(envelope(release, release_id=release_id, actor="bench")))
-        for service in services:  # the first warms up, as the runner's does
+        for service in services[: components + 1]:  # the first warms up, as the runner's does
             deployed = ComponentDeployed(
                 environment=ENVIRONMENT,
                 service=service,
@@ -192,14 +209,14 @@ def _settled() -> None:
     """Acknowledged: the message came from no queue."""
 
 
-def _floor(components: int, broker_url: str, redis_url: str, namespace: str) -> None:
-    app = celery_app(broker_url, namespace)
+def _floor(components: int, at: _Setting) -> None:
+    app = celery_app(at.broker_url, at.namespace)
     publish = outcome_publisher(app)
-    store = redis.Redis.from_url(redis_url)
+    store = redis.Redis.from_url(at.redis_url)
     store_write = store.register_script(STORE_WRITE)
-    outcome = f"{namespace}.outcomes"
+    outcome = f"{at.namespace}.outcomes"
     for n in range(components + 1):
-        key = f"{namespace}:floor:{n}"
+        key = f"{at.namespace}:floor:{n}"
         floor_component(
             store_write, publish, key=key, outcome=outcome, n=n, calls=WORKER_STORE_CALLS
         )
@@ -207,10 +224,6 @@ def _floor(components: int, broker_url: str, redis_url: str, namespace: str) -> 
 
 
 if __name__ == "__main__":
-    side, count, broker, store_url, space, scratch_folder = sys.argv[1:7]
-    if side == "drover":
-        _drover(int(count), broker, store_url, space, Path(scratch_folder))
-    elif side == "coordinator":
-        _coordinator(int(count), broker, store_url, space, Path(scratch_folder))
-    else:
-        _floor(int(count), broker, store_url, space)
+    side, count, fleet_size, broker, store_url, space, scratch_folder = sys.argv[1:8]
+    setting = _Setting(int(fleet_size), broker, store_url, space, Path(scratch_folder))
+    {"drover": _drover, "coordinator": _coordinator, "floor": _floor}[side](int(count), setting)
