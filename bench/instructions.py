@@ -25,8 +25,8 @@ component costs: start-up, imports and the first command fall out. Both runs set
 same fleet (and, for the coordinator, the same release) of the larger size, so that
 setting it up (the fleet file read, the queues declared) falls out too: only the number
 of components carried out differs. (Until 2026-12-06 the fleet grew with the run, and
-its setting up, about 3 million instructions a service on the coordinator's side, was
-counted as the components'.) Celery's consumer,
+its setting up, about 4 million instructions a service on the runner's side and 7 on the
+coordinator's, was counted as the components'.) Celery's consumer,
 which hands commands to the runner, is left out of both: this measures what Drover does
 with a command, and what the coordinator does with an outcome. Needs valgrind; each side
 takes about half a minute.
