@@ -2,20 +2,24 @@
 
 A command sent to a service whose workers have never started must wait in the service's
 queue; a direct exchange with nothing bound to it would drop it. A command there says in
-Celery's task headers what it is, for Celery's monitors.
+Celery's task headers what it is, for Celery's monitors, and is in every other way the
+message Celery's own ``send_task`` makes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from kombu.connection import Connection
+from kombu.message import Message
 from kombu.messaging import Producer
 
-from orchestrator.contract import DeployComponent, decode, envelope
+from orchestrator.bus import DEPLOY_TASK
+from orchestrator.contract import DeployComponent, Envelope, decode, envelope
 from orchestrator.runtime import Parts
 from tests.support.listening import connected_parts
 
@@ -76,20 +80,65 @@ def test_every_service_queue_holds_a_command_sent_before_any_worker_started(
 
 
 def test_a_command_tells_celerys_monitors_what_it_is(parts: Parts) -> None:
-    command = envelope(
+    command = _command()
+
+    parts.bus.publish(command)
+
+    (message,) = _taken(parts, "web", 1)
+    assert message.headers["argsrepr"] == f"(DeployComponent {command.id} of release r1,)"
+    assert message.headers["kwargsrepr"] == "{}"
+    args, kwargs, _ = message.payload
+    assert decode(args[0]) == command and kwargs == {}  # the command itself, whole
+
+
+def test_a_command_is_the_message_celerys_send_task_makes(parts: Parts) -> None:
+    """Workers of any Celery version read what ``send_task`` writes: the bus, which makes
+    the message itself, must write nothing else."""
+    command = _command()
+    parts.bus.publish(command)
+    (sent,) = _taken(parts, "web", 1)
+
+    parts.celery.send_task(
+        DEPLOY_TASK,
+        args=[command.to_wire()],
+        task_id=command.id,
+        queue=parts.bus.topology.service_queue("web"),
+        headers={k: v for k, v in sent.headers.items() if k.startswith("drover_")},
+        argsrepr=sent.headers["argsrepr"],
+        kwargsrepr=sent.headers["kwargsrepr"],
+    )
+    (by_celery,) = _taken(parts, "web", 1)
+
+    assert _as_sent(sent) == _as_sent(by_celery)
+
+
+def _command() -> Envelope:
+    return envelope(
         DeployComponent(environment="staging", service="web", version="2.0.0"),
         release_id="r1",
         actor="test",
     )
 
-    parts.bus.publish(command)
 
+def _taken(parts: Parts, service: str, count: int) -> list[Message]:
     with Connection(parts.settings.broker_url) as connection:
-        waiting = connection.SimpleQueue(parts.bus.topology.service_queue("web"))
-        message = waiting.get(timeout=5)
-        message.ack()
+        waiting = connection.SimpleQueue(parts.bus.topology.service_queue(service))
+        messages = [waiting.get(timeout=5) for _ in range(count)]
+        for message in messages:
+            message.ack()
         waiting.close()
-    assert message.headers["argsrepr"] == f"(DeployComponent {command.id} of release r1,)"
-    assert message.headers["kwargsrepr"] == "{}"
-    args, kwargs, _ = message.payload
-    assert decode(args[0]) == command and kwargs == {}  # the command itself, whole
+    return messages
+
+
+def _as_sent(message: Message) -> dict[str, Any]:
+    """All the publisher chose of a message; not the tag the broker gave its delivery."""
+    properties = {k: v for k, v in message.properties.items() if k != "delivery_tag"}
+    routed = {k: message.delivery_info.get(k) for k in ("exchange", "routing_key")}
+    return {
+        "body": message.body,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "headers": message.headers,
+        "properties": properties,
+        "routed": routed,
+    }
