@@ -28,6 +28,7 @@ BENCHMARKS: Final = {
     "floor": "bench.floor",  # the bare stack doing the least Drover's guarantees ask
     "intake": "bench.intake",  # taking commands off many queues: one per poll, or batched
     "instructions": "bench.instructions",  # one component's cost to the worker, counted
+    "fleet": "bench.fleet_file",  # reading a 10,000-host fleet file, as every process starts
 }
 
 

@@ -336,6 +336,18 @@ def test_malformed_yaml_is_reported_with_its_line(tmp_path: Path) -> None:
     assert reason.startswith("malformed YAML at line 4,")
 
 
+def test_a_tab_in_the_indentation_is_named(tmp_path: Path) -> None:
+    text = "environment: staging\ncomponents:\n\t- service: ledger\n"
+
+    assert release_problems(tmp_path, text) == [
+        (
+            "",
+            "malformed YAML at line 3, column 1: found character that cannot start any token"
+            " (a tab: YAML indents with spaces)",
+        )
+    ]
+
+
 def test_duplicate_yaml_key_is_refused_with_its_line(tmp_path: Path) -> None:
     text = "environment: staging\ncomponents:\n  - service: a\n    service: b\n    version: 1\n"
 
