@@ -84,7 +84,7 @@ def test_a_command_tells_celerys_monitors_what_it_is(parts: Parts) -> None:
 
     parts.bus.publish(command)
 
-    (message,) = _taken(parts, "web", 1)
+    message = _taken(parts, "web")
     assert message.headers["argsrepr"] == f"(DeployComponent {command.id} of release r1,)"
     assert message.headers["kwargsrepr"] == "{}"
     args, kwargs, _ = message.payload
@@ -96,7 +96,7 @@ def test_a_command_is_the_message_celerys_send_task_makes(parts: Parts) -> None:
     the message itself, must write nothing else."""
     command = _command()
     parts.bus.publish(command)
-    (sent,) = _taken(parts, "web", 1)
+    sent = _taken(parts, "web")
 
     parts.celery.send_task(
         DEPLOY_TASK,
@@ -107,7 +107,7 @@ def test_a_command_is_the_message_celerys_send_task_makes(parts: Parts) -> None:
         argsrepr=sent.headers["argsrepr"],
         kwargsrepr=sent.headers["kwargsrepr"],
     )
-    (by_celery,) = _taken(parts, "web", 1)
+    by_celery = _taken(parts, "web")
 
     assert _as_sent(sent) == _as_sent(by_celery)
 
@@ -120,14 +120,13 @@ def _command() -> Envelope:
     )
 
 
-def _taken(parts: Parts, service: str, count: int) -> list[Message]:
+def _taken(parts: Parts, service: str) -> Message:
     with Connection(parts.settings.broker_url) as connection:
         waiting = connection.SimpleQueue(parts.bus.topology.service_queue(service))
-        messages = [waiting.get(timeout=5) for _ in range(count)]
-        for message in messages:
-            message.ack()
+        message = waiting.get(timeout=5)
+        message.ack()
         waiting.close()
-    return messages
+    return message
 
 
 def _as_sent(message: Message) -> dict[str, Any]:
