@@ -242,10 +242,11 @@ class Envelope(BaseModel):
         return self._encoded
 
     # A message never changes once made, and most are written twice (to the store, then
-    # to the bus): its bytes are made once.
+    # to the bus): its bytes are made once, by the model's serializer itself, which
+    # model_dump_json calls after sorting out options a message never sets.
     @functools.cached_property
     def _encoded(self) -> bytes:
-        return self.model_dump_json().encode()
+        return self.__pydantic_serializer__.to_json(self)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copied = super().model_copy(update=update, deep=deep)
