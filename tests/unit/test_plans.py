@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -346,6 +348,39 @@ def test_a_tab_in_the_indentation_is_named(tmp_path: Path) -> None:
             " (a tab: YAML indents with spaces)",
         )
     ]
+
+
+def test_without_libyaml_the_same_files_read_the_same(tmp_path: Path) -> None:
+    """PyYAML built without libyaml: its own parser, with the same constructors and checks."""
+    files = [
+        write(tmp_path, FLEET, "fleet.yaml"),
+        write(tmp_path, "environments: {}\nenvironments: {}\n", "twice.yaml"),
+        write(tmp_path, "environments:\n\tstaging: {}\n", "tab.yaml"),
+    ]
+    script = textwrap.dedent(
+        """
+        import sys
+        import yaml
+        yaml.__with_libyaml__ = False  # what PyYAML built without libyaml says
+        from orchestrator.plans import InvalidInput, load_fleet
+        print(load_fleet(sys.argv[1]).model_dump_json())
+        for path in sys.argv[2:]:
+            try:
+                load_fleet(path)
+            except InvalidInput as error:
+                print(error.problems[0].reason)
+        """
+    )
+    command = [sys.executable, "-c", script, *map(str, files)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+
+    fleet_json, twice, tab = done.stdout.splitlines()
+    assert Fleet.model_validate_json(fleet_json) == load_fleet(files[0])
+    assert twice == "malformed YAML at line 2, column 1: key 'environments' is given twice"
+    assert tab == (  # PyYAML's own words, which say what the character is
+        "malformed YAML at line 2, column 1: found character '\\t' that cannot start any"
+        " token (a tab: YAML indents with spaces)"
+    )
 
 
 def test_duplicate_yaml_key_is_refused_with_its_line(tmp_path: Path) -> None:
