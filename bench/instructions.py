@@ -12,6 +12,12 @@ process of its own under ``callgrind``:
   with no latency, and Drover's default logging;
 * **floor**: the floor's component (:mod:`bench.floor`): its nine durable writes, then
   its outcome published, and nothing else;
+* **worker**: a whole worker process (``orchestrator.runtime.run_worker``: Celery's
+  consumer over the fleet's queues, its pool threads running the runner, the lease
+  keeper and the live feed), carrying out one-host deploy commands queued for it before
+  it starts, and stopping (Celery's warm shutdown) once it has carried them all out:
+  what the runner costs, and what Celery and Drover's transport add to take, hand over
+  and acknowledge each command;
 * **coordinator**: the coordinator (``orchestrator.coordinator.Coordinator``) given a
   chain's outcomes one after another in one thread, as its consumer gives them: each
   decided, committed, the next component's command published (to Redis, and the broker
@@ -26,26 +32,30 @@ same fleet (and, for the coordinator, the same release) of the larger size, so t
 setting it up (the fleet file read, the queues declared) falls out too: only the number
 of components carried out differs. (Until 2026-12-06 the fleet grew with the run, and
 its setting up, about 4 million instructions a service on the runner's side and 7 on the
-coordinator's, was counted as the components'.) Celery's consumer,
-which hands commands to the runner, is left out of both: this measures what Drover does
-with a command, and what the coordinator does with an outcome. Needs valgrind; each side
-takes about half a minute.
+coordinator's, was counted as the components'.) The runner's and the coordinator's
+sides leave Celery's consumer and Drover's consumer out: they measure what Drover does
+with a command, and what the coordinator does with an outcome; the worker's side puts
+Celery's in. Needs valgrind; each side takes about half a minute, the worker's a few.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import redis
+from celery.signals import task_postrun
 
 from bench.bare import STORE_WRITE, celery_app, floor_component, outcome_publisher
 from bench.floor import WORKER_STORE_CALLS
@@ -64,7 +74,7 @@ from orchestrator.contract import ComponentDeployed, DeployComponent, Envelope, 
 from orchestrator.coordinator import Coordinator
 from orchestrator.observability import configure_logging
 from orchestrator.plans import load_fleet, load_release
-from orchestrator.runtime import Parts, connect
+from orchestrator.runtime import Parts, connect, run_worker
 from orchestrator.settings import Settings
 from workers.tasks import ComponentRunner, WorkerLimits
 
@@ -73,8 +83,9 @@ __all__ = ["run"]
 SIZES: Final = tuple(
     int(n) for n in os.environ.get("BENCH_INSTRUCTIONS_COMPONENTS", "20,60").split(",")
 )
-SIDES: Final = ("drover", "floor", "coordinator")
+SIDES: Final = ("drover", "floor", "coordinator", "worker")
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
+_CHILD_LIMIT_S: Final = 1800  # a counted process runs some fifty times slower than usual
 
 
 def run(options: Options) -> list[Figure]:
@@ -82,7 +93,7 @@ def run(options: Options) -> list[Figure]:
         raise RuntimeError("the instructions benchmark needs valgrind (Debian's valgrind)")
     if len(SIZES) != 2 or not 0 < SIZES[0] < SIZES[1]:
         raise ValueError(f"BENCH_INSTRUCTIONS_COMPONENTS: two sizes, smaller first, not {SIZES}")
-    drover, floor, coordinator = (_per_component(options, side) for side in SIDES)
+    drover, floor, coordinator, worker = (_per_component(options, side) for side in SIDES)
     notes = {"components": list(SIZES), "floor_store_calls": WORKER_STORE_CALLS}
     return [
         Figure(
@@ -91,6 +102,13 @@ def run(options: Options) -> list[Figure]:
             Runs("floor component, one thread", "M instr", (floor / 1e6,)),
             notes=notes,
             sides=("drover", "floor"),
+        ),
+        Figure(
+            "worker process per component",
+            Runs("worker process, Celery's consumer in", "M instr", (worker / 1e6,)),
+            Runs("worker's runner, one thread", "M instr", (drover / 1e6,)),
+            notes={"components": list(SIZES)},
+            sides=("process", "runner"),
         ),
         Figure(
             "coordinator instructions per component",
@@ -110,6 +128,9 @@ def _instructions(options: Options, side: str, components: int) -> int:
     namespace = fresh_namespace("instr")
     with tempfile.TemporaryDirectory(prefix=f"{namespace}-") as scratch:
         report = Path(scratch) / "callgrind.log"
+        at = _Setting(SIZES[-1], options.broker_url, options.redis_url, namespace, Path(scratch))
+        if side == "worker":
+            _queue_commands(at, components)
         command = [
             "valgrind",
             "--tool=callgrind",
@@ -120,19 +141,23 @@ def _instructions(options: Options, side: str, components: int) -> int:
             "bench.instructions",
             side,
             str(components),
-            str(SIZES[-1]),
-            options.broker_url,
-            options.redis_url,
-            namespace,
-            scratch,
+            str(at.fleet_size),
+            at.broker_url,
+            at.redis_url,
+            at.namespace,
+            str(at.folder),
         ]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-        finally:
-            forget(options, namespace, service_names(SIZES[-1] + 1))
-        if done.returncode != 0:
+            _, stderr = child.communicate(timeout=_CHILD_LIMIT_S)
+        except subprocess.TimeoutExpired:  # a worker that never carried them all out
+            child.kill()
+            _, stderr = child.communicate()
+        finally:  # valgrind runs the program in its own process: the worker's pid is this
+            forget(options, namespace, service_names(SIZES[-1] + 1), worker_pid=child.pid)
+        if child.returncode != 0:
             raise RuntimeError(
-                f"{side} ({components}) exited {done.returncode}: {done.stderr[-3000:]}"
+                f"{side} ({components}) exited {child.returncode}: {stderr[-3000:].decode()}"
             )
         found = _COLLECTED.search(report.read_text())
     if found is None:
@@ -158,7 +183,14 @@ def _connected(at: _Setting, services: list[str]) -> Parts:
     """A worker's or coordinator's parts over a fleet of one-host ``services``."""
     fleet = write_fleet(at.folder, dict.fromkeys(services, 1), batch=1)
     settings = Settings(
-        broker_url=at.broker_url, store_url=at.redis_url, namespace=at.namespace, fleet=fleet
+        broker_url=at.broker_url,
+        store_url=at.redis_url,
+        namespace=at.namespace,
+        fleet=fleet,
+        # The worker side's one pool thread takes its commands one after another, each
+        # acknowledged before the next is taken: with four, how many a poll finds waiting
+        # changes from run to run, and with it the count (6.1 to 7.0 million a component).
+        worker_concurrency=1,
     )
     parts = connect(settings, load_fleet(fleet))
     parts.bus.declare()
@@ -171,10 +203,46 @@ def _drover(components: int, at: _Setting) -> None:
     parts = _connected(at, services)
     try:
         runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
-        release_id = uuid.uuid4().hex[:12]
-        for service in services[: components + 1]:  # the first warms up, and is not counted
-            command = DeployComponent(environment=ENVIRONMENT, service=service, version="2.0.0")
-            runner.deploy(envelope(command, release_id=release_id, actor="bench").to_wire())
+        for command in _commands(services[: components + 1]):  # the first warms up
+            runner.deploy(command.to_wire())
+    finally:
+        parts.close()
+
+
+def _commands(services: list[str]) -> Iterator[Envelope]:
+    """One-host deploy commands of one release, one to each of ``services``."""
+    release_id = uuid.uuid4().hex[:12]
+    for service in services:
+        command = DeployComponent(environment=ENVIRONMENT, service=service, version="2.0.0")
+        yield envelope(command, release_id=release_id, actor="bench")
+
+
+def _queue_commands(at: _Setting, components: int) -> None:
+    """The worker side's commands, waiting in their queues before the counted worker
+    starts (sent from the benchmark's process, so that sending them is not counted)."""
+    services = service_names(at.fleet_size + 1)
+    parts = _connected(at, services)
+    try:
+        parts.bus.declare_service_queues(services)
+        for command in _commands(services[: components + 1]):
+            parts.bus.publish(command)
+    finally:
+        parts.close()
+
+
+def _worker(components: int, at: _Setting) -> None:
+    configure_logging("json", "info")
+    services = service_names(at.fleet_size + 1)
+    parts = _connected(at, services)
+    carried_out = itertools.count(1)
+
+    def stop_once_all_are_carried_out(**_: object) -> None:
+        if next(carried_out) == components + 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown, as on-call's
+
+    task_postrun.connect(stop_once_all_are_carried_out, weak=False)
+    try:
+        run_worker(parts, services)  # every queue of the fleet, as a worker serving it
     finally:
         parts.close()
 
@@ -226,4 +294,5 @@ def _floor(components: int, at: _Setting) -> None:
 if __name__ == "__main__":
     side, count, fleet_size, broker, store_url, space, scratch_folder = sys.argv[1:8]
     setting = _Setting(int(fleet_size), broker, store_url, space, Path(scratch_folder))
-    {"drover": _drover, "coordinator": _coordinator, "floor": _floor}[side](int(count), setting)
+    sides = {"drover": _drover, "coordinator": _coordinator, "floor": _floor, "worker": _worker}
+    sides[side](int(count), setting)
