@@ -1,17 +1,23 @@
 """Drover's kombu Redis transport (one client per channel) on a Redis of the test's own that
 is killed and started again: what was published on either side of the restart arrives,
-whether Drover's connection sent it (events) or Celery's (commands)."""
+whether Drover's connection sent it (events) or Celery's (commands); and a consumer on
+kombu's event loop, as Celery's worker consumes, goes on after its connection is cut."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from kombu.asynchronous import Hub
 from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
 from orchestrator.contract import ComponentDeployed, DeployComponent, Envelope, envelope
-from orchestrator.redis_transport import Channel
+from orchestrator.redis_transport import Channel, Transport
 from orchestrator.runtime import Parts
 from tests.conftest import require
 from tests.support.listening import connected_parts, drain, listen, messages
@@ -89,3 +95,49 @@ def test_drover_and_celery_connections_use_the_transport(parts: Parts) -> None:
     with parts.celery.connection_for_write() as celery:
         assert isinstance(celery.default_channel, Channel)
     assert isinstance(parts.bus._connection.default_channel, Channel)
+
+
+def test_a_consumer_on_an_event_loop_takes_messages_again_after_its_connection_is_cut(
+    broker: RedisServer, namespace: str
+) -> None:
+    """As Celery's worker consumes: on kombu's event loop. The transport adds a socket to
+    the loop only where the loop lacks it; one made anew after a cut must be added."""
+    queue = Queue(namespace, Exchange(namespace, "direct"), namespace)
+    received: list[str] = []
+    hub = Hub()
+    with Connection(broker.url, transport=Transport) as connection, contextlib.closing(hub):
+        connection.connect()
+        connection.transport.register_with_event_loop(connection.connection, hub)
+        producer = connection.Producer(serializer="json")
+        consumer = connection.Consumer([queue], accept=["json"])
+        consumer.register_callback(lambda body, message: (received.append(body), message.ack()))
+        with consumer:
+            producer.publish("before", exchange=queue.exchange, routing_key=namespace)
+            _turn_until(hub, connection, lambda: received == ["before"])
+            _turn_until(hub, connection, lambda: _waiting_clients(broker) == 1)
+
+            _cut_waiting_clients(broker)
+            producer.publish("after", exchange=queue.exchange, routing_key=namespace)
+            _turn_until(hub, connection, lambda: len(received) == 2)
+
+    assert received == ["before", "after"]
+
+
+def _turn_until(hub: Hub, connection: Connection, done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "the event loop took nothing more in 10 s"
+        # The cut, met by the poll, is raised; the loop goes on, on the same transport.
+        with contextlib.suppress(*connection.connection_errors):
+            hub.run_once()
+
+
+def _waiting_clients(broker: RedisServer) -> int:
+    with redis.Redis.from_url(broker.url) as client:
+        return sum(1 for c in client.client_list() if c["cmd"] == "brpop")
+
+
+def _cut_waiting_clients(broker: RedisServer) -> None:
+    with redis.Redis.from_url(broker.url) as client:
+        for waiting in (c for c in client.client_list() if c["cmd"] == "brpop"):
+            client.client_kill_filter(_id=waiting["id"])
