@@ -114,9 +114,11 @@ def test_a_consumer_on_an_event_loop_takes_messages_again_after_its_connection_i
         with consumer:
             producer.publish("before", exchange=queue.exchange, routing_key=namespace)
             _turn_until(hub, connection, lambda: received == ["before"])
-            _turn_until(hub, connection, lambda: _waiting_clients(broker) == 1)
+            _turn_until(hub, connection, lambda: len(_waiting_clients(broker)) == 1)
 
-            _cut_waiting_clients(broker)
+            with redis.Redis.from_url(broker.url) as client:
+                for waiting in _waiting_clients(broker):
+                    client.client_kill_filter(_id=waiting["id"])
             producer.publish("after", exchange=queue.exchange, routing_key=namespace)
             _turn_until(hub, connection, lambda: len(received) == 2)
 
@@ -132,12 +134,7 @@ def _turn_until(hub: Hub, connection: Connection, done: Callable[[], bool]) -> N
             hub.run_once()
 
 
-def _waiting_clients(broker: RedisServer) -> int:
+def _waiting_clients(broker: RedisServer) -> list[dict[str, str]]:
+    """The clients blocked in a ``BRPOP``: the consumer's poll, in flight."""
     with redis.Redis.from_url(broker.url) as client:
-        return sum(1 for c in client.client_list() if c["cmd"] == "brpop")
-
-
-def _cut_waiting_clients(broker: RedisServer) -> None:
-    with redis.Redis.from_url(broker.url) as client:
-        for waiting in (c for c in client.client_list() if c["cmd"] == "brpop"):
-            client.client_kill_filter(_id=waiting["id"])
+        return [c for c in client.client_list() if c["cmd"] == "brpop"]
