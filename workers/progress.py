@@ -22,7 +22,7 @@ from orchestrator.contract import (
 from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger
 from orchestrator.saga import ReleaseState
-from orchestrator.store import StepDone, Store
+from orchestrator.store import Ahead, StepDone, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import StepError
 from workers.leases import Lease
@@ -34,6 +34,8 @@ log = get_logger(__name__)
 
 _LOOK_EVERY_S: Final = 1.0  # how often a waiting worker looks at the release
 _REMIND_EVERY_S: Final = 30.0  # a hold the saga has not recorded is said again this often
+# Steps that change a host or the service first thing; the others check or wait first.
+_EFFECT_STEPS: Final = frozenset({Step.DRAIN, Step.DEPLOY, Step.UNDRAIN, Step.SWITCH, Step.TOGGLE})
 
 
 class Superseded(Exception):
@@ -61,6 +63,15 @@ class _Runner(Protocol):
         keep: tuple[str, Envelope] | None,
     ) -> None: ...
 
+    def report_ahead(
+        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
+    ) -> Ahead:
+        """:meth:`report`'s record, made ahead; the reports are published once it is on
+        record (:meth:`publish_reports`)."""
+        ...
+
+    def publish_reports(self, reports: Sequence[Envelope]) -> None: ...
+
     def wanted_state(self, command: Envelope) -> ReleaseState | None:
         """The release, if the saga still waits for ``command``; raises Superseded if not."""
         ...
@@ -79,9 +90,15 @@ class ComponentProgress:
     The journals' entries (:class:`StoreJournal`) go in the same writes: a step done is
     on record before the next effect, whichever comes first of the next step's start and
     the next host's effect (:meth:`settle`).
+
+    When the effects are themselves writes to the store (``effects_in_store``: the
+    simulator's), the write before one is made ahead (``Store.record_reports_ahead``):
+    the store commits it with the effect's write or before it, so a step done is still
+    on record whenever the next effect is, and a host's effect costs one commit, not two.
+    Its reports are published, and its failure raised, once the next effect is done.
     """
 
-    def __init__(self, runner: _Runner, command: Envelope, lease: Lease):
+    def __init__(self, runner: _Runner, command: Envelope, lease: Lease, *, effects_in_store: bool):
         self._runner = runner
         self._command = command
         self._environment: str = getattr(command.payload, "environment", "")
@@ -91,6 +108,8 @@ class ComponentProgress:
         self._unsent: list[Envelope] = []
         self._done: list[StepDone] = []
         self._keep: tuple[str, Envelope] | None = None  # kept with the next write
+        self._effects_in_store = effects_in_store
+        self._ahead: list[tuple[Ahead, Sequence[Envelope]]] = []  # made ahead, unconfirmed
 
     def keep(self, message: Envelope) -> None:
         """Report a message already made (and recorded apart) with the next batch."""
@@ -116,18 +135,41 @@ class ComponentProgress:
         """The reports and journal entries kept so far, for the caller to record. What
         was to be kept with them is not: a command that ends before its first write
         touched nothing, and needs no record of what it found."""
+        self._confirm()  # what was made ahead is on record before what follows it
         taken = self._unsent, self._done
         self._unsent, self._done, self._keep = [], [], None
         return taken
 
     def journaled(self, done: StepDone) -> None:
         """A step done, recorded with the next write, which comes before the next effect."""
+        self._confirm(waiting=False)  # what the effect just done carried, if it wrote
         self._done.append(done)
 
     def settle(self) -> None:
-        """Record the steps done so far now: another effect comes next."""
+        """Record the steps done so far: another host's effect (or check) comes next."""
         if self._done:
+            self._record(ahead=self._effects_in_store)
+
+    def _record(self, *, ahead: bool) -> None:
+        """Record what was kept so far: ``ahead`` if what comes next is an effect written
+        to the store, which carries it, or a check, which needs nothing on record."""
+        if not ahead or self._keep is not None:
             self.flush()
+        elif self._unsent or self._done:
+            reports, done = self._unsent, self._done
+            self._unsent, self._done = [], []
+            self._ahead.append((self._runner.report_ahead(reports, self._command, done), reports))
+
+    def _confirm(self, *, waiting: bool = True) -> None:
+        """Publish the reports of what was made ahead once it is on record, and raise
+        what recording it raised: waiting for it, or only as far as it is on record."""
+        while self._ahead:
+            recording, reports = self._ahead[0]
+            if not (waiting or recording.done()):
+                return  # nothing was written after it yet (a check, a host already so)
+            del self._ahead[0]
+            recording.wait()
+            self._runner.publish_reports(reports)
 
     # --- asked by the rollout -------------------------------------------------------------
 
@@ -245,7 +287,8 @@ class ComponentProgress:
         self._lease.check()
         self._unsent.append(self._runner.message(event, self._command))
         if isinstance(event, StepStarted):
-            self.flush()
+            # A step that waits or checks first is on record while it does.
+            self._record(ahead=self._effects_in_store and event.step in _EFFECT_STEPS)
 
     def _where(
         self, step: Step, batch: int, hosts: Sequence[str], rollback: bool

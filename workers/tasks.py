@@ -43,6 +43,7 @@ from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import (
+    Ahead,
     DeadLetter,
     StepDone,
     Store,
@@ -59,6 +60,7 @@ from workers.components import (
     started_key,
     toggle,
 )
+from workers.drivers.factory import writes_effects_to_store
 from workers.leases import Lease, LeaseKeeper, LeaseLost, claimed
 from workers.progress import ComponentProgress, Superseded, component_name
 
@@ -166,7 +168,10 @@ class ComponentRunner:
             self._dead_letter(command.encode(), reason)
             self._finish(command, _crashed(payload, reason), lease)
             return
-        progress = ComponentProgress(self, command, lease)
+        driver = self._fleet.service(payload.environment, payload.service).driver
+        progress = ComponentProgress(
+            self, command, lease, effects_in_store=writes_effects_to_store(driver)
+        )
         try:
             outcome = self._body(command, payload, lease, progress)
         except LeaseLost:
@@ -322,6 +327,14 @@ class ComponentRunner:
         kept = self.store.record_reports(self._word(command, reports, done, keep))
         if kept is not None:
             raise LeaseLost(f"another worker's {kept.type} was kept first")
+        self._bus.publish_progress(reports)
+
+    def report_ahead(
+        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
+    ) -> Ahead:
+        return self.store.record_reports_ahead(self._word(command, reports, done))
+
+    def publish_reports(self, reports: Sequence[Envelope]) -> None:
         self._bus.publish_progress(reports)
 
     def _word(

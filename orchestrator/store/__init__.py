@@ -21,6 +21,8 @@ from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState
 __all__ = [
     "KEEP_WAKE",
     "PEAK_DRAINED",
+    "RECORDED",
+    "Ahead",
     "Claim",
     "CommitResult",
     "DeadLetter",
@@ -103,6 +105,29 @@ class Word:
     # An outcome to keep under a key (:meth:`Store.record_outcome`) with the word, unless
     # one is kept there already: then nothing of the word is recorded.
     keep: tuple[str, Envelope] | None = None
+
+
+class Ahead(Protocol):
+    """A word recorded ahead (:meth:`Store.record_reports_ahead`)."""
+
+    def done(self) -> bool:
+        """Whether its commit is over: :meth:`wait` then answers at once."""
+        ...
+
+    def wait(self) -> None:
+        """Return once the word is on record; raise what recording it raised."""
+        ...
+
+
+class _Recorded:
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        return None
+
+
+RECORDED: Final[Ahead] = _Recorded()  # a word a store recorded before it answered
 
 
 class StoreUnavailable(Exception):
@@ -197,6 +222,16 @@ class Store(Protocol):
 
         None, or the outcome kept before under the word's ``keep`` key when it is not the
         one offered: then nothing was recorded.
+        """
+        ...
+
+    def record_reports_ahead(self, word: Word) -> Ahead:
+        """:meth:`record_reports` of a word that keeps nothing, on record no later than
+        the next write anyone makes on this store, and than :meth:`Ahead.wait`.
+
+        What a worker says before an effect that is itself a write to this store (the
+        simulator's) can go with that write instead of before it. A store whose writes
+        are not committed in the order they were made records the word before answering.
         """
         ...
 

@@ -25,6 +25,8 @@ from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
+    RECORDED,
+    Ahead,
     Claim,
     CommitResult,
     DeadLetter,
@@ -450,6 +452,11 @@ class RedisStore:
         with _translated():
             kept = self._calls.script(_RECORD_REPORTS_LUA, keys, args)
         return None if kept is None else decode(_bytes(kept))
+
+    def record_reports_ahead(self, word: Word) -> Ahead:
+        # Calls go out on whichever pooled connection is free: no order between them.
+        self.record_reports(shared.keeping_nothing(word))
+        return RECORDED
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""

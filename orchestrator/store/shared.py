@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ComponentState, ReleaseState
+
+if TYPE_CHECKING:
+    from orchestrator.store import Word
 
 __all__ = [
     "ATTEMPT_COUNT_TTL_S",
     "ReleaseRecord",
     "epoch_s",
     "from_epoch_s",
+    "keeping_nothing",
     "kept_outcome",
     "lease_ttl_s",
     "release_record",
@@ -47,6 +51,14 @@ def kept_outcome(offered: Envelope, kept: bytes) -> Envelope:
     """The outcome a store kept for a command: the one offered, unless another was first."""
     # Most often it is the one offered: the bytes tell, without reading them again.
     return offered if kept == offered.encode() else decode(kept)
+
+
+def keeping_nothing(word: Word) -> Word:
+    """``word``, which may be recorded ahead: it keeps no outcome, whose keeping decides
+    whether the word is recorded at all, so its caller must have the answer first."""
+    if word.keep is not None:
+        raise ValueError(f"a word keeping {word.keep[0]!r} cannot be recorded ahead")
+    return word
 
 
 def lease_ttl_s(ttl_s: float) -> float:

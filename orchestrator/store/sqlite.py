@@ -29,6 +29,7 @@ from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
+    Ahead,
     Claim,
     CommitResult,
     DeadLetter,
@@ -285,6 +286,10 @@ class SqliteStore:
             return None
 
         return self._write(record)
+
+    def record_reports_ahead(self, word: Word) -> Ahead:
+        word = shared.keeping_nothing(word)
+        return _Ahead(self, self._submit(lambda db: _record_word(db, word)))
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -601,8 +606,17 @@ class SqliteStore:
     def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
         """``body``'s answer, once what it wrote is committed: with the writes of other
         threads waiting at the same time, if there are any."""
+        return self._finish(self._submit(body))
+
+    def _submit(self, body: Callable[[sqlite3.Connection], _T]) -> _Write[_T]:
+        """Queue ``body`` for the next commit. Writes are committed in the order they
+        were queued: with, or after, the writes queued before them."""
         mine = _Write(body)
         self._waiting.append(mine)  # type: ignore[arg-type]  # the queue holds any answer type
+        return mine
+
+    def _finish(self, mine: _Write[_T]) -> _T:
+        """``mine``'s answer once it is committed, by this thread if no other took it."""
         with self._lock:
             if not mine.done:  # no other thread took it into its commit while we waited
                 group: list[_Write[object]] = []
@@ -647,6 +661,22 @@ class _Write(Generic[_T]):
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]  # set by run() when no error
+
+
+class _Ahead:
+    """A word queued for the next commit, whoever makes it."""
+
+    __slots__ = ("_store", "_write")
+
+    def __init__(self, store: SqliteStore, write: _Write[None]) -> None:
+        self._store = store
+        self._write = write
+
+    def done(self) -> bool:
+        return self._write.done
+
+    def wait(self) -> None:
+        self._store._finish(self._write)
 
 
 def _commit_together(db: sqlite3.Connection, group: Sequence[_Write[object]]) -> None:

@@ -694,6 +694,52 @@ def test_a_word_keeps_an_outcome_first_or_records_nothing(store: Store) -> None:
     assert store.progress("c1") == {"web-1": ["drain"]}
 
 
+def test_a_word_recorded_ahead_is_on_record_once_anyone_writes_after_it(store: Store) -> None:
+    word = word_key("api", rollback=False, attempt=1)
+    first, second = _report(), _report()
+    ahead = store.record_reports_ahead(
+        Word("r1", word, T0, [first], [StepDone("c1", "web-1", "drain")])
+    )
+    # Another thread's write, as the simulator's effect or another component's word.
+    with ThreadPoolExecutor(1) as other:
+        other.submit(store.record_progress, "c2", "web-9", "deploy").result()
+
+    assert ahead.done()
+    assert store.timeline("r1") == [first]
+    assert store.progress("c1") == {"web-1": ["drain"]}
+    assert store.last_words("r1", [word]) == {word: T0}
+    ahead.wait()  # answers at once
+
+    # With no write after it, waiting for it puts it on record.
+    store.record_reports_ahead(Word("r1", word, T0, [second])).wait()
+    assert store.timeline("r1") == [first, second]
+
+
+def test_a_word_recorded_ahead_raises_its_error_by_the_time_it_is_waited_for(
+    store: Store,
+) -> None:
+    word = word_key("api", rollback=False, attempt=1)
+    with pytest.raises(ValueError, match="time zone"):
+        store.record_reports_ahead(Word("r1", word, datetime(2026, 1, 1), [_report()])).wait()
+
+    store.record_progress("c1", "web-1", "drain")  # the next write does not meet it again
+    assert store.timeline("r1") == []
+    assert store.progress("c1") == {"web-1": ["drain"]}
+
+
+def test_a_word_keeping_an_outcome_is_not_recorded_ahead(store: Store) -> None:
+    started = _report()
+    word = Word(
+        "r1", word_key("api", rollback=False, attempt=1), T0, [started], keep=("s1", started)
+    )
+    with pytest.raises(ValueError, match="'s1' cannot be recorded ahead"):
+        store.record_reports_ahead(word)
+
+    store.record_progress("c1", "web-1", "drain")
+    assert store.outcome("s1") is None
+    assert store.timeline("r1") == []
+
+
 def test_claiming_work_reads_the_outcome_kept_under_the_key_asked_for(store: Store) -> None:
     started = _report()
     store.record_outcome("s1", started)

@@ -3,12 +3,16 @@ the effect that was under way.
 
 A worker records a host's journal entry with its next reports rather than on its own, so
 this drives one step over several hosts through the worker's own progress and journal,
-and looks into the store (the file a successor would read) at each host's effect.
+and looks into the store (the file a successor would read) at each host's effect: before
+it, for effects made outside the store (a real fleet's); once it is on record, for the
+simulator's, whose effects are writes to the store that carry the entries before them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from orchestrator.drills import CrashPoints
 from orchestrator.fleet.drivers import SimulatedDriverConfig
@@ -25,25 +29,32 @@ WORK = "r1/web/deploy/1"
 
 
 class Watched(SimulatedDriver):
-    """The simulator, noting what the journal on record holds as each host is drained."""
+    """The simulator, noting what the journal on record holds as each host is drained:
+    just before the drain, and once it is done."""
 
     def __init__(self, config: SimulatedDriverConfig, store: Store) -> None:
         super().__init__(
             config, store, environment="staging", service="web", release_id="r1", rollback=False
         )
         self.store = store
-        self.on_record: list[tuple[str, dict[str, list[str]]]] = []
+        self.before: list[tuple[str, dict[str, list[str]]]] = []
+        self.after: list[tuple[str, dict[str, list[str]]]] = []
 
     def drain(self, host: str) -> str:
-        self.on_record.append((host, self.store.progress(WORK)))
-        return super().drain(host)
+        self.before.append((host, self.store.progress(WORK)))
+        output = super().drain(host)
+        self.after.append((host, self.store.progress(WORK)))
+        return output
 
 
-def test_each_host_is_on_record_before_the_next_hosts_effect(tmp_path: Path) -> None:
+@pytest.mark.parametrize("effects_in_store", [False, True], ids=["real fleet", "simulator"])
+def test_each_host_is_on_record_before_the_next_hosts_effect(
+    tmp_path: Path, effects_in_store: bool
+) -> None:
     with web_deploy(tmp_path) as (parts, runner, command):
         keeper = LeaseKeeper(parts.store)
         lease = Lease(keeper, "component/r1/web", "test", 60, work=WORK, attempts=1)
-        progress = ComponentProgress(runner, command, lease)
+        progress = ComponentProgress(runner, command, lease, effects_in_store=effects_in_store)
         journal = StoreJournal(parts.store, WORK, progress, lease.check, CrashPoints(), empty=True)
         config = parts.fleet.service("staging", "web").driver
         assert isinstance(config, SimulatedDriverConfig)
@@ -67,7 +78,7 @@ def test_each_host_is_on_record_before_the_next_hosts_effect(tmp_path: Path) -> 
             ),
         )
 
-        assert driver.on_record == [
+        assert (driver.after if effects_in_store else driver.before) == [
             ("web-1", {}),
             ("web-2", {"web-1": ["drain"]}),
             ("web-3", {"web-1": ["drain"], "web-2": ["drain"]}),

@@ -14,7 +14,7 @@ from workers.drivers.http import HttpDriver
 from workers.drivers.shell import ShellDriver
 from workers.drivers.simulated import SimulatedDriver
 
-__all__ = ["driver_for"]
+__all__ = ["driver_for", "writes_effects_to_store"]
 
 
 def driver_for(
@@ -42,3 +42,9 @@ def driver_for(
         case HttpDriverConfig():
             return HttpDriver(config, environment=environment, service=service)
     raise TypeError(f"no driver for {config!r}")
+
+
+def writes_effects_to_store(config: DriverConfig) -> bool:
+    """Whether the driver's effects are writes to the store (the simulator's), which
+    orders them with the worker's own writes."""
+    return isinstance(config, SimulatedDriverConfig)
