@@ -12,6 +12,13 @@ own into the same transaction, each in a savepoint of its own. No caller returns
 the commit that holds its write is on disk, and a write that fails is undone alone.
 Writes are committed in the order they were queued: a word recorded ahead
 (:meth:`SqliteStore.record_reports_ahead`) is on record with the next write, or before.
+
+A commit waits for the disk unless it holds only writes that need not: the simulated
+fleet's changes (they stand for hosts, which keep their own state, not the store's) and
+words recorded ahead (on disk with the next write of Drover's own). Such a commit is in
+the WAL file, which a crash of the process does not lose; a power cut can, and then
+with every commit after it (SQLite recovers the WAL up to its first damaged frame), so
+what is on disk is always what was committed up to some point, in order.
 """
 
 from __future__ import annotations
@@ -208,6 +215,7 @@ class SqliteStore:
         # open by threads that ended, and a close() that cannot reach them.
         self._lock = threading.Lock()
         self._db = _open(path)
+        self._durable = True  # whether the connection's commits wait for the disk now
         self._waiting: deque[_Write[object]] = deque()  # writes for the next commit
         self._attempt_ttl_s = shared.ATTEMPT_COUNT_TTL_S
 
@@ -291,7 +299,7 @@ class SqliteStore:
 
     def record_reports_ahead(self, word: Word) -> Ahead:
         word = shared.keeping_nothing(word)
-        return _Ahead(self, self._submit(lambda db: _record_word(db, word)))
+        return _Ahead(self, self._submit(lambda db: _record_word(db, word), durable=False))
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -333,7 +341,7 @@ class SqliteStore:
             ).rowcount
             return _counted(db, changed > 0, environment, service, effect)
 
-        return self._write(set_version)
+        return self._write(set_version, durable=False)  # the simulated fleet's
 
     def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
         with self._read() as db:
@@ -373,7 +381,7 @@ class SqliteStore:
                 )
             return _counted(db, changed, environment, service, effect)
 
-        return self._write(set_drained)
+        return self._write(set_drained, durable=False)  # the simulated fleet's
 
     def service_state(self, environment: str, service: str) -> dict[str, str]:
         with self._read() as db:
@@ -395,7 +403,7 @@ class SqliteStore:
             ).rowcount
             return _counted(db, changed > 0, environment, service, effect)
 
-        return self._write(set_state)
+        return self._write(set_state, durable=False)  # the simulated fleet's
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -591,7 +599,7 @@ class SqliteStore:
         )
 
     def durability_problems(self) -> list[str]:
-        return []  # WAL with synchronous=FULL: a committed step is on disk
+        return []  # WAL, synchronous=FULL for Drover's own writes: on disk once committed
 
     def close(self) -> None:
         with self._lock:
@@ -605,15 +613,18 @@ class SqliteStore:
         with self._lock, _translated():
             yield self._db
 
-    def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _write(self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
         """``body``'s answer, once what it wrote is committed: with the writes of other
         threads waiting at the same time, if there are any."""
-        return self._finish(self._submit(body))
+        return self._finish(self._submit(body, durable=durable))
 
-    def _submit(self, body: Callable[[sqlite3.Connection], _T]) -> _Write[_T]:
+    def _submit(
+        self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+    ) -> _Write[_T]:
         """Queue ``body`` for the next commit. Writes are committed in the order they
-        were queued: with, or after, the writes queued before them."""
-        mine = _Write(body)
+        were queued: with, or after, the writes queued before them. ``durable``: its
+        commit waits for the disk (see the module's docstring for those that need not)."""
+        mine = _Write(body, durable)
         self._waiting.append(mine)  # type: ignore[arg-type]  # the queue holds any answer type
         return mine
 
@@ -624,18 +635,47 @@ class SqliteStore:
                 group: list[_Write[object]] = []
                 while self._waiting:
                     group.append(self._waiting.popleft())
-                _commit_together(self._db, group)
+                self._commit_together(group)
         with _translated():
             return mine.answer()
+
+    def _commit_together(self, group: Sequence[_Write[object]]) -> None:
+        """Run the writes of ``group`` in one transaction and commit it once, waiting for
+        the disk if any of them is to."""
+        db = self._db
+        try:
+            self._wait_for_disk(any(write.durable for write in group))
+            _immediately(db)
+            for write in group:
+                write.run(db)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            for write in group:
+                write.lost(exc)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if not isinstance(exc, Exception):
+                raise  # this thread's own interruption
+        finally:
+            for write in group:
+                write.done = True
+
+    def _wait_for_disk(self, durable: bool) -> None:
+        """Whether the next commit waits for the disk; set between transactions, where
+        SQLite takes it."""
+        if durable != self._durable:
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
 
 class _Write(Generic[_T]):
     """One caller's write: what it does, and how it ended once its commit is over."""
 
-    __slots__ = ("body", "done", "error", "result")
+    __slots__ = ("body", "done", "durable", "error", "result")
 
-    def __init__(self, body: Callable[[sqlite3.Connection], _T]) -> None:
+    def __init__(self, body: Callable[[sqlite3.Connection], _T], durable: bool) -> None:
         self.body = body
+        self.durable = durable
         self.done = False
         self.result: _T | None = None
         self.error: BaseException | None = None
@@ -679,25 +719,6 @@ class _Ahead:
 
     def wait(self) -> None:
         self._store._finish(self._write)
-
-
-def _commit_together(db: sqlite3.Connection, group: Sequence[_Write[object]]) -> None:
-    """Run the writes of ``group`` in one transaction and commit it once."""
-    try:
-        _immediately(db)
-        for write in group:
-            write.run(db)
-        db.execute("COMMIT")
-    except BaseException as exc:
-        for write in group:
-            write.lost(exc)
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        if not isinstance(exc, Exception):
-            raise  # this thread's own interruption
-    finally:
-        for write in group:
-            write.done = True
 
 
 def _record_word(db: sqlite3.Connection, word: Word) -> None:

@@ -1,6 +1,9 @@
 """The SQLite store commits the writes of several threads together (one transaction, one
 wait for the disk): each caller still gets its own answer, a write that fails is undone
 alone, and no write a caller was answered for is lost, even to a process killed at once.
+A commit waits for the disk whenever it holds a write of Drover's own; one holding only
+the simulated fleet's changes and words recorded ahead does not, and is still kept when
+the process is killed.
 
 To make writes wait together, a test holds the store's connection the way a long read
 does; the writes then queue behind it, and whichever thread gets the connection next
@@ -23,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.contract import Step, StepStarted, envelope
+from orchestrator.contract import Envelope, Step, StepStarted, envelope
 from orchestrator.saga import ReleaseState, ReleaseStatus
-from orchestrator.store import CommitResult, StoreUnavailable
+from orchestrator.store import CommitResult, Effect, StoreUnavailable, Word, word_key
 from orchestrator.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -60,12 +63,16 @@ def _state(release_id: str) -> ReleaseState:
     )
 
 
-def _commit(store: SqliteStore, release_id: str, wake_at: datetime = T0) -> CommitResult:
-    report = envelope(
+def _report(release_id: str) -> Envelope:
+    return envelope(
         StepStarted(environment="prod", service="api", step=Step.DRAIN, batch=1, hosts=("h",)),
         release_id=release_id,
         actor="worker-1",
     )
+
+
+def _commit(store: SqliteStore, release_id: str, wake_at: datetime = T0) -> CommitResult:
+    report = _report(release_id)
     return store.commit(
         release_id,
         message_id=f"{release_id}-m1",
@@ -75,6 +82,50 @@ def _commit(store: SqliteStore, release_id: str, wake_at: datetime = T0) -> Comm
         timeline=[report],
         wake_at=wake_at,
     )
+
+
+@contextmanager
+def _waits_for_disk_at_each_commit(store: SqliteStore) -> Iterator[list[bool]]:
+    """For each commit the store makes, whether it waited for the disk (the connection's
+    ``synchronous`` level when it committed: FULL, or NORMAL)."""
+    level = {"FULL": True, "NORMAL": False}
+    with store._read() as db:
+        durable = [db.execute("PRAGMA synchronous").fetchone()[0] == 2]
+    commits: list[bool] = []
+
+    def seen(statement: str) -> None:
+        if statement.startswith("PRAGMA synchronous = "):
+            durable[0] = level[statement.rsplit(" ", 1)[1]]
+        elif statement == "COMMIT":
+            commits.append(durable[0])
+
+    store._db.set_trace_callback(seen)
+    try:
+        yield commits
+    finally:
+        store._db.set_trace_callback(None)
+
+
+def test_a_commit_waits_for_the_disk_unless_it_holds_only_the_fleets_changes(
+    store: SqliteStore,
+) -> None:
+    effect = Effect("r1", "web-1", "deploy")
+    word = Word("r1", word_key("web", rollback=False, attempt=1), T0, [_report("r1")])
+    with _waits_for_disk_at_each_commit(store) as commits:
+        store.set_host_version("prod", "web", "web-1", "2.0.0", effect)
+        store.set_drained("prod", "web", "web-2", True, None)
+        store.record_reports_ahead(word).wait()
+        with _writes_queued(store, 2) as pool:  # Drover's own write shares a commit
+            pool.submit(store.set_service_state, "prod", "web", "live_colour", "green", None)
+            pool.submit(store.set_note, "n1", "v")
+        store.set_note("n2", "v")
+        store.record_reports_ahead(word)
+        store.set_host_version("prod", "web", "web-2", "2.0.0", effect)  # carries the word
+        _commit(store, "r2")
+
+    assert commits == [False, False, False, True, True, False, True]
+    assert store.host_versions("prod", "web") == {"web-1": "2.0.0", "web-2": "2.0.0"}
+    assert len(store.timeline("r1")) == 2
 
 
 def test_threads_writing_at_once_each_get_their_own_answer(store: SqliteStore) -> None:
@@ -140,7 +191,10 @@ _WRITER = textwrap.dedent(
     def write(thread):
         for n in range(100_000):
             key = f"note-{thread}-{n}"
-            store.set_note(key, "x" * 200)
+            if sys.argv[2] == "notes":  # Drover's own
+                store.set_note(key, "x" * 200)
+            else:  # the simulated fleet's
+                store.set_host_version("prod", "web", key, "2.0.0", None)
             with said:
                 print(key, flush=True)
 
@@ -151,11 +205,14 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_a_process_killed_while_writing_loses_no_answered_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writes", ["notes", "host versions"])
+def test_a_process_killed_while_writing_loses_no_answered_write(
+    tmp_path: Path, writes: str
+) -> None:
     path = str(tmp_path / "drover.db")
     answered = []
     with subprocess.Popen(
-        [sys.executable, "-c", _WRITER, path], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _WRITER, path, writes], stdout=subprocess.PIPE, text=True
     ) as writer:
         assert writer.stdout is not None
         try:
@@ -168,6 +225,9 @@ def test_a_process_killed_while_writing_loses_no_answered_write(tmp_path: Path) 
         answered += [line.strip() for line in writer.stdout if line.strip()]
 
     with closing(SqliteStore(path)) as reopened:
-        kept = reopened.notes("note-")
+        if writes == "notes":
+            kept = reopened.notes("note-")
+        else:
+            kept = reopened.host_versions("prod", "web")
     assert len(answered) >= 400
     assert set(answered) <= set(kept)
