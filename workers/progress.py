@@ -92,10 +92,13 @@ class ComponentProgress:
     the next host's effect (:meth:`settle`).
 
     When the effects are themselves writes to the store (``effects_in_store``: the
-    simulator's), the write before one is made ahead (``Store.record_reports_ahead``):
-    the store commits it with the effect's write or before it, so a step done is still
-    on record whenever the next effect is, and a host's effect costs one commit, not two.
-    Its reports are published, and its failure raised, once the next effect is done.
+    simulator's), a word is recorded the way the fleet's changes are, committed in
+    order with them but not waited on the disk for (``Store.record_reports_ahead``):
+    before an effect, made ahead, so that the store commits it with the effect's write or
+    before it (a step done is still on record whenever the next effect is, and a host's
+    effect costs one commit, not two), its reports published and its failure raised once
+    the next effect is done; before a check or a wait, made ahead and waited for. A word
+    that keeps the component's start is Drover's own record, and always waits for the disk.
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease, *, effects_in_store: bool):
@@ -126,6 +129,10 @@ class ComponentProgress:
     def flush(self) -> None:
         """Record the reports and journal entries kept so far, and publish the reports
         for listeners."""
+        if self._effects_in_store and self._keep is None:
+            self._record_ahead()
+            self._confirm()
+            return
         keep, self._keep = self._keep, None
         reports, done = self.take()
         if reports or done or keep:
@@ -148,14 +155,18 @@ class ComponentProgress:
     def settle(self) -> None:
         """Record the steps done so far: another host's effect (or check) comes next."""
         if self._done:
-            self._record(ahead=self._effects_in_store)
+            self._record(ahead=True)
 
     def _record(self, *, ahead: bool) -> None:
         """Record what was kept so far: ``ahead`` if what comes next is an effect written
         to the store, which carries it, or a check, which needs nothing on record."""
-        if not ahead or self._keep is not None:
+        if ahead and self._effects_in_store and self._keep is None:
+            self._record_ahead()
+        else:
             self.flush()
-        elif self._unsent or self._done:
+
+    def _record_ahead(self) -> None:
+        if self._unsent or self._done:
             reports, done = self._unsent, self._done
             self._unsent, self._done = [], []
             self._ahead.append((self._runner.report_ahead(reports, self._command, done), reports))
@@ -288,7 +299,7 @@ class ComponentProgress:
         self._unsent.append(self._runner.message(event, self._command))
         if isinstance(event, StepStarted):
             # A step that waits or checks first is on record while it does.
-            self._record(ahead=self._effects_in_store and event.step in _EFFECT_STEPS)
+            self._record(ahead=event.step in _EFFECT_STEPS)
 
     def _where(
         self, step: Step, batch: int, hosts: Sequence[str], rollback: bool

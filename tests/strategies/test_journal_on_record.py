@@ -10,6 +10,8 @@ simulator's, whose effects are writes to the store that carry the entries before
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,8 +31,9 @@ WORK = "r1/web/deploy/1"
 
 
 class Watched(SimulatedDriver):
-    """The simulator, noting what the journal on record holds as each host is drained:
-    just before the drain, and once it is done."""
+    """The simulator, noting what the journal on record holds as each host is drained
+    (just before the drain, and once it is done), and the step last started on record
+    as each host is verified."""
 
     def __init__(self, config: SimulatedDriverConfig, store: Store) -> None:
         super().__init__(
@@ -40,17 +43,54 @@ class Watched(SimulatedDriver):
         self.before: list[tuple[str, dict[str, list[str]]]] = []
         self.after: list[tuple[str, dict[str, list[str]]]] = []
 
+        self.verifying: list[tuple[str, str]] = []
+
     def drain(self, host: str) -> str:
         self.before.append((host, self.store.progress(WORK)))
         output = super().drain(host)
         self.after.append((host, self.store.progress(WORK)))
         return output
 
+    def verify(self, host: str, version: str) -> str:
+        started = [m.payload for m in self.store.timeline("r1") if m.type == "StepStarted"]
+        self.verifying.append((host, getattr(started[-1], "step", "") if started else ""))
+        return super().verify(host, version)
 
-@pytest.mark.parametrize("effects_in_store", [False, True], ids=["real fleet", "simulator"])
+
+FLEETS = pytest.mark.parametrize("effects_in_store", [False, True], ids=["real fleet", "simulator"])
+
+
+@FLEETS
 def test_each_host_is_on_record_before_the_next_hosts_effect(
     tmp_path: Path, effects_in_store: bool
 ) -> None:
+    with _stepped(tmp_path, Step.DRAIN, effects_in_store=effects_in_store) as (
+        driver,
+        store,
+        progress,
+    ):
+        assert (driver.after if effects_in_store else driver.before) == [
+            ("web-1", {}),
+            ("web-2", {"web-1": ["drain"]}),
+            ("web-3", {"web-1": ["drain"], "web-2": ["drain"]}),
+        ]
+        progress.flush()  # the worker's next word (a step's start, or its outcome)
+        assert store.progress(WORK) == {host: ["drain"] for host in HOSTS}
+
+
+@FLEETS
+def test_a_step_that_checks_first_is_on_the_timeline_while_it_checks(
+    tmp_path: Path, effects_in_store: bool
+) -> None:
+    with _stepped(tmp_path, Step.VERIFY, effects_in_store=effects_in_store) as (driver, _, _):
+        assert driver.verifying == [(host, "verify") for host in HOSTS]
+
+
+@contextmanager
+def _stepped(
+    tmp_path: Path, step: Step, *, effects_in_store: bool
+) -> Iterator[tuple[Watched, Store, ComponentProgress]]:
+    """One step over ``HOSTS`` through the worker's own progress and journal."""
     with web_deploy(tmp_path) as (parts, runner, command):
         keeper = LeaseKeeper(parts.store)
         lease = Lease(keeper, "component/r1/web", "test", 60, work=WORK, attempts=1)
@@ -62,7 +102,7 @@ def test_each_host_is_on_record_before_the_next_hosts_effect(
 
         run_step(
             driver,
-            Step.DRAIN,
+            step,
             1,
             HOSTS,
             versions=dict.fromkeys(HOSTS, "2.0.0"),
@@ -77,11 +117,4 @@ def test_each_host_is_on_record_before_the_next_hosts_effect(
                 drain_timeout_s=0,
             ),
         )
-
-        assert (driver.after if effects_in_store else driver.before) == [
-            ("web-1", {}),
-            ("web-2", {"web-1": ["drain"]}),
-            ("web-3", {"web-1": ["drain"], "web-2": ["drain"]}),
-        ]
-        progress.flush()  # the worker's next word (a step's start, or its outcome)
-        assert parts.store.progress(WORK) == {host: ["drain"] for host in HOSTS}
+        yield driver, parts.store, progress
