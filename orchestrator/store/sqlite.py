@@ -630,12 +630,13 @@ class SqliteStore:
 
     def _finish(self, mine: _Write[_T]) -> _T:
         """``mine``'s answer once it is committed, by this thread if no other took it."""
-        with self._lock:
-            if not mine.done:  # no other thread took it into its commit while we waited
-                group: list[_Write[object]] = []
-                while self._waiting:
-                    group.append(self._waiting.popleft())
-                self._commit_together(group)
+        if not mine.done:  # else committed already: the connection may be another commit's
+            with self._lock:
+                if not mine.done:  # no other thread took it into its commit while we waited
+                    group: list[_Write[object]] = []
+                    while self._waiting:
+                        group.append(self._waiting.popleft())
+                    self._commit_together(group)
         with _translated():
             return mine.answer()
 

@@ -128,6 +128,18 @@ def test_a_commit_waits_for_the_disk_unless_it_holds_only_the_fleets_changes(
     assert len(store.timeline("r1")) == 2
 
 
+def test_a_write_committed_already_is_answered_while_another_holds_the_connection(
+    store: SqliteStore,
+) -> None:
+    word = Word("r1", word_key("web", rollback=False, attempt=1), T0, [_report("r1")])
+    ahead = store.record_reports_ahead(word)
+    store.set_note("n1", "v")  # its commit carries the word
+    with ThreadPoolExecutor(max_workers=1) as pool, store._read():  # as a commit would
+        pool.submit(ahead.wait).result(timeout=10)  # answered, not queued behind it
+
+    assert len(store.timeline("r1")) == 1
+
+
 def test_threads_writing_at_once_each_get_their_own_answer(store: SqliteStore) -> None:
     threads, each = 8, 40
 
