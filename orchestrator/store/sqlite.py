@@ -204,7 +204,11 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        raise StoreUnavailable(f"sqlite: {exc}") from exc
+        raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable:
+    return StoreUnavailable(f"sqlite: {exc}")
 
 
 class SqliteStore:
@@ -637,8 +641,7 @@ class SqliteStore:
                     while self._waiting:
                         group.append(self._waiting.popleft())
                     self._commit_together(group)
-        with _translated():
-            return mine.answer()
+        return mine.answer()
 
     def _commit_together(self, group: Sequence[_Write[object]]) -> None:
         """Run the writes of ``group`` in one transaction and commit it once, waiting for
@@ -701,9 +704,13 @@ class _Write(Generic[_T]):
             self.error = sqlite3.OperationalError("interrupted") if interrupted else cause
 
     def answer(self) -> _T:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # set by run() when no error
+        """What the write returned, or what it raised (SQLite's errors as Drover's, as
+        :func:`_translated` turns them: at every answer, so not by a context manager)."""
+        if self.error is None:
+            return self.result  # type: ignore[return-value]  # set by run() when no error
+        if isinstance(self.error, sqlite3.OperationalError):
+            raise _unavailable(self.error) from self.error
+        raise self.error
 
 
 class _Ahead:
