@@ -230,8 +230,10 @@ class Store(Protocol):
         the next write anyone makes on this store, and than :meth:`Ahead.wait`.
 
         What a worker says before an effect that is itself a write to this store (the
-        simulator's) can go with that write instead of before it. A store whose writes
-        are not committed in the order they were made records the word before answering.
+        simulator's) can go with that write instead of before it; its commit need not
+        wait for the disk, which it reaches with the next commit that does. A store
+        whose writes are not committed in the order they were made records the word
+        before answering.
         """
         ...
 

@@ -9,7 +9,8 @@ Writes of several threads are committed together (:meth:`SqliteStore._write`): a
 waits for the disk (``synchronous = FULL``), and that wait, not the statements, is most
 of what a write costs, so whichever thread commits takes every write waiting with its
 own into the same transaction, each in a savepoint of its own. No caller returns before
-the commit that holds its write is on disk, and a write that fails is undone alone.
+the commit that holds its write is done (on disk, for Drover's own writes: below), and a
+write that fails is undone alone.
 Writes are committed in the order they were queued: a word recorded ahead
 (:meth:`SqliteStore.record_reports_ahead`) is on record with the next write, or before.
 
