@@ -129,7 +129,7 @@ class ComponentProgress:
     def flush(self) -> None:
         """Record the reports and journal entries kept so far, and publish the reports
         for listeners."""
-        if self._effects_in_store and self._keep is None:
+        if self._as_the_fleets_changes:
             self._record_ahead()
             self._confirm()
             return
@@ -160,10 +160,16 @@ class ComponentProgress:
     def _record(self, *, ahead: bool) -> None:
         """Record what was kept so far: ``ahead`` if what comes next is an effect written
         to the store, which carries it, or a check, which needs nothing on record."""
-        if ahead and self._effects_in_store and self._keep is None:
+        if ahead and self._as_the_fleets_changes:
             self._record_ahead()
         else:
             self.flush()
+
+    @property
+    def _as_the_fleets_changes(self) -> bool:
+        """Whether what is kept may be recorded as the simulated fleet's changes are: it
+        is about them, and keeps no record of Drover's own (the component's start)."""
+        return self._effects_in_store and self._keep is None
 
     def _record_ahead(self) -> None:
         if self._unsent or self._done:

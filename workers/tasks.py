@@ -327,7 +327,7 @@ class ComponentRunner:
         kept = self.store.record_reports(self._word(command, reports, done, keep))
         if kept is not None:
             raise LeaseLost(f"another worker's {kept.type} was kept first")
-        self._bus.publish_progress(reports)
+        self.publish_reports(reports)
 
     def report_ahead(
         self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]

@@ -42,7 +42,6 @@ class Watched(SimulatedDriver):
         self.store = store
         self.before: list[tuple[str, dict[str, list[str]]]] = []
         self.after: list[tuple[str, dict[str, list[str]]]] = []
-
         self.verifying: list[tuple[str, str]] = []
 
     def drain(self, host: str) -> str:
