@@ -22,7 +22,7 @@ from orchestrator.contract import (
 from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger
 from orchestrator.saga import ReleaseState
-from orchestrator.store import Ahead, StepDone, Store
+from orchestrator.store import Pending, StepDone, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import StepError
 from workers.leases import Lease
@@ -65,7 +65,7 @@ class _Runner(Protocol):
 
     def report_ahead(
         self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
-    ) -> Ahead:
+    ) -> Pending[None]:
         """:meth:`report`'s record, made ahead; the reports are published once it is on
         record (:meth:`publish_reports`)."""
         ...
@@ -92,13 +92,12 @@ class ComponentProgress:
     the next host's effect (:meth:`settle`).
 
     When the effects are themselves writes to the store (``effects_in_store``: the
-    simulator's), a word is recorded the way the fleet's changes are, committed in
-    order with them but not waited on the disk for (``Store.record_reports_ahead``):
-    before an effect, made ahead, so that the store commits it with the effect's write or
-    before it (a step done is still on record whenever the next effect is, and a host's
-    effect costs one commit, not two), its reports published and its failure raised once
-    the next effect is done; before a check or a wait, made ahead and waited for. A word
-    that keeps the component's start is Drover's own record, and always waits for the disk.
+    simulator's), a word is recorded the way the fleet's changes are
+    (``Store.record_reports_ahead``): not waited for, committed in order with them, and
+    not waited on the disk for. A step done is then on record whenever the next effect is
+    (and never without its own), its reports published and its failure raised once it is
+    on record; before a check or a wait, a word is made ahead and waited for. A word that
+    keeps the component's start is Drover's own record, and always waits for the disk.
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease, *, effects_in_store: bool):
@@ -112,7 +111,7 @@ class ComponentProgress:
         self._done: list[StepDone] = []
         self._keep: tuple[str, Envelope] | None = None  # kept with the next write
         self._effects_in_store = effects_in_store
-        self._ahead: list[tuple[Ahead, Sequence[Envelope]]] = []  # made ahead, unconfirmed
+        self._ahead: list[tuple[Pending[None], Sequence[Envelope]]] = []  # made ahead, unconfirmed
 
     def keep(self, message: Envelope) -> None:
         """Report a message already made (and recorded apart) with the next batch."""

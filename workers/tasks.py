@@ -43,8 +43,8 @@ from orchestrator.fleet import Fleet
 from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import (
-    Ahead,
     DeadLetter,
+    Pending,
     StepDone,
     Store,
     StoredRelease,
@@ -331,7 +331,7 @@ class ComponentRunner:
 
     def report_ahead(
         self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
-    ) -> Ahead:
+    ) -> Pending[None]:
         return self.store.record_reports_ahead(self._word(command, reports, done))
 
     def publish_reports(self, reports: Sequence[Envelope]) -> None:

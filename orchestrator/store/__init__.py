@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 from orchestrator.contract import Envelope
 from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState
@@ -21,13 +21,13 @@ from orchestrator.saga import ComponentState, ComponentStatus, ReleaseState
 __all__ = [
     "KEEP_WAKE",
     "PEAK_DRAINED",
-    "RECORDED",
-    "Ahead",
+    "Answered",
     "Claim",
     "CommitResult",
     "DeadLetter",
     "Effect",
     "KeepWake",
+    "Pending",
     "StepDone",
     "Store",
     "StoreUnavailable",
@@ -107,27 +107,40 @@ class Word:
     keep: tuple[str, Envelope] | None = None
 
 
-class Ahead(Protocol):
-    """A word recorded ahead (:meth:`Store.record_reports_ahead`)."""
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class Pending(Protocol[_T_co]):
+    """A write its caller did not wait for (a word recorded ahead, a change to the
+    simulated fleet). It is on record no later than the next write anyone on the same
+    store waits for, the next read, or :meth:`wait`; and a thread's writes are recorded
+    in the order it made them, none of them after one that failed until the thread has
+    waited for its latest (and so learnt of the failure)."""
 
     def done(self) -> bool:
         """Whether its commit is over: :meth:`wait` then answers at once."""
         ...
 
-    def wait(self) -> None:
-        """Return once the word is on record; raise what recording it raised."""
+    def wait(self) -> _T_co:
+        """Its answer once it is on record; raise what recording it raised."""
         ...
 
 
-class _Recorded:
+class Answered(Generic[_T]):
+    """A write a store made before it answered: a store whose writes go out over
+    several connections at once has no order to keep them in, so it waits for each."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, answer: _T) -> None:
+        self._answer = answer
+
     def done(self) -> bool:
         return True
 
-    def wait(self) -> None:
-        return None
-
-
-RECORDED: Final[Ahead] = _Recorded()  # a word a store recorded before it answered
+    def wait(self) -> _T:
+        return self._answer
 
 
 class StoreUnavailable(Exception):
@@ -225,15 +238,13 @@ class Store(Protocol):
         """
         ...
 
-    def record_reports_ahead(self, word: Word) -> Ahead:
-        """:meth:`record_reports` of a word that keeps nothing, on record no later than
-        the next write anyone makes on this store, and than :meth:`Ahead.wait`.
+    def record_reports_ahead(self, word: Word) -> Pending[None]:
+        """:meth:`record_reports` of a word that keeps nothing, without waiting for it
+        (see :class:`Pending`).
 
-        What a worker says before an effect that is itself a write to this store (the
-        simulator's) can go with that write instead of before it; its commit need not
-        wait for the disk, which it reaches with the next commit that does. A store
-        whose writes are not committed in the order they were made records the word
-        before answering.
+        What a worker says about the simulated fleet, whose changes are writes to this
+        store, can go with those writes instead of before each; its commit need not wait
+        for the disk, which it reaches with the next commit that does.
         """
         ...
 
@@ -246,13 +257,15 @@ class Store(Protocol):
         ...
 
     # --- the fleet's record -------------------------------------------------------------
+    # Its changes are the simulator's, which waits for one only when it needs its answer
+    # or takes time over each; a read of this store sees them at once (see Pending).
     def host_versions(self, environment: str, service: str) -> dict[str, str]:
         """The version recorded per host; hosts never deployed by Drover are absent."""
         ...
 
     def set_host_version(
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         """Record what a host runs; True (and ``effect`` counted) if that changed it."""
         ...
 
@@ -266,7 +279,7 @@ class Store(Protocol):
 
     def set_drained(
         self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         """Put a host out of (or back into) service; True (and ``effect`` counted) if that
         changed it. The most hosts ever out at once is kept as :data:`PEAK_DRAINED`."""
         ...
@@ -277,7 +290,7 @@ class Store(Protocol):
 
     def set_service_state(
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         """Record one fact about a service; True (and ``effect`` counted) if that changed it."""
         ...
 

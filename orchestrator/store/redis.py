@@ -25,13 +25,13 @@ from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
-    RECORDED,
-    Ahead,
+    Answered,
     Claim,
     CommitResult,
     DeadLetter,
     Effect,
     KeepWake,
+    Pending,
     StoredRelease,
     StoreUnavailable,
     Word,
@@ -453,10 +453,10 @@ class RedisStore:
             kept = self._calls.script(_RECORD_REPORTS_LUA, keys, args)
         return None if kept is None else decode(_bytes(kept))
 
-    def record_reports_ahead(self, word: Word) -> Ahead:
+    def record_reports_ahead(self, word: Word) -> Pending[None]:
         # Calls go out on whichever pooled connection is free: no order between them.
         self.record_reports(shared.keeping_nothing(word))
-        return RECORDED
+        return Answered(None)
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""
@@ -505,7 +505,7 @@ class RedisStore:
 
     def set_host_version(
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         key = self._keys.host_versions(environment, service)
         return self._change_fleet(
             key, "field", host, version, environment=environment, service=service, effect=effect
@@ -523,7 +523,7 @@ class RedisStore:
 
     def set_drained(
         self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         key = self._keys.drained(environment, service)
         change = "drain" if drained else "undrain"
         return self._change_fleet(
@@ -537,7 +537,7 @@ class RedisStore:
 
     def set_service_state(
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         key = self._keys.service_state(environment, service)
         return self._change_fleet(
             key, "field", field, value, environment=environment, service=service, effect=effect
@@ -553,13 +553,13 @@ class RedisStore:
         environment: str,
         service: str,
         effect: Effect | None,
-    ) -> bool:
+    ) -> Pending[bool]:
         effects = self._keys.effects(effect.release_id) if effect else ""
         counted = json.dumps([environment, service, effect.host, effect.step]) if effect else ""
         keys = [key, effects, self._keys.service_state(environment, service)]
         args = [change, member, value, counted, PEAK_DRAINED]
         with _translated():
-            return bool(self._calls.script(_FLEET_CHANGE_LUA, keys, args))
+            return Answered(bool(self._calls.script(_FLEET_CHANGE_LUA, keys, args)))
 
     # --- notes ---------------------------------------------------------------------------
 

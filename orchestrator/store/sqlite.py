@@ -8,18 +8,23 @@ journal mode lets readers go on while one process writes.
 Writes of several threads are committed together (:meth:`SqliteStore._write`): a commit
 waits for the disk (``synchronous = FULL``), and that wait, not the statements, is most
 of what a write costs, so whichever thread commits takes every write waiting with its
-own into the same transaction, each in a savepoint of its own. No caller returns before
-the commit that holds its write is done (on disk, for Drover's own writes: below), and a
-write that fails is undone alone.
-Writes are committed in the order they were queued: a word recorded ahead
-(:meth:`SqliteStore.record_reports_ahead`) is on record with the next write, or before.
+own into the same transaction, each in a savepoint of its own. No caller that waits
+returns before the commit that holds its write is done (on disk, for Drover's own
+writes: below), and a write that fails is undone alone.
+
+Writes are committed in the order they were queued. The simulated fleet's changes and
+words recorded ahead (:class:`~orchestrator.store.Pending`) are queued without waiting:
+they are committed with the next write anyone waits for, or before the next read, so a
+read here sees them at once. A thread's writes after one of its own that failed are not
+committed (:class:`_Caller`): a host's journal entry never outlives its change.
 
 A commit waits for the disk unless it holds only writes that need not: the simulated
 fleet's changes (they stand for hosts, which keep their own state, not the store's) and
 words recorded ahead (on disk with the next write of Drover's own). Such a commit is in
 the WAL file, which a crash of the process does not lose; a power cut can, and then
 with every commit after it (SQLite recovers the WAL up to its first damaged frame), so
-what is on disk is always what was committed up to some point, in order.
+what is on disk is always what was committed up to some point, in order. What is queued
+and not yet committed is lost with the process, and with it every write queued after it.
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
     PEAK_DRAINED,
-    Ahead,
     Claim,
     CommitResult,
     DeadLetter,
     Effect,
     KeepWake,
+    Pending,
     StepDone,
     StoredRelease,
     StoreUnavailable,
@@ -222,6 +227,7 @@ class SqliteStore:
         self._db = _open(path)
         self._durable = True  # whether the connection's commits wait for the disk now
         self._waiting: deque[_Write[object]] = deque()  # writes for the next commit
+        self._caller = _Caller()
         self._attempt_ttl_s = shared.ATTEMPT_COUNT_TTL_S
 
     # --- the saga ---------------------------------------------------------------------
@@ -302,9 +308,9 @@ class SqliteStore:
 
         return self._write(record)
 
-    def record_reports_ahead(self, word: Word) -> Ahead:
+    def record_reports_ahead(self, word: Word) -> Pending[None]:
         word = shared.keeping_nothing(word)
-        return _Ahead(self, self._submit(lambda db: _record_word(db, word), durable=False))
+        return self._ahead(lambda db: _record_word(db, word))
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -336,7 +342,7 @@ class SqliteStore:
 
     def set_host_version(
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         def set_version(db: sqlite3.Connection) -> bool:
             changed = db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
@@ -346,7 +352,7 @@ class SqliteStore:
             ).rowcount
             return _counted(db, changed > 0, environment, service, effect)
 
-        return self._write(set_version, durable=False)  # the simulated fleet's
+        return self._ahead(set_version)
 
     def effects(self, release_id: str) -> dict[tuple[str, str, str, str], int]:
         with self._read() as db:
@@ -366,7 +372,7 @@ class SqliteStore:
 
     def set_drained(
         self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         statement = (
             "INSERT OR IGNORE INTO drained (environment, service, host) VALUES (?, ?, ?)"
             if drained
@@ -386,7 +392,7 @@ class SqliteStore:
                 )
             return _counted(db, changed, environment, service, effect)
 
-        return self._write(set_drained, durable=False)  # the simulated fleet's
+        return self._ahead(set_drained)
 
     def service_state(self, environment: str, service: str) -> dict[str, str]:
         with self._read() as db:
@@ -398,7 +404,7 @@ class SqliteStore:
 
     def set_service_state(
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
-    ) -> bool:
+    ) -> Pending[bool]:
         def set_state(db: sqlite3.Connection) -> bool:
             changed = db.execute(
                 "INSERT INTO service_state (environment, service, field, value)"
@@ -408,7 +414,7 @@ class SqliteStore:
             ).rowcount
             return _counted(db, changed > 0, environment, service, effect)
 
-        return self._write(set_state, durable=False)  # the simulated fleet's
+        return self._ahead(set_state)
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -608,6 +614,7 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
+            self._commit_together(self._taken())  # what was written ahead is kept
             self._db.close()
 
     # --- transactions ---------------------------------------------------------------------
@@ -616,6 +623,8 @@ class SqliteStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         # outside a transaction each SELECT reads one consistent snapshot on its own
         with self._lock, _translated():
+            if self._waiting:  # what was written ahead is read as written
+                self._commit_together(self._taken())
             yield self._db
 
     def _write(self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
@@ -623,14 +632,21 @@ class SqliteStore:
         threads waiting at the same time, if there are any."""
         return self._finish(self._submit(body, durable=durable))
 
+    def _ahead(self, body: Callable[[sqlite3.Connection], _T]) -> Pending[_T]:
+        """``body`` queued for the next commit anyone makes, which need not wait for the
+        disk for it (see the module's docstring)."""
+        return _Ahead(self, self._submit(body, durable=False))
+
     def _submit(
         self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = True
     ) -> _Write[_T]:
         """Queue ``body`` for the next commit. Writes are committed in the order they
-        were queued: with, or after, the writes queued before them. ``durable``: its
-        commit waits for the disk (see the module's docstring for those that need not)."""
-        mine = _Write(body, durable)
+        were queued: with, or after, the writes queued before them; and none of a thread's
+        after one of its own that failed (see :class:`_Caller`). ``durable``: its commit
+        waits for the disk (see the module's docstring for those that need not)."""
+        mine = _Write(body, durable, after=self._caller.latest)
         self._waiting.append(mine)  # type: ignore[arg-type]  # the queue holds any answer type
+        self._caller.latest = mine  # type: ignore[assignment]
         return mine
 
     def _finish(self, mine: _Write[_T]) -> _T:
@@ -638,15 +654,23 @@ class SqliteStore:
         if not mine.done:  # else committed already: the connection may be another commit's
             with self._lock:
                 if not mine.done:  # no other thread took it into its commit while we waited
-                    group: list[_Write[object]] = []
-                    while self._waiting:
-                        group.append(self._waiting.popleft())
-                    self._commit_together(group)
+                    self._commit_together(self._taken())
+        if self._caller.latest is mine:
+            self._caller.latest = None  # this thread learns now how its writes went
         return mine.answer()
+
+    def _taken(self) -> list[_Write[object]]:
+        """Every write waiting for a commit, in the order they were queued."""
+        group: list[_Write[object]] = []
+        while self._waiting:
+            group.append(self._waiting.popleft())
+        return group
 
     def _commit_together(self, group: Sequence[_Write[object]]) -> None:
         """Run the writes of ``group`` in one transaction and commit it once, waiting for
         the disk if any of them is to."""
+        if not group:
+            return
         db = self._db
         try:
             self._wait_for_disk(any(write.durable for write in group))
@@ -676,16 +700,28 @@ class SqliteStore:
 class _Write(Generic[_T]):
     """One caller's write: what it does, and how it ended once its commit is over."""
 
-    __slots__ = ("body", "done", "durable", "error", "result")
+    __slots__ = ("after", "body", "done", "durable", "error", "result")
 
-    def __init__(self, body: Callable[[sqlite3.Connection], _T], durable: bool) -> None:
+    def __init__(
+        self,
+        body: Callable[[sqlite3.Connection], _T],
+        durable: bool,
+        after: _Write[object] | None,
+    ) -> None:
         self.body = body
         self.durable = durable
+        self.after = after  # the same thread's write before it, until this one has run
         self.done = False
         self.result: _T | None = None
         self.error: BaseException | None = None
 
     def run(self, db: sqlite3.Connection) -> None:
+        before, self.after = self.after, None
+        if before is not None and before.error is not None:
+            self.error = StoreUnavailable(
+                f"not written: a write made before it failed: {before.error}"
+            )
+            return
         db.execute("SAVEPOINT one_write")
         try:
             self.result = self.body(db)
@@ -714,20 +750,32 @@ class _Write(Generic[_T]):
         raise self.error
 
 
-class _Ahead:
-    """A word queued for the next commit, whoever makes it."""
+class _Ahead(Generic[_T]):
+    """A write queued for the next commit, whoever makes it."""
 
     __slots__ = ("_store", "_write")
 
-    def __init__(self, store: SqliteStore, write: _Write[None]) -> None:
+    def __init__(self, store: SqliteStore, write: _Write[_T]) -> None:
         self._store = store
         self._write = write
 
     def done(self) -> bool:
         return self._write.done
 
-    def wait(self) -> None:
-        self._store._finish(self._write)
+    def wait(self) -> _T:
+        return self._store._finish(self._write)
+
+
+class _Caller(threading.local):
+    """Per thread, its latest write not known to have succeeded.
+
+    A thread's writes are committed in the order it made them, and one it did not wait
+    for may fail while it goes on: its later writes then fail too (say, the journal entry
+    of a host whose change failed must not be kept without it), until the thread has
+    waited for its latest and so has learnt of the failure.
+    """
+
+    latest: _Write[object] | None = None
 
 
 def _record_word(db: sqlite3.Connection, word: Word) -> None:

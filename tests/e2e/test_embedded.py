@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.store import open_store
+from orchestrator.contract import DeployComponent, envelope
+from orchestrator.saga import ReleaseStatus
+from orchestrator.store import Store, open_store
 from tests.e2e.scenarios import (
     FIRST_FAILURE,
     FLEET,
@@ -19,6 +25,7 @@ from tests.e2e.scenarios import (
     fleet_versions,
     run_and_check,
 )
+from workers.tasks import work_key
 
 EXPECTED_COMPONENTS = {
     "success": dict.fromkeys(["db", "cache", "api", "jobs", "web"], "deployed"),
@@ -89,6 +96,73 @@ def test_demo_rolls_back_then_succeeds() -> None:
     services = [line.split("ComponentRolledBack")[1].split()[0] for line in rollbacks]
     # accounts is what payments depends on: it is undone after payments.
     assert services.index("payments") < services.index("accounts")
+
+
+def test_a_run_killed_midway_leaves_no_step_on_record_that_was_not_done(
+    tmp_path: Path,
+) -> None:
+    """A fleet whose steps take no time is changed, and the worker's journal and reports
+    written, without waiting for each write: whatever a killed run left on record, no
+    host is journaled as drained, deployed or undrained without that change."""
+    services = [f"svc-{n:02d}" for n in range(40)]
+    fleet, release = tmp_path / "fleet.yaml", tmp_path / "release.yaml"
+    fleet.write_text(json.dumps({"environments": {"prod": {"services": _services(services)}}}))
+    components = [{"service": service, "version": "2.0.0"} for service in services]
+    release.write_text(
+        json.dumps({"environment": "prod", "reason": "killed midway", "components": components})
+    )
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    env = clean_env(store_url=store_url, fleet=str(fleet))
+    store = open_store(store_url)
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", str(release), "--json"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ) as run:
+            try:
+                release_id = _midway(store, effects=600)  # of 2,400
+            finally:
+                run.kill()
+        stored = store.load(release_id)
+        assert stored is not None and stored.state.status is ReleaseStatus.RUNNING
+        effects = store.effects(release_id)
+        journaled = 0
+        for service in services:
+            command = DeployComponent(environment="prod", service=service, version="2.0.0")
+            done = store.progress(work_key(envelope(command, release_id=release_id, actor="t")))
+            versions = store.host_versions("prod", service)
+            for host, steps in done.items():
+                for step in set(steps) - {"verify"}:  # a check, not a change
+                    assert ("prod", service, host, step) in effects, (host, step)
+                    journaled += 1
+                assert "deploy" not in steps or versions[host] == "2.0.0"
+        assert journaled >= 300  # the run was killed midway, not before it began
+    finally:
+        store.close()
+
+
+def _services(names: list[str]) -> dict[str, object]:
+    return {
+        name: {
+            "hosts": [f"{name}-{n}" for n in range(20)],
+            "strategy": {"kind": "rolling", "batch": 5},
+            "driver": {"kind": "simulated", "initial_version": "1.0.0", "latency_ms": 0},
+        }
+        for name in names
+    }
+
+
+def _midway(store: Store, *, effects: int) -> str:
+    """The release's id, once at least ``effects`` of its changes are on record."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        releases = store.releases(limit=1)
+        if releases and len(store.effects(releases[0].id)) >= effects:
+            return releases[0].id
+        time.sleep(0.005)
+    raise AssertionError(f"the run made fewer than {effects} changes in a minute")
 
 
 def _release_id(stdout: str) -> str:

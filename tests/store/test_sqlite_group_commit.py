@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,15 @@ import pytest
 
 from orchestrator.contract import Envelope, Step, StepStarted, envelope
 from orchestrator.saga import ReleaseState, ReleaseStatus
-from orchestrator.store import CommitResult, Effect, StoreUnavailable, Word, word_key
+from orchestrator.store import (
+    CommitResult,
+    Effect,
+    Pending,
+    StepDone,
+    StoreUnavailable,
+    Word,
+    word_key,
+)
 from orchestrator.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -112,18 +121,18 @@ def test_a_commit_waits_for_the_disk_unless_it_holds_only_the_fleets_changes(
     effect = Effect("r1", "web-1", "deploy")
     word = Word("r1", word_key("web", rollback=False, attempt=1), T0, [_report("r1")])
     with _waits_for_disk_at_each_commit(store) as commits:
-        store.set_host_version("prod", "web", "web-1", "2.0.0", effect)
+        store.set_host_version("prod", "web", "web-1", "2.0.0", effect).wait()
         store.set_drained("prod", "web", "web-2", True, None)
-        store.record_reports_ahead(word).wait()
+        store.record_reports_ahead(word).wait()  # the drain with it
         with _writes_queued(store, 2) as pool:  # Drover's own write shares a commit
             pool.submit(store.set_service_state, "prod", "web", "live_colour", "green", None)
             pool.submit(store.set_note, "n1", "v")
         store.set_note("n2", "v")
         store.record_reports_ahead(word)
-        store.set_host_version("prod", "web", "web-2", "2.0.0", effect)  # carries the word
+        store.set_host_version("prod", "web", "web-2", "2.0.0", effect).wait()  # the word too
         _commit(store, "r2")
 
-    assert commits == [False, False, False, True, True, False, True]
+    assert commits == [False, False, True, True, False, True]
     assert store.host_versions("prod", "web") == {"web-1": "2.0.0", "web-2": "2.0.0"}
     assert len(store.timeline("r1")) == 2
 
@@ -138,6 +147,42 @@ def test_a_write_committed_already_is_answered_while_another_holds_the_connectio
         pool.submit(ahead.wait).result(timeout=10)  # answered, not queued behind it
 
     assert len(store.timeline("r1")) == 1
+
+
+def test_no_write_of_a_thread_is_kept_after_one_of_its_own_that_failed(
+    store: SqliteStore,
+) -> None:
+    work = "r1/web/deploy/1"
+    key = word_key("web", rollback=False, attempt=1)
+    with store._read() as db:  # the store refuses web-2's change, as a failing disk might
+        db.execute(
+            "CREATE TEMP TRIGGER refused BEFORE INSERT ON host_versions"
+            " WHEN NEW.host = 'web-2' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+
+    def deployed(host: str) -> tuple[Pending[bool], Pending[None]]:
+        """A host's change and then its journal entry, as the simulator and a worker
+        make them: neither waited for."""
+        change = store.set_host_version("prod", "web", host, "2.0.0", None)
+        entry = Word("r1", key, T0, done=[StepDone(work, host, "deploy")])
+        return change, store.record_reports_ahead(entry)
+
+    deployed("web-1")
+    refused, entry = deployed("web-2")
+    _, after = deployed("web-3")
+    with ThreadPoolExecutor(max_workers=1) as other:  # its commit takes them all
+        other.submit(store.set_note, "n1", "v").result()
+
+    assert store.note("n1") == "v"  # another thread's write is not held back
+    assert store.host_versions("prod", "web") == {"web-1": "2.0.0"}
+    assert store.progress(work) == {"web-1": ["deploy"]}  # no entry without its change
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        refused.wait()
+    with pytest.raises(StoreUnavailable, match="a write made before it failed: refused"):
+        entry.wait()
+    with pytest.raises(StoreUnavailable, match="a write made before it failed: refused"):
+        after.wait()  # its latest: the thread has learnt of the failure now
+    assert store.set_host_version("prod", "web", "web-3", "2.0.0", None).wait() is True
 
 
 def test_threads_writing_at_once_each_get_their_own_answer(store: SqliteStore) -> None:
@@ -205,8 +250,8 @@ _WRITER = textwrap.dedent(
             key = f"note-{thread}-{n}"
             if sys.argv[2] == "notes":  # Drover's own
                 store.set_note(key, "x" * 200)
-            else:  # the simulated fleet's
-                store.set_host_version("prod", "web", key, "2.0.0", None)
+            else:  # the simulated fleet's, waited for
+                store.set_host_version("prod", "web", key, "2.0.0", None).wait()
             with said:
                 print(key, flush=True)
 

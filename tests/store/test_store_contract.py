@@ -460,10 +460,10 @@ def test_a_naive_wake_time_is_refused_and_writes_nothing(store: Store) -> None:
 
 def test_host_versions_are_kept_per_environment_and_service(store: Store) -> None:
     assert store.host_versions("prod", "api") == {}
-    assert store.set_host_version("prod", "api", "web-1", "1.0.0", None) is True
-    assert store.set_host_version("prod", "api", "web-1", "1.0.0", None) is False  # so already
+    assert store.set_host_version("prod", "api", "web-1", "1.0.0", None).wait() is True
+    assert store.set_host_version("prod", "api", "web-1", "1.0.0", None).wait() is False
     store.set_host_version("prod", "api", "web-2", "1.0.0", None)
-    assert store.set_host_version("prod", "api", "web-1", "1.1.0", None) is True
+    assert store.set_host_version("prod", "api", "web-1", "1.1.0", None).wait() is True
     store.set_host_version("staging", "api", "web-1", "2.0.0", None)
     store.set_host_version("prod", "db", "db-1", "9.6", None)
 
@@ -496,6 +496,24 @@ def test_a_change_counts_its_effect_for_its_release_only_when_it_changed_somethi
     assert store.effects("r2") == {("prod", "api", "web-1", "deploy"): 1}
 
 
+def test_the_fleets_changes_are_read_as_made_before_anyone_waits_for_them(
+    store: Store,
+) -> None:
+    deployed = store.set_host_version(
+        "prod", "api", "web-1", "2.0", Effect("r1", "web-1", "deploy")
+    )
+    drained = store.set_drained("prod", "api", "web-2", True, Effect("r1", "web-2", "drain"))
+    switched = store.set_service_state("prod", "api", "live_colour", "blue", None)
+
+    # the simulator reads what it changed (a gate's look at the versions, a drain's
+    # requests in flight) without having waited for its changes
+    assert store.host_versions("prod", "api") == {"web-1": "2.0"}
+    assert store.drained_hosts("prod", "api") == {"web-2"}
+    assert store.service_state("prod", "api")["live_colour"] == "blue"
+    assert [deployed.done(), drained.done(), switched.done()] == [True] * 3
+    assert [deployed.wait(), drained.wait(), switched.wait()] == [True] * 3
+
+
 def test_notes_are_kept_replaced_listed_by_prefix_and_forgotten(store: Store) -> None:
     assert store.note("lock/prod/api") is None
     store.set_note("lock/prod/api", "alice")
@@ -515,26 +533,28 @@ def test_notes_are_kept_replaced_listed_by_prefix_and_forgotten(store: Store) ->
 
 def test_service_state_is_kept_per_environment_and_service(store: Store) -> None:
     assert store.service_state("prod", "api") == {}
-    assert store.set_service_state("prod", "api", "live_colour", "blue", None) is True
-    assert store.set_service_state("prod", "api", "live_colour", "blue", None) is False
-    assert store.set_service_state("prod", "api", "live_colour", "green", None) is True
-    assert store.set_service_state("prod", "api", "flag:new-flow", "on", None) is True
-    assert store.set_service_state("staging", "api", "live_colour", "blue", None) is True
+    assert store.set_service_state("prod", "api", "live_colour", "blue", None).wait() is True
+    assert store.set_service_state("prod", "api", "live_colour", "blue", None).wait() is False
+    assert store.set_service_state("prod", "api", "live_colour", "green", None).wait() is True
+    assert store.set_service_state("prod", "api", "flag:new-flow", "on", None).wait() is True
+    assert store.set_service_state("staging", "api", "live_colour", "blue", None).wait() is True
     assert store.service_state("prod", "api") == {"live_colour": "green", "flag:new-flow": "on"}
     assert store.service_state("prod", "db") == {}
 
 
 def test_drained_hosts_are_kept_per_environment_and_service(store: Store) -> None:
     assert store.drained_hosts("prod", "api") == set()
-    assert store.set_drained("prod", "api", "web-1", True, None) is True
-    assert store.set_drained("prod", "api", "web-1", True, None) is False  # already drained
-    assert store.set_drained("prod", "api", "web-2", True, None) is True
-    assert store.set_drained("staging", "api", "web-3", True, None) is True
+    assert store.set_drained("prod", "api", "web-1", True, None).wait() is True
+    assert store.set_drained("prod", "api", "web-1", True, None).wait() is False  # already drained
+    assert store.set_drained("prod", "api", "web-2", True, None).wait() is True
+    assert store.set_drained("staging", "api", "web-3", True, None).wait() is True
 
     assert store.drained_hosts("prod", "api") == {"web-1", "web-2"}
-    assert store.set_drained("prod", "api", "web-1", False, None) is True
-    assert store.set_drained("prod", "api", "web-1", False, None) is False  # back already
-    assert store.set_drained("prod", "db", "web-2", False, None) is False  # never drained there
+    assert store.set_drained("prod", "api", "web-1", False, None).wait() is True
+    assert store.set_drained("prod", "api", "web-1", False, None).wait() is False  # back already
+    assert (
+        store.set_drained("prod", "db", "web-2", False, None).wait() is False
+    )  # never drained there
     assert store.drained_hosts("prod", "api") == {"web-2"}
     assert store.drained_hosts("staging", "api") == {"web-3"}
 
@@ -694,7 +714,9 @@ def test_a_word_keeps_an_outcome_first_or_records_nothing(store: Store) -> None:
     assert store.progress("c1") == {"web-1": ["drain"]}
 
 
-def test_a_word_recorded_ahead_is_on_record_once_anyone_writes_after_it(store: Store) -> None:
+def test_a_word_recorded_ahead_is_on_record_once_anyone_waits_for_a_write_after_it(
+    store: Store,
+) -> None:
     word = word_key("api", rollback=False, attempt=1)
     first, second = _report(), _report()
     ahead = store.record_reports_ahead(

@@ -4,8 +4,9 @@ the effect that was under way.
 A worker records a host's journal entry with its next reports rather than on its own, so
 this drives one step over several hosts through the worker's own progress and journal,
 and looks into the store (the file a successor would read) at each host's effect: before
-it, for effects made outside the store (a real fleet's); once it is on record, for the
-simulator's, whose effects are writes to the store that carry the entries before them.
+it, and (for the simulator's, whose effects are writes to the store made in order with
+the entries, without waiting for either) once it is made. A read commits what was
+written ahead, as any commit does: a host's entry is never on record before its change.
 """
 
 from __future__ import annotations
@@ -68,11 +69,14 @@ def test_each_host_is_on_record_before_the_next_hosts_effect(
         store,
         progress,
     ):
-        assert (driver.after if effects_in_store else driver.before) == [
+        each_before_the_next = [
             ("web-1", {}),
             ("web-2", {"web-1": ["drain"]}),
             ("web-3", {"web-1": ["drain"], "web-2": ["drain"]}),
         ]
+        assert driver.before == each_before_the_next
+        if effects_in_store:
+            assert driver.after == each_before_the_next
         progress.flush()  # the worker's next word (a step's start, or its outcome)
         assert store.progress(WORK) == {host: ["drain"] for host in HOSTS}
 

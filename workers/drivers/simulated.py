@@ -11,6 +11,11 @@ fleet file.
 The store also keeps the most hosts of a service ever out of service at once
 (``PEAK_DRAINED``): the tests hold every strategy to its healthy floor by it. A change and
 the count of its effect are one store call, so no crash leaves a change uncounted.
+
+A fleet whose steps take no time is changed without waiting for each change: the store
+records them in order, with the next write anyone waits for (a worker's journal entries
+and reports go with them, after them), and reads them as made at once. One whose steps
+take time (or may fail) waits for each, so that every change is seen as it is made.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from typing import Final
 
 from orchestrator.fleet.drivers import SimulatedDriverConfig
-from orchestrator.store import Effect, Store
+from orchestrator.store import Effect, Pending, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import Colour, StepError
 
@@ -58,7 +63,9 @@ class SimulatedDriver:
         self._act(Step.DRAIN, host, version=None)
         effect = self._effect(Step.DRAIN, host)
         drained = self._store.set_drained(self._environment, self._service, host, True, effect)
-        if drained and self._config.in_flight:  # when its requests began to finish
+        if not self._config.in_flight:
+            self._made(drained)
+        elif drained.wait():  # when its requests began to finish
             self._set(f"drained_at:{host}", repr(time.time()), effect=None)
         return ""
 
@@ -83,7 +90,9 @@ class SimulatedDriver:
             return ""
         self._act(Step.DEPLOY, host, version)
         effect = self._effect(Step.DEPLOY, host)
-        self._store.set_host_version(self._environment, self._service, host, version, effect)
+        self._made(
+            self._store.set_host_version(self._environment, self._service, host, version, effect)
+        )
         return ""
 
     def verify(self, host: str, version: str) -> str:
@@ -93,7 +102,7 @@ class SimulatedDriver:
     def undrain(self, host: str) -> str:
         self._act(Step.UNDRAIN, host, version=None)
         effect = self._effect(Step.UNDRAIN, host)
-        self._store.set_drained(self._environment, self._service, host, False, effect)
+        self._made(self._store.set_drained(self._environment, self._service, host, False, effect))
         return ""
 
     def live_colour(self) -> Colour | None:
@@ -133,8 +142,14 @@ class SimulatedDriver:
                 raise StepError(step, where, f"injected failure ({what})")
             time.sleep(injection.stall_ms / 1000)
 
-    def _set(self, field: str, value: str, effect: Effect | None) -> bool:
-        return self._store.set_service_state(self._environment, self._service, field, value, effect)
+    def _set(self, field: str, value: str, effect: Effect | None) -> None:
+        self._made(
+            self._store.set_service_state(self._environment, self._service, field, value, effect)
+        )
+
+    def _made(self, change: Pending[bool]) -> None:
+        if self._acts:  # a fleet whose steps take time (or may fail) shows each as made
+            change.wait()
 
     def _effect(self, step: Step, host: str) -> Effect:
         return Effect(self._release_id, host, self._prefix + step)
