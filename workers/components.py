@@ -28,7 +28,7 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet, ServiceConfig
 from orchestrator.fleet.stages import stages_of
 from orchestrator.fleet.strategies import BlueGreenStrategy, Strategy
-from orchestrator.store import Store
+from orchestrator.store import Held, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import Colour, Driver, StepError
 from workers.drivers.factory import driver_for
@@ -53,6 +53,7 @@ class Work:
     key: str  # the work key: what the command asks, the same for every copy of it
     progress: ComponentProgress
     check: Callable[[], None]  # raises when the worker's lease on the component is lost
+    held: Held  # that lease: the simulator's changes are made only while it is still held
     crash: CrashPoints
     started: Callable[[ComponentStarted], ComponentStarted]  # recorded once, then as kept
     journaled: frozenset[str]  # those of its journals that had entries when it was claimed
@@ -79,6 +80,7 @@ class Work:
             service=service,
             release_id=self.command.release_id,
             rollback=rollback,
+            under=self.held,
         )
 
     def run(

@@ -44,6 +44,8 @@ from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import (
     DeadLetter,
+    Held,
+    NotHeld,
     Pending,
     StepDone,
     Store,
@@ -174,7 +176,7 @@ class ComponentRunner:
         )
         try:
             outcome = self._body(command, payload, lease, progress)
-        except LeaseLost:
+        except (LeaseLost, NotHeld):  # NotHeld: the store found it lost, at a change
             log.error("lease lost mid-component; the worker that took over finishes it")
             return
         except Superseded:
@@ -204,6 +206,7 @@ class ComponentRunner:
             key=work_key(command),
             progress=progress,
             check=lease.check,
+            held=Held(lease.name, lease.owner),
             crash=self.crash,
             started=lambda event: self._started(command, event, progress, lease.kept),
             journaled=lease.journaled,

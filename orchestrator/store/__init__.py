@@ -26,7 +26,9 @@ __all__ = [
     "CommitResult",
     "DeadLetter",
     "Effect",
+    "Held",
     "KeepWake",
+    "NotHeld",
     "Pending",
     "StepDone",
     "Store",
@@ -52,16 +54,28 @@ PEAK_DRAINED: Final = "peak_drained"  # the service state kept by set_drained
 
 
 @dataclass(frozen=True)
+class Held:
+    """A lease, and the worker holding it."""
+
+    lease: str
+    owner: str
+
+
+@dataclass(frozen=True)
 class Effect:
     """A change to the fleet, counted for a release when, and only when, it changed it.
 
     Counted in the same step as the change, so no crash leaves a change uncounted: the
-    drills prove that nothing was done twice by these counts.
+    drills prove that nothing was done twice by these counts. A change made ``under`` a
+    lease is made only if its maker still holds it as the store makes it: one that
+    reaches the store late (queued by a worker that froze) does not undo the work of the
+    worker that took over.
     """
 
     release_id: str
     host: str  # a host, or what stands for a change to the whole service ("*", "flag:x")
     step: str
+    under: Held | None = None
 
 
 @dataclass(frozen=True)
@@ -115,8 +129,8 @@ class Pending(Protocol[_T_co]):
     """A write its caller did not wait for (a word recorded ahead, a change to the
     simulated fleet). It is on record no later than the next write anyone on the same
     store waits for, the next read, or :meth:`wait`; and a thread's writes are recorded
-    in the order it made them, none of them after one that failed until the thread has
-    waited for its latest (and so learnt of the failure)."""
+    in the order it made them, none of them after one that failed until the thread learns
+    of it (a write it waits for fails, or it has waited for its latest)."""
 
     def done(self) -> bool:
         """Whether its commit is over: :meth:`wait` then answers at once."""
@@ -145,6 +159,11 @@ class Answered(Generic[_T]):
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or answered with an error; the operation did nothing."""
+
+
+class NotHeld(Exception):
+    """A change refused, and nothing changed: the lease it was made under (its effect's
+    ``under``) is no longer its maker's."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +277,9 @@ class Store(Protocol):
 
     # --- the fleet's record -------------------------------------------------------------
     # Its changes are the simulator's, which waits for one only when it needs its answer
-    # or takes time over each; a read of this store sees them at once (see Pending).
+    # or takes time over each; a read of this store sees them at once (see Pending). One
+    # whose effect is made under a lease no longer its maker's changes nothing, counts
+    # nothing, and answers NotHeld.
     def host_versions(self, environment: str, service: str) -> dict[str, str]:
         """The version recorded per host; hosts never deployed by Drover are absent."""
         ...

@@ -31,6 +31,7 @@ from orchestrator.store import (
     DeadLetter,
     Effect,
     KeepWake,
+    NotHeld,
     Pending,
     StoredRelease,
     StoreUnavailable,
@@ -222,11 +223,14 @@ return false
 # A change to the simulated fleet and the count of its effect, in one step: 1 if it changed
 # anything (and then the effect is counted), 0 if it was so already. A host put out of
 # service also raises the service's peak of hosts out at once, if it is a new peak.
+# -1, changing nothing, if the change is made under a lease its maker no longer holds.
 # KEYS: 1 what changes (a hash of fields, or the set of drained hosts), 2 the release's
-#       effects ("" for an uncounted change), 3 the service's state (for the peak).
+#       effects ("" for an uncounted change), 3 the service's state (for the peak),
+#       4 the lease the change is made under ("" for none).
 # ARGV: 1 "field", "drain" or "undrain", 2 the field or host, 3 the value, 4 the
-#       effect's field in KEYS[2], 5 the peak's field.
+#       effect's field in KEYS[2], 5 the peak's field, 6 the lease's holder.
 _FLEET_CHANGE_LUA: Final = Lua("""
+if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[6] then return -1 end
 local changed
 if ARGV[1] == 'field' then
   changed = redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3]
@@ -556,10 +560,15 @@ class RedisStore:
     ) -> Pending[bool]:
         effects = self._keys.effects(effect.release_id) if effect else ""
         counted = json.dumps([environment, service, effect.host, effect.step]) if effect else ""
-        keys = [key, effects, self._keys.service_state(environment, service)]
-        args = [change, member, value, counted, PEAK_DRAINED]
+        held = effect.under if effect else None
+        lease, owner = (self._keys.lease(held.lease), held.owner) if held else ("", "")
+        keys = [key, effects, self._keys.service_state(environment, service), lease]
+        args = [change, member, value, counted, PEAK_DRAINED, owner]
         with _translated():
-            return Answered(bool(self._calls.script(_FLEET_CHANGE_LUA, keys, args)))
+            changed = self._calls.script(_FLEET_CHANGE_LUA, keys, args)
+        if changed == -1:  # made under a lease, which its maker no longer holds
+            raise NotHeld(f"{owner} no longer holds {lease}")
+        return Answered(bool(changed))
 
     # --- notes ---------------------------------------------------------------------------
 

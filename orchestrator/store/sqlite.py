@@ -49,6 +49,7 @@ from orchestrator.store import (
     DeadLetter,
     Effect,
     KeepWake,
+    NotHeld,
     Pending,
     StepDone,
     StoredRelease,
@@ -344,6 +345,7 @@ class SqliteStore:
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
     ) -> Pending[bool]:
         def set_version(db: sqlite3.Connection) -> bool:
+            _still_held(db, effect)
             changed = db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, host)"
@@ -380,6 +382,7 @@ class SqliteStore:
         )
 
         def set_drained(db: sqlite3.Connection) -> bool:
+            _still_held(db, effect)
             changed = db.execute(statement, (environment, service, host)).rowcount > 0
             if changed and drained:
                 db.execute(
@@ -406,6 +409,7 @@ class SqliteStore:
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
     ) -> Pending[bool]:
         def set_state(db: sqlite3.Connection) -> bool:
+            _still_held(db, effect)
             changed = db.execute(
                 "INSERT INTO service_state (environment, service, field, value)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, field)"
@@ -655,7 +659,7 @@ class SqliteStore:
             with self._lock:
                 if not mine.done:  # no other thread took it into its commit while we waited
                     self._commit_together(self._taken())
-        if self._caller.latest is mine:
+        if self._caller.latest is mine or mine.error is not None:
             self._caller.latest = None  # this thread learns now how its writes went
         return mine.answer()
 
@@ -718,9 +722,9 @@ class _Write(Generic[_T]):
     def run(self, db: sqlite3.Connection) -> None:
         before, self.after = self.after, None
         if before is not None and before.error is not None:
-            self.error = StoreUnavailable(
-                f"not written: a write made before it failed: {before.error}"
-            )
+            # A refused change refuses what its maker did after it: it has lost its lease.
+            passed_on = isinstance(before.error, NotHeld | _NotWritten)
+            self.error = before.error if passed_on else _NotWritten(before.error)
             return
         db.execute("SAVEPOINT one_write")
         try:
@@ -750,6 +754,13 @@ class _Write(Generic[_T]):
         raise self.error
 
 
+class _NotWritten(StoreUnavailable):
+    """A write not made because one its thread made before it failed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"not written: a write made before it failed: {cause}")
+
+
 class _Ahead(Generic[_T]):
     """A write queued for the next commit, whoever makes it."""
 
@@ -771,8 +782,8 @@ class _Caller(threading.local):
 
     A thread's writes are committed in the order it made them, and one it did not wait
     for may fail while it goes on: its later writes then fail too (say, the journal entry
-    of a host whose change failed must not be kept without it), until the thread has
-    waited for its latest and so has learnt of the failure.
+    of a host whose change failed must not be kept without it), until the thread learns
+    of the failure: a write it waits for fails, or it has waited for its latest.
     """
 
     latest: _Write[object] | None = None
@@ -856,6 +867,17 @@ def _count_attempt(db: sqlite3.Connection, message_id: str, ttl_s: float) -> int
         "SELECT count FROM attempts WHERE message_id = ?", (message_id,)
     ).fetchone()
     return int(count)
+
+
+def _still_held(db: sqlite3.Connection, effect: Effect | None) -> None:
+    """Raise NotHeld if ``effect`` is made under a lease its maker no longer holds."""
+    held = effect.under if effect is not None else None
+    if held is None:
+        return
+    row = db.execute("SELECT owner, expires_at FROM leases WHERE name = ?", (held.lease,))
+    holder = row.fetchone()
+    if holder is None or holder[0] != held.owner or holder[1] <= time.time():
+        raise NotHeld(f"{held.owner} no longer holds {held.lease}")
 
 
 def _counted(

@@ -36,7 +36,9 @@ from orchestrator.store import (
     CommitResult,
     DeadLetter,
     Effect,
+    Held,
     KeepWake,
+    NotHeld,
     StepDone,
     Store,
     StoreUnavailable,
@@ -512,6 +514,35 @@ def test_the_fleets_changes_are_read_as_made_before_anyone_waits_for_them(
     assert store.service_state("prod", "api")["live_colour"] == "blue"
     assert [deployed.done(), drained.done(), switched.done()] == [True] * 3
     assert [deployed.wait(), drained.wait(), switched.wait()] == [True] * 3
+
+
+def test_a_change_made_under_a_lease_its_maker_no_longer_holds_changes_nothing(
+    store: Store,
+) -> None:
+    mine = Held("component/r1/api", "worker-a/1")
+    assert store.acquire_lease(mine.lease, mine.owner, 60)
+    made = store.set_host_version(
+        "prod", "api", "web-1", "2.0", Effect("r1", "web-1", "deploy", mine)
+    )
+    assert made.wait() is True
+
+    store.release_lease(mine.lease, mine.owner)  # lapsed: nobody holds it
+    with pytest.raises(NotHeld):
+        store.set_drained("prod", "api", "web-1", True, Effect("r1", "web-1", "drain", mine)).wait()
+    assert store.acquire_lease(mine.lease, "worker-b/1", 60)  # and taken over
+    with pytest.raises(NotHeld):
+        store.set_host_version(
+            "prod", "api", "web-1", "3.0", Effect("r1", "web-1", "deploy", mine)
+        ).wait()
+    with pytest.raises(NotHeld):
+        store.set_service_state(
+            "prod", "api", "live_colour", "blue", Effect("r1", "*", "switch", mine)
+        ).wait()
+
+    assert store.host_versions("prod", "api") == {"web-1": "2.0"}
+    assert store.drained_hosts("prod", "api") == set()
+    assert store.service_state("prod", "api") == {}
+    assert store.effects("r1") == {("prod", "api", "web-1", "deploy"): 1}
 
 
 def test_notes_are_kept_replaced_listed_by_prefix_and_forgotten(store: Store) -> None:

@@ -8,7 +8,7 @@ from orchestrator.fleet.drivers import (
     ShellDriverConfig,
     SimulatedDriverConfig,
 )
-from orchestrator.store import Store
+from orchestrator.store import Held, Store
 from workers.drivers import Driver
 from workers.drivers.http import HttpDriver
 from workers.drivers.shell import ShellDriver
@@ -25,8 +25,10 @@ def driver_for(
     service: str,
     release_id: str,
     rollback: bool,
+    under: Held | None = None,
 ) -> Driver:
-    """A driver for one service; ``rollback`` marks the simulator's effects as undoing."""
+    """A driver for one service; ``rollback`` marks the simulator's effects as undoing,
+    and ``under`` is the lease its changes are made under (see ``Effect``)."""
     match config:
         case SimulatedDriverConfig():
             return SimulatedDriver(
@@ -36,6 +38,7 @@ def driver_for(
                 service=service,
                 release_id=release_id,
                 rollback=rollback,
+                under=under,
             )
         case ShellDriverConfig():
             return ShellDriver(config, environment=environment, service=service)

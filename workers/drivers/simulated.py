@@ -24,7 +24,7 @@ import time
 from typing import Final
 
 from orchestrator.fleet.drivers import SimulatedDriverConfig
-from orchestrator.store import Effect, Pending, Store
+from orchestrator.store import Effect, Held, Pending, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import Colour, StepError
 
@@ -44,6 +44,7 @@ class SimulatedDriver:
         service: str,
         release_id: str,
         rollback: bool,
+        under: Held | None = None,
     ):
         self._config = config
         self._store = store
@@ -52,6 +53,7 @@ class SimulatedDriver:
         self._release_id = release_id
         # Effects of a rollback are counted apart from those of the rollout they undo.
         self._prefix = "rollback." if rollback else ""
+        self._under = under  # the lease its changes are made under, if a worker's
         # Whether a step takes time or may fail: if not, nothing is read before a change.
         self._acts = bool(config.latency_ms or config.fail)
 
@@ -152,4 +154,4 @@ class SimulatedDriver:
             change.wait()
 
     def _effect(self, step: Step, host: str) -> Effect:
-        return Effect(self._release_id, host, self._prefix + step)
+        return Effect(self._release_id, host, self._prefix + step, self._under)
