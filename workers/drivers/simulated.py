@@ -16,6 +16,8 @@ A fleet whose steps take no time is changed without waiting for each change: the
 records them in order, with the next write anyone waits for (a worker's journal entries
 and reports go with them, after them), and reads them as made at once. One whose steps
 take time (or may fail) waits for each, so that every change is seen as it is made.
+A worker's changes are made ``under`` its lease: the store refuses one that reaches it
+after another worker took the lease.
 """
 
 from __future__ import annotations
