@@ -28,10 +28,11 @@ from orchestrator.drills import CrashPoints
 from orchestrator.fleet import Fleet, ServiceConfig
 from orchestrator.fleet.stages import stages_of
 from orchestrator.fleet.strategies import BlueGreenStrategy, Strategy
-from orchestrator.store import Held, Store
+from orchestrator.store import Store
 from orchestrator.vocabulary import Step
 from workers.drivers import Colour, Driver, StepError
 from workers.drivers.factory import driver_for
+from workers.leases import Lease
 from workers.progress import ComponentProgress, StoreJournal
 from workers.rollout import roll_out
 from workers.steps import Run
@@ -52,8 +53,7 @@ class Work:
     command: Envelope
     key: str  # the work key: what the command asks, the same for every copy of it
     progress: ComponentProgress
-    check: Callable[[], None]  # raises when the worker's lease on the component is lost
-    held: Held  # that lease: the simulator's changes are made only while it is still held
+    lease: Lease  # on the component: checked before each change, and by the store at it
     crash: CrashPoints
     started: Callable[[ComponentStarted], ComponentStarted]  # recorded once, then as kept
     journaled: frozenset[str]  # those of its journals that had entries when it was claimed
@@ -64,7 +64,7 @@ class Work:
             self.store,
             key,
             self.progress,
-            self.check,
+            self.lease.check,
             self.crash,
             empty=key not in self.journaled,
         )
@@ -80,7 +80,7 @@ class Work:
             service=service,
             release_id=self.command.release_id,
             rollback=rollback,
-            under=self.held,
+            under=self.lease.held,
         )
 
     def run(

@@ -24,7 +24,7 @@ from typing import Final
 
 from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
-from orchestrator.store import Store, StoredRelease, Word
+from orchestrator.store import Held, Store, StoredRelease, Word
 
 __all__ = ["Lease", "LeaseKeeper", "LeaseLost", "claimed"]
 
@@ -70,6 +70,11 @@ class Lease:
     @property
     def lost(self) -> bool:
         return self._lost.is_set()
+
+    @property
+    def held(self) -> Held:
+        """The lease as the store checks it when a change is made under it."""
+        return Held(self.name, self.owner)
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` if the lease is no longer ours; call before each effect."""

@@ -44,7 +44,6 @@ from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import (
     DeadLetter,
-    Held,
     NotHeld,
     Pending,
     StepDone,
@@ -205,8 +204,7 @@ class ComponentRunner:
             command=command,
             key=work_key(command),
             progress=progress,
-            check=lease.check,
-            held=Held(lease.name, lease.owner),
+            lease=lease,
             crash=self.crash,
             started=lambda event: self._started(command, event, progress, lease.kept),
             journaled=lease.journaled,

@@ -618,7 +618,7 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
-            self._commit_together(self._taken())  # what was written ahead is kept
+            self._commit_waiting()  # what was written ahead is kept
             self._db.close()
 
     # --- transactions ---------------------------------------------------------------------
@@ -627,8 +627,7 @@ class SqliteStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         # outside a transaction each SELECT reads one consistent snapshot on its own
         with self._lock, _translated():
-            if self._waiting:  # what was written ahead is read as written
-                self._commit_together(self._taken())
+            self._commit_waiting()  # what was written ahead is read as written
             yield self._db
 
     def _write(self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
@@ -658,23 +657,23 @@ class SqliteStore:
         if not mine.done:  # else committed already: the connection may be another commit's
             with self._lock:
                 if not mine.done:  # no other thread took it into its commit while we waited
-                    self._commit_together(self._taken())
+                    self._commit_waiting()
         if self._caller.latest is mine or mine.error is not None:
             self._caller.latest = None  # this thread learns now how its writes went
         return mine.answer()
 
-    def _taken(self) -> list[_Write[object]]:
-        """Every write waiting for a commit, in the order they were queued."""
+    def _commit_waiting(self) -> None:
+        """Commit every write waiting, in the order they were queued; the caller holds
+        the connection."""
         group: list[_Write[object]] = []
         while self._waiting:
             group.append(self._waiting.popleft())
-        return group
+        if group:
+            self._commit_together(group)
 
     def _commit_together(self, group: Sequence[_Write[object]]) -> None:
         """Run the writes of ``group`` in one transaction and commit it once, waiting for
         the disk if any of them is to."""
-        if not group:
-            return
         db = self._db
         try:
             self._wait_for_disk(any(write.durable for write in group))
