@@ -30,10 +30,11 @@ from typing import Any, Final, TypeVar
 
 from celery import Celery
 from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
+from kombu.entity import Exchange, Queue, maybe_delivery_mode
 from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.messaging import Producer
 from kombu.mixins import ConsumerMixin
+from kombu.serialization import dumps
 
 from orchestrator.contract import (
     DeployComponent,
@@ -45,8 +46,10 @@ from orchestrator.contract import (
 from orchestrator.feed import ProgressFeed
 from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
+from orchestrator.redis_transport import Channel as RedisChannel
 from orchestrator.redis_transport import transport_for
 from orchestrator.settings import redacted
+from orchestrator.store import Queued
 
 __all__ = [
     "DEPLOY_TASK",
@@ -218,7 +221,10 @@ class Bus:
         """
         with _broker_errors(self.broker_url), self._publishers.acquire() as publisher:
             for service in services:
-                publisher.producer.maybe_declare(self._service_queue(publisher, service))
+                queue = publisher.bound(
+                    f"queue of {service}", functools.partial(self.topology.service_queue, service)
+                )
+                publisher.producer.maybe_declare(queue)
 
     def publish(self, message: Envelope) -> None:
         """Send one message to where its type goes.
@@ -298,6 +304,35 @@ class Bus:
                 **_PUBLISH_LIMITS,
             )
 
+    def queued(self, message: Envelope) -> Queued | None:
+        """``message`` as the broker keeps it in its queue once published (:meth:`publish`),
+        for a store that shares the broker's Redis to push there itself, in the commit that
+        decided it. None for what only a publish sends: events and batches, a broker other
+        than Redis through Drover's transport, drills. Raises :class:`BrokerUnavailable` if
+        the broker cannot be asked how it keeps the message."""
+        if type(message.payload) not in _TASKS or self._drills.copies != 1:
+            return None
+        task = self._task_message(message)
+        with (
+            _broker_errors(self.broker_url),
+            self._publishers.acquire() as publisher,
+            publisher.producer.connection._reraise_as_library_errors(),
+        ):
+            channel = publisher.producer.channel
+            if not isinstance(channel, RedisChannel):
+                return None
+            queue = self._service_queue(publisher, message)
+            publisher.producer.maybe_declare(queue)  # as the publish declares it on the way
+            # As kombu's producer makes what it publishes (see _send_task), then its channel.
+            content_type, content_encoding, body = dumps(task.body, serializer=task.serializer)
+            properties = {**task.properties, "delivery_mode": task.delivery_mode}
+            made = channel.prepare_message(
+                body, 0, content_type, content_encoding, task.headers, properties
+            )
+            channel._inplace_augment_message(made, "", queue.name)
+            queued = channel.as_queued(queue.name, made)
+        return None if queued is None else Queued(*queued)
+
     def _send_task(self, message: Envelope) -> None:
         """Send a command as the Celery task its service's workers run.
 
@@ -309,7 +344,27 @@ class Bus:
         result to wait for, its signals before and after a publish, its events) never
         applies to a command, and was half of what sending one cost.
         """
-        name = _TASKS[type(message.payload)]
+        task = self._task_message(message)
+        with (
+            self._publishers.acquire() as publisher,
+            # As send_task does: the transport's own errors (redis-py's) become kombu's.
+            publisher.producer.connection._reraise_as_library_errors(),
+        ):
+            queue = self._service_queue(publisher, message)
+            publisher.producer.publish(
+                task.body,
+                exchange="",
+                routing_key=queue.name,
+                serializer=task.serializer,
+                delivery_mode=task.delivery_mode,
+                declare=[queue],
+                headers=task.headers,
+                **task.properties,
+                **_PUBLISH_LIMITS,
+            )
+
+    def _task_message(self, message: Envelope) -> _TaskMessage:
+        """The Celery task message of a worker's command."""
         # What Celery shows of a task's arguments in its events and monitors: left to
         # itself it writes a safe repr of the whole message, half of what sending a
         # command costs. What the message is says as much, in a few words.
@@ -317,9 +372,10 @@ class Bus:
             "argsrepr": f"({message.type} {message.id} of release {message.release_id},)",
             "kwargsrepr": "{}",
         }
+        conf = self.celery.conf
         task = self.celery.amqp.create_task_message(
             message.id,
-            name,
+            _TASKS[type(message.payload)],
             [message.to_wire()],
             {},
             reply_to=self.celery.thread_oid,
@@ -327,27 +383,17 @@ class Bus:
             ignore_result=None,  # as send_task says it: the workers' setting decides
             **shown,
         )
-        service = getattr(message.payload, "service", "")
-        with (
-            self._publishers.acquire() as publisher,
-            # As send_task does: the transport's own errors (redis-py's) become kombu's.
-            publisher.producer.connection._reraise_as_library_errors(),
-        ):
-            queue = self._service_queue(publisher, service)
-            publisher.producer.publish(
-                task.body,
-                exchange="",
-                routing_key=queue.name,
-                serializer=self.celery.conf.task_serializer,
-                delivery_mode=self.celery.conf.task_default_delivery_mode,
-                declare=[queue],
-                headers={**task.headers, **_headers(message)},
-                **task.properties,
-                **shown,  # send_task puts them in the message's properties too
-                **_PUBLISH_LIMITS,
-            )
+        return _TaskMessage(
+            body=task.body,
+            headers={**task.headers, **_headers(message)},
+            # send_task puts what is shown in the message's properties too
+            properties={**task.properties, **shown},
+            serializer=conf.task_serializer,
+            delivery_mode=maybe_delivery_mode(conf.task_default_delivery_mode),
+        )
 
-    def _service_queue(self, publisher: _Publisher, service: str) -> Queue:
+    def _service_queue(self, publisher: _Publisher, command: Envelope) -> Queue:
+        service: str = getattr(command.payload, "service", "")
         make = functools.partial(self.topology.service_queue, service)
         return publisher.bound(f"queue of {service}", make)
 
@@ -407,6 +453,17 @@ class Bus:
 
 
 _Entity = TypeVar("_Entity", Queue, Exchange)
+
+
+@dataclass(frozen=True)
+class _TaskMessage:
+    """A Celery task message, as ``send_task`` would publish it."""
+
+    body: tuple[Any, ...]
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    serializer: str
+    delivery_mode: int
 
 
 class _Publisher:

@@ -332,12 +332,13 @@ class Coordinator:
         """Commit what the shell learned without deciding: the state stays as it is."""
         return self._outbox.commit(
             messages,
-            lambda outbox: self._store.commit(
+            lambda outbox, queued: self._store.commit(
                 release_id,
                 message_id=message_id,
                 expected_revision=None,
                 state=None,
                 outbox=outbox,
+                queued=queued,
                 timeline=outbox,
                 wake_at=wake_at,
             ),
@@ -379,12 +380,13 @@ class Coordinator:
         changed = decision.state != before
         return self._outbox.commit(
             outgoing,
-            lambda outbox: self._store.commit(
+            lambda outbox, queued: self._store.commit(
                 message.release_id,
                 message_id=message.id,
                 expected_revision=revision,
                 state=decision.state if changed else None,
                 outbox=outbox,
+                queued=queued,
                 timeline=[message, *outbox],
                 wake_at=_wake_time(decision.state) if changed and decision.state else KEEP_WAKE,
                 changed_components=_changed_components(before, decision.state),
@@ -418,12 +420,13 @@ class Coordinator:
         ]
         self._outbox.commit(
             outgoing,
-            lambda outbox: self._store.commit(
+            lambda outbox, queued: self._store.commit(
                 release_id,
                 message_id=message_id,
                 expected_revision=0,
                 state=decision.state,
                 outbox=outbox,
+                queued=queued,
                 timeline=outbox,
             ),
         )

@@ -315,11 +315,21 @@ class Channel(kombu_redis.Channel):
         return True
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        if "_publish_batch" in kwargs or queue in self._expires:
+        queued = None if "_publish_batch" in kwargs else self.as_queued(queue, message)
+        if queued is None:
             super()._put(queue, message, **kwargs)
             return
+        self.calls.command("LPUSH", *queued)
+
+    def as_queued(self, queue: str, message: Any) -> tuple[str, str] | None:
+        """The list where ``message``, published to ``queue`` by its name, waits, and what
+        the list holds of it, as :meth:`_put` pushes it: for another to push in its place
+        (a store sharing this Redis, in the commit that decided the message). None for a
+        queue that expires, which kombu's own way keeps alive."""
+        if queue in self._expires:
+            return None
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        self.calls.command("LPUSH", self.global_keyprefix + key, dumps(message))
+        return self.global_keyprefix + key, dumps(message)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:

@@ -9,7 +9,7 @@ messages and the timeline, and records the message as processed, all or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
@@ -30,6 +30,7 @@ __all__ = [
     "KeepWake",
     "NotHeld",
     "Pending",
+    "Queued",
     "StepDone",
     "Store",
     "StoreUnavailable",
@@ -172,6 +173,15 @@ class StoredRelease:
     revision: int  # bumped by every commit that changes the state; 0 means "not stored yet"
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A message as the broker keeps it in a queue: ``raw`` in the Redis list ``list_key``,
+    as kombu's Redis transport would have pushed it there."""
+
+    list_key: str
+    raw: str
+
+
 class CommitResult(StrEnum):
     COMMITTED = "committed"
     DUPLICATE = "duplicate"  # this message was processed for this release before
@@ -210,6 +220,7 @@ class Store(Protocol):
         timeline: Sequence[Envelope],
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
         changed_components: Collection[str] | None = None,
+        queued: Mapping[str, Queued] | None = None,
     ) -> CommitResult:
         """Apply one saga step atomically.
 
@@ -228,7 +239,17 @@ class Store(Protocol):
         if no message comes (a deadline): a time sets it, ``None`` clears it, and
         ``KEEP_WAKE`` (the default) leaves it as it is. It is written in the same atomic
         step as the state.
+
+        ``queued`` (by message id) hands messages of the outbox straight to the broker in
+        the same step, pushed onto their queues instead of kept in the outbox for the
+        relay: only a store that :meth:`shares_redis_with` the broker can, and may be
+        given any.
         """
+        ...
+
+    def shares_redis_with(self, broker_url: str) -> bool:
+        """Whether this store is the Redis database the broker at ``broker_url`` keeps its
+        queues in: a commit may then push messages onto them (``queued``)."""
         ...
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:

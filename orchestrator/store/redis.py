@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
@@ -33,6 +33,7 @@ from orchestrator.store import (
     KeepWake,
     NotHeld,
     Pending,
+    Queued,
     StoredRelease,
     StoreUnavailable,
     Word,
@@ -48,11 +49,13 @@ _CONNECT_TIMEOUT_S: Final = 5.0
 
 # KEYS: 1 release hash, 2 its seen set, 3 its timeline, 4 release index, 5 outbox sequence,
 #       6 pending outbox ids, 7 outbox bodies, 8 wake index, 9 the release's components,
-#       then the seen set of each outbox envelope.
+#       then the seen set of each of the n outbox envelopes, then the broker's list of
+#       each envelope handed to the broker, in order.
 # ARGV: 1 message id, 2 expected revision ("" for none), 3 "1" when a state is given,
 #       4 the release's own fields as JSON, 5 created_at score, 6 release id, 7 outbox
 #       count n, 8 wake action ("keep", "set" or "clear"), 9 wake score, 10 component
-#       count m, then m (name, "<place> <JSON>") pairs, then n (id, body) pairs, then the timeline.
+#       count m, then m (name, "<place> <JSON>") pairs, then n (id, body, message as the
+#       broker keeps it or "" to keep it in the outbox) triples, then the timeline.
 _COMMIT_LUA: Final = Lua("""
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
   return 'duplicate'
@@ -80,12 +83,19 @@ for _ = 1, tonumber(ARGV[10]) do
   redis.call('HSET', KEYS[9], ARGV[at], ARGV[at + 1])
   at = at + 2
 end
-for i = 1, tonumber(ARGV[7]) do
-  local sequence = redis.call('INCR', KEYS[5])
-  redis.call('ZADD', KEYS[6], sequence, ARGV[at])
-  redis.call('HSET', KEYS[7], ARGV[at], ARGV[at + 1])
+local outbox = tonumber(ARGV[7])
+local queued = 0
+for i = 1, outbox do
+  if ARGV[at + 2] == '' then
+    local sequence = redis.call('INCR', KEYS[5])
+    redis.call('ZADD', KEYS[6], sequence, ARGV[at])
+    redis.call('HSET', KEYS[7], ARGV[at], ARGV[at + 1])
+  else
+    queued = queued + 1
+    redis.call('LPUSH', KEYS[9 + outbox + queued], ARGV[at + 2])
+  end
   redis.call('SADD', KEYS[9 + i], ARGV[at])
-  at = at + 2
+  at = at + 3
 end
 for i = at, #ARGV do
   redis.call('RPUSH', KEYS[3], ARGV[i])
@@ -337,6 +347,7 @@ def _translated() -> Iterator[None]:
 class RedisStore:
     def __init__(self, url: str, namespace: str = "drover") -> None:
         self._keys = Keys(namespace)
+        self._url = url
         # Bytes in and out: envelopes and dead letters are bytes, and decoding nothing
         # implicitly means a stored value is never silently re-encoded.
         self._client = redis.Redis.from_url(
@@ -379,7 +390,9 @@ class RedisStore:
         timeline: Sequence[Envelope],
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
         changed_components: Collection[str] | None = None,
+        queued: Mapping[str, Queued] | None = None,
     ) -> CommitResult:
+        handed = queued or {}
         keys = [
             self._keys.release(release_id),
             self._keys.seen(release_id),
@@ -392,6 +405,7 @@ class RedisStore:
             self._keys.components(release_id),
             # an outbox message is seen by the release it names, where it will come back
             *(self._keys.seen(message.release_id) for message in outbox),
+            *(handed[message.id].list_key for message in outbox if message.id in handed),
         ]
         fields, components = (
             ("", []) if state is None else shared.release_record(state, changed_components)
@@ -410,11 +424,15 @@ class RedisStore:
         for name, place, component in components:
             args += [name, f"{place} {component}"]
         for message in outbox:
-            args += [message.id, message.encode()]
+            on_queue = handed.get(message.id)
+            args += [message.id, message.encode(), on_queue.raw if on_queue else ""]
         args += [message.encode() for message in timeline]
         with _translated():
             result = self._calls.script(_COMMIT_LUA, keys, args)
         return CommitResult(_text(result))
+
+    def shares_redis_with(self, broker_url: str) -> bool:
+        return broker_url == self._url
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
         if limit <= 0:

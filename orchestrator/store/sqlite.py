@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from orchestrator.store import (
     KeepWake,
     NotHeld,
     Pending,
+    Queued,
     StepDone,
     StoredRelease,
     StoreUnavailable,
@@ -250,7 +251,11 @@ class SqliteStore:
         timeline: Sequence[Envelope],
         wake_at: datetime | KeepWake | None = KEEP_WAKE,
         changed_components: Collection[str] | None = None,
+        queued: Mapping[str, Queued] | None = None,
     ) -> CommitResult:
+        if queued:
+            raise ValueError("a SQLite store cannot push messages onto a broker's queues")
+
         def commit(db: sqlite3.Connection) -> CommitResult:
             if _is_seen(db, release_id, message_id):
                 return CommitResult.DUPLICATE
@@ -265,6 +270,9 @@ class SqliteStore:
             return CommitResult.COMMITTED
 
         return self._write(commit)
+
+    def shares_redis_with(self, broker_url: str) -> bool:
+        return False
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
         if limit <= 0:

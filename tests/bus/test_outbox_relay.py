@@ -67,7 +67,7 @@ def _relay(parts: Parts) -> OutboxRelay:
 def _commit_through(
     relay: OutboxRelay, store: Store, message_id: str, outbox: Sequence[Envelope]
 ) -> CommitResult:
-    return relay.commit(outbox, lambda messages: _commit(store, message_id, messages))
+    return relay.commit(outbox, lambda messages, _: _commit(store, message_id, messages))
 
 
 def test_what_commits_put_in_the_outbox_is_published_in_order(parts: Parts) -> None:
@@ -104,7 +104,7 @@ def test_a_commit_whose_answer_was_lost_is_published_by_the_next_relay(parts: Pa
     relay.relay()  # an empty outbox
     lost, new = _events(2), _events(1)
 
-    def answer_lost(outbox: Sequence[Envelope]) -> CommitResult:
+    def answer_lost(outbox: Sequence[Envelope], _: object) -> CommitResult:
         _commit(parts.store, "m1", outbox)  # it landed, but the answer never came back
         raise StoreUnavailable("connection reset")
 

@@ -24,14 +24,13 @@ Heard = list[tuple[dict[str, object], list[Envelope]]]  # (headers, messages) pe
 def connected_parts(
     broker_url: str, namespace: str, tmp_path: Path, fleet: Path, **overrides: Any
 ) -> Iterator[Parts]:
-    """Drover's parts on ``broker_url``, with a SQLite store in ``tmp_path`` (and any
-    other settings, ``overrides``)."""
+    """Drover's parts on ``broker_url``, with a SQLite store in ``tmp_path`` unless
+    ``overrides`` name another (and any other settings they give)."""
     settings = Settings.load(
         environ={},
         broker_url=broker_url,
         namespace=namespace,
-        store_url=f"sqlite:///{tmp_path}/store.db",
-        **overrides,
+        **{"store_url": f"sqlite:///{tmp_path}/store.db", **overrides},
     )
     parts = connect(settings, load_fleet(fleet))
     try:
