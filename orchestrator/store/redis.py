@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
@@ -521,9 +521,11 @@ class RedisStore:
     # --- the fleet's record -------------------------------------------------------------
 
     def host_versions(self, environment: str, service: str) -> dict[str, str]:
+        # Past redis-py's client (orchestrator.redis_calls): read for every component.
+        key = self._keys.host_versions(environment, service)
         with _translated():
-            versions = self._client.hgetall(self._keys.host_versions(environment, service))
-        return {_text(host): _text(version) for host, version in versions.items()}
+            versions = self._calls.command("HGETALL", key)
+        return {_text(host): _text(version) for host, version in _fields(versions)}
 
     def set_host_version(
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
@@ -795,6 +797,14 @@ class RedisStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _fields(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """A hash's fields and values as Redis answers ``HGETALL``: a map on RESP3, a flat
+    list of field, value, field, value on RESP2 (which a URL may ask for)."""
+    if isinstance(reply, dict):
+        return reply.items()
+    return zip(reply[::2], reply[1::2], strict=True)
 
 
 def _ms(seconds: float) -> int:

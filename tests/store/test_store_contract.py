@@ -57,7 +57,14 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OpenStore = Callable[[], Store]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.broker)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.broker),
+        # Redis's older protocol, which a store URL may ask for: some answers differ in shape
+        pytest.param("redis-resp2", marks=pytest.mark.broker),
+    ]
+)
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
     """Opens stores on one backing (file or namespace); closes them all afterwards."""
     if request.param == "sqlite":
@@ -65,6 +72,8 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenSt
     else:
         url = request.getfixturevalue("redis_url")
         namespace = request.getfixturevalue("namespace")
+        if request.param == "redis-resp2":
+            url += "?protocol=2"
     opened: list[Store] = []
 
     def opener() -> Store:
