@@ -221,10 +221,7 @@ class Bus:
         """
         with _broker_errors(self.broker_url), self._publishers.acquire() as publisher:
             for service in services:
-                queue = publisher.bound(
-                    f"queue of {service}", functools.partial(self.topology.service_queue, service)
-                )
-                publisher.producer.maybe_declare(queue)
+                publisher.producer.maybe_declare(self._service_queue(publisher, service))
 
     def publish(self, message: Envelope) -> None:
         """Send one message to where its type goes.
@@ -321,7 +318,7 @@ class Bus:
             channel = publisher.producer.channel
             if not isinstance(channel, RedisChannel):
                 return None
-            queue = self._service_queue(publisher, message)
+            queue = self._service_queue(publisher, task.service)
             publisher.producer.maybe_declare(queue)  # as the publish declares it on the way
             # As kombu's producer makes what it publishes (see _send_task), then its channel.
             content_type, content_encoding, body = dumps(task.body, serializer=task.serializer)
@@ -350,7 +347,7 @@ class Bus:
             # As send_task does: the transport's own errors (redis-py's) become kombu's.
             publisher.producer.connection._reraise_as_library_errors(),
         ):
-            queue = self._service_queue(publisher, message)
+            queue = self._service_queue(publisher, task.service)
             publisher.producer.publish(
                 task.body,
                 exchange="",
@@ -384,6 +381,7 @@ class Bus:
             **shown,
         )
         return _TaskMessage(
+            service=getattr(message.payload, "service", ""),
             body=task.body,
             headers={**task.headers, **_headers(message)},
             # send_task puts what is shown in the message's properties too
@@ -392,8 +390,7 @@ class Bus:
             delivery_mode=maybe_delivery_mode(conf.task_default_delivery_mode),
         )
 
-    def _service_queue(self, publisher: _Publisher, command: Envelope) -> Queue:
-        service: str = getattr(command.payload, "service", "")
+    def _service_queue(self, publisher: _Publisher, service: str) -> Queue:
         make = functools.partial(self.topology.service_queue, service)
         return publisher.bound(f"queue of {service}", make)
 
@@ -457,8 +454,10 @@ _Entity = TypeVar("_Entity", Queue, Exchange)
 
 @dataclass(frozen=True)
 class _TaskMessage:
-    """A Celery task message, as ``send_task`` would publish it."""
+    """A Celery task message, as ``send_task`` would publish it, and the service whose
+    queue it goes to."""
 
+    service: str
     body: tuple[Any, ...]
     headers: dict[str, Any]
     properties: dict[str, Any]

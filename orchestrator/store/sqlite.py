@@ -879,11 +879,7 @@ def _count_attempt(db: sqlite3.Connection, message_id: str, ttl_s: float) -> int
 def _still_held(db: sqlite3.Connection, effect: Effect | None) -> None:
     """Raise NotHeld if ``effect`` is made under a lease its maker no longer holds."""
     held = effect.under if effect is not None else None
-    if held is None:
-        return
-    row = db.execute("SELECT owner, expires_at FROM leases WHERE name = ?", (held.lease,))
-    holder = row.fetchone()
-    if holder is None or holder[0] != held.owner or holder[1] <= time.time():
+    if held is not None and _lease_holder(db, held.lease) != held.owner:
         raise NotHeld(f"{held.owner} no longer holds {held.lease}")
 
 

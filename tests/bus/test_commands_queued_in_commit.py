@@ -8,7 +8,7 @@ leaves the command to the relay. On the machine's Redis, in a namespace of the t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from orchestrator.contract import DeployComponent, Envelope, StepStarted, envelo
 from orchestrator.drills import CrashPoints
 from orchestrator.outbox import OutboxRelay
 from orchestrator.runtime import Parts
-from orchestrator.store import CommitResult, Queued
+from orchestrator.store import CommitResult
 from orchestrator.vocabulary import Step
 from tests.support.listening import connected_parts, drain, listen, messages
+from tests.support.outbox import commit_through
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 
@@ -72,23 +73,6 @@ def _event() -> Envelope:
     return envelope(started, release_id="r1", actor="drover-coordinator")
 
 
-def _commit(
-    parts: Parts, relay: OutboxRelay, message_id: str, outbox: Sequence[Envelope]
-) -> CommitResult:
-    def commit(messages: Sequence[Envelope], queued: Mapping[str, Queued]) -> CommitResult:
-        return parts.store.commit(
-            "r1",
-            message_id=message_id,
-            expected_revision=None,
-            state=None,
-            outbox=messages,
-            timeline=messages,
-            queued=queued,
-        )
-
-    return relay.commit(outbox, commit)
-
-
 def _waiting(parts: Parts) -> list[dict[str, Any]]:
     """What waits in the web service's queue, oldest first, as kombu keeps it."""
     client = redis.Redis.from_url(parts.settings.broker_url)
@@ -113,7 +97,7 @@ def test_a_command_committed_waits_on_its_queue_with_nothing_left_to_publish(
     relay.relay()  # the outbox read once: the relay knows it holds nothing else
     command = _command()
 
-    assert _commit(shared, relay, "m1", [command]) is CommitResult.COMMITTED
+    assert commit_through(relay, shared.store, "m1", [command]) is CommitResult.COMMITTED
 
     [waiting] = _waiting(shared)  # before any relay: the commit put it there
     assert waiting["headers"]["id"] == command.id
@@ -130,7 +114,7 @@ def test_a_command_queued_by_its_commit_is_the_message_its_publish_makes(
     command = _command()
     shared.bus.publish(command)
 
-    _commit(shared, relay, "m1", [command])
+    commit_through(relay, shared.store, "m1", [command])
 
     published, queued = _waiting(shared)
     assert _as_published(queued) == _as_published(published)
@@ -138,9 +122,9 @@ def test_a_command_queued_by_its_commit_is_the_message_its_publish_makes(
 
 def test_a_commit_refused_as_a_duplicate_queues_nothing(shared: Parts) -> None:
     relay = OutboxRelay(shared.store, shared.bus, CrashPoints())
-    _commit(shared, relay, "m1", [_command()])
+    commit_through(relay, shared.store, "m1", [_command()])
 
-    assert _commit(shared, relay, "m1", [_command()]) is CommitResult.DUPLICATE
+    assert commit_through(relay, shared.store, "m1", [_command()]) is CommitResult.DUPLICATE
 
     assert len(_waiting(shared)) == 1
 
@@ -150,7 +134,7 @@ def test_events_of_the_same_commit_still_go_out_through_the_outbox(shared: Parts
     relay = OutboxRelay(shared.store, shared.bus, CrashPoints())
     event, command = _event(), _command()
 
-    _commit(shared, relay, "m1", [event, command])
+    commit_through(relay, shared.store, "m1", [event, command])
     assert [m.id for m in shared.store.pending_outbox()] == [event.id]
     relay.relay()
 
@@ -163,7 +147,7 @@ def test_a_store_on_another_database_leaves_the_command_to_the_relay(apart: Part
     relay = OutboxRelay(apart.store, apart.bus, CrashPoints())
     command = _command()
 
-    _commit(apart, relay, "m1", [command])
+    commit_through(relay, apart.store, "m1", [command])
     assert [m.id for m in apart.store.pending_outbox()] == [command.id]
     assert _waiting(apart) == []
     relay.relay()

@@ -17,9 +17,10 @@ from orchestrator.contract import Envelope, StepStarted, envelope
 from orchestrator.drills import CrashPoints
 from orchestrator.outbox import OutboxRelay
 from orchestrator.runtime import Parts
-from orchestrator.store import CommitResult, Store, StoreUnavailable
+from orchestrator.store import CommitResult, StoreUnavailable
 from orchestrator.vocabulary import Step
 from tests.support.listening import connected_parts, drain, listen, messages
+from tests.support.outbox import commit_outbox, commit_through
 from tests.support.redis_server import RedisServer
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
@@ -49,25 +50,8 @@ def _events(count: int) -> list[Envelope]:
     ]
 
 
-def _commit(store: Store, message_id: str, outbox: Sequence[Envelope]) -> CommitResult:
-    return store.commit(
-        "r1",
-        message_id=message_id,
-        expected_revision=None,
-        state=None,
-        outbox=outbox,
-        timeline=outbox,
-    )
-
-
 def _relay(parts: Parts) -> OutboxRelay:
     return OutboxRelay(parts.store, parts.bus, CrashPoints())
-
-
-def _commit_through(
-    relay: OutboxRelay, store: Store, message_id: str, outbox: Sequence[Envelope]
-) -> CommitResult:
-    return relay.commit(outbox, lambda messages, _: _commit(store, message_id, messages))
 
 
 def test_what_commits_put_in_the_outbox_is_published_in_order(parts: Parts) -> None:
@@ -75,10 +59,10 @@ def test_what_commits_put_in_the_outbox_is_published_in_order(parts: Parts) -> N
     relay = _relay(parts)
     first, second, third = _events(3), _events(2), _events(1)
 
-    _commit_through(relay, parts.store, "m1", first)
+    commit_through(relay, parts.store, "m1", first)
     relay.relay()
-    _commit_through(relay, parts.store, "m2", second)
-    _commit_through(relay, parts.store, "m3", third)
+    commit_through(relay, parts.store, "m2", second)
+    commit_through(relay, parts.store, "m3", third)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == first + second + third
@@ -89,10 +73,10 @@ def test_what_commits_put_in_the_outbox_is_published_in_order(parts: Parts) -> N
 def test_what_an_earlier_run_left_in_the_outbox_goes_first(parts: Parts) -> None:
     listener = listen(parts.settings.broker_url, parts.bus.topology.events_exchange, "#")
     left = _events(2)
-    _commit(parts.store, "m0", left)  # committed by a run that died before relaying
+    commit_outbox(parts.store, "m0", left)  # committed by a run that died before relaying
     relay, new = _relay(parts), _events(1)
 
-    _commit_through(relay, parts.store, "m1", new)
+    commit_through(relay, parts.store, "m1", new)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == left + new
@@ -105,12 +89,12 @@ def test_a_commit_whose_answer_was_lost_is_published_by_the_next_relay(parts: Pa
     lost, new = _events(2), _events(1)
 
     def answer_lost(outbox: Sequence[Envelope], _: object) -> CommitResult:
-        _commit(parts.store, "m1", outbox)  # it landed, but the answer never came back
+        commit_outbox(parts.store, "m1", outbox)  # it landed, but the answer never came back
         raise StoreUnavailable("connection reset")
 
     with pytest.raises(StoreUnavailable):
         relay.commit(lost, answer_lost)
-    _commit_through(relay, parts.store, "m2", new)
+    commit_through(relay, parts.store, "m2", new)
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == lost + new
@@ -121,9 +105,9 @@ def test_a_message_committed_before_has_its_first_outbox_published(parts: Parts)
     relay = _relay(parts)
     relay.relay()  # an empty outbox
     first = _events(2)
-    _commit(parts.store, "m1", first)  # a first delivery, handled by a coordinator that died
+    commit_outbox(parts.store, "m1", first)  # a first delivery, handled by a coordinator that died
 
-    assert _commit_through(relay, parts.store, "m1", first) is CommitResult.DUPLICATE
+    assert commit_through(relay, parts.store, "m1", first) is CommitResult.DUPLICATE
     relay.relay()
 
     assert messages(drain(parts.settings.broker_url, listener)) == first
@@ -134,8 +118,8 @@ def test_the_sweep_publishes_what_another_coordinator_left(parts: Parts) -> None
     relay = _relay(parts)
     relay.relay()  # an empty outbox
     theirs, ours = _events(2), _events(1)
-    _commit(parts.store, "m1", theirs)  # committed elsewhere; that coordinator then died
-    _commit_through(relay, parts.store, "m2", ours)
+    commit_outbox(parts.store, "m1", theirs)  # committed elsewhere; that coordinator then died
+    commit_through(relay, parts.store, "m2", ours)
     relay.relay()
 
     relay.sweep()  # the coordinator's tick
@@ -158,13 +142,13 @@ def test_what_a_failed_publish_left_goes_out_first_when_the_broker_is_back(
             relay = _relay(parts)
             relay.relay()  # an empty outbox
             first, second = _events(2), _events(1)
-            _commit_through(relay, parts.store, "m1", first)
+            commit_through(relay, parts.store, "m1", first)
             broker.kill()
             with pytest.raises(BrokerUnavailable):
                 relay.relay()
             broker.start()  # its queues and bindings back from its append-only file
 
-            _commit_through(relay, parts.store, "m2", second)
+            commit_through(relay, parts.store, "m2", second)
             relay.relay()
 
             assert messages(drain(broker.url, listener)) == first + second
