@@ -198,6 +198,10 @@ def _print_release(view: dict[str, Any]) -> None:
         ahead = ", ".join(view["waiting_for"])
         click.echo(f"  waiting for: {ahead} (ahead of it in the queues of its services)")
     for c in view["components"]:
+        if c["flag"] is not None:  # a feature flag turned, not a version deployed
+            turned = "on" if c["enabled"] else "off"
+            click.echo(f"  {c['component']:<20} flag turned {turned:<13} {c['state']}")
+            continue
         previous = c["previous_version"] or "?"
         click.echo(f"  {c['service']:<20} {previous} -> {c['version']:<12} {c['state']}")
 

@@ -87,6 +87,19 @@ def test_showing_an_unknown_release_is_an_input_error(tmp_path: Path) -> None:
     assert "no release 'R-nope'" in result.stderr
 
 
+def test_showing_a_release_that_turns_a_flag_names_the_flag(tmp_path: Path) -> None:
+    demo = Path(__file__).parents[2] / "orchestrator" / "demo"
+    env = clean_env(store_url=f"sqlite:///{tmp_path}/s.db", fleet=str(demo / "fleet.yaml"))
+    ran = drover("run", str(demo / "release-fixed.yaml"), "--json", env=env)
+    release_id = json.loads(ran.stdout)["id"]
+
+    shown = drover("release", "show", release_id, env=env)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "checkout.one-click" in shown.stdout and "flag turned on" in shown.stdout
+    assert "3.0.4 -> 3.1.1" in shown.stdout  # the versioned components as before
+
+
 def test_submitting_to_an_unreachable_broker_says_so_in_one_line(tmp_path: Path) -> None:
     env = clean_env(
         broker_url="redis://:sekrit@127.0.0.1:1/0",
