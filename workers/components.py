@@ -104,7 +104,7 @@ class Work:
                 env,
                 environment,
                 service,
-                versions_now=lambda: {h: driver.current_version(h) for h in hosts},
+                versions_now=lambda: driver.current_versions(hosts),
                 versions_before=before.previous_versions if before else {},
             ),
             drain_timeout_s=_drain_timeout_s(strategy),
@@ -122,7 +122,7 @@ def deploy(work: Work, payload: DeployComponent) -> Event:
             environment=payload.environment,
             service=payload.service,
             version=payload.version,
-            previous_versions={h: driver.current_version(h) for h in service.hosts},
+            previous_versions=driver.current_versions(service.hosts),
             live_colour=live,
         )
     )

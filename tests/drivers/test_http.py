@@ -63,6 +63,7 @@ def test_a_full_cycle_changes_the_servers_state(lb: LoadBalancer) -> None:
 
     assert lb.host(SERVICE, HOST).state == "serving"
     assert lb.host(SERVICE, OTHER).version == "1.0"  # the other host was left alone
+    assert http.current_versions([OTHER, HOST]) == {OTHER: "1.0", HOST: "2.0"}
     assert [(e.kind, e.host, e.detail) for e in lb.events()] == [
         ("drain", HOST, ""),
         ("deploy", HOST, "2.0"),

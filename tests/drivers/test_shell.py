@@ -238,6 +238,7 @@ def test_a_full_cycle_changes_the_host(fleet: Fleet) -> None:
 
     assert driver.current_version("h1") == NEW
     assert driver.current_version("h2") == OLD  # the other host was not touched
+    assert driver.current_versions(["h2", "h1"]) == {"h2": OLD, "h1": NEW}
     assert [call[0] for call in fleet.calls()] == [
         "version",
         "drain",
@@ -246,6 +247,8 @@ def test_a_full_cycle_changes_the_host(fleet: Fleet) -> None:
         "verify",
         "undrain",
         "version",
+        "version",
+        "version",  # several hosts' versions: one command per host
         "version",
     ]
 

@@ -29,3 +29,21 @@ def test_a_fleet_whose_steps_take_time_shows_each_change_as_it_is_made(tmp_path:
         assert elsewhere.service_state("prod", "web")["live_colour"] == "blue"
         driver.set_flag("new-checkout", True)
         assert elsewhere.service_state("prod", "web")["flag:new-checkout"] == "on"
+
+
+def test_the_versions_of_several_hosts_are_what_each_runs(tmp_path: Path) -> None:
+    config = SimulatedDriverConfig(kind="simulated", initial_version="1.0.0")
+    with closing(SqliteStore(str(tmp_path / "drover.db"))) as store:
+        driver = SimulatedDriver(
+            config, store, environment="prod", service="web", release_id="r1", rollback=False
+        )
+        driver.deploy("web-2", "2.0.0")
+
+        hosts = ["web-1", "web-2", "web-3"]
+        assert driver.current_versions(hosts) == {
+            "web-1": "1.0.0",  # never deployed: the fleet's initial version
+            "web-2": "2.0.0",
+            "web-3": "1.0.0",
+        }
+        assert driver.current_versions(hosts) == {h: driver.current_version(h) for h in hosts}
+        assert driver.current_versions([]) == {}

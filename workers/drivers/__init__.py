@@ -8,6 +8,7 @@ produced (a command's output, an API's answer), which goes into the release time
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from orchestrator.vocabulary import Step
@@ -35,6 +36,11 @@ class Driver(Protocol):
     """Every operation raises :class:`StepError` (naming the step it served) on failure."""
 
     def current_version(self, host: str) -> str: ...
+
+    def current_versions(self, hosts: Sequence[str]) -> dict[str, str]:
+        """What each of ``hosts`` runs: one question per host, unless the driver can ask
+        for them together (the simulator: one read, not one per host)."""
+        return {host: self.current_version(host) for host in hosts}
 
     def drain(self, host: str) -> str: ...
 

@@ -58,7 +58,7 @@ from pydantic import TypeAdapter, ValidationError
 from orchestrator.fleet.base import Placeholders
 from orchestrator.fleet.drivers import HttpDriverConfig
 from orchestrator.vocabulary import HostName, Name, Step, Version
-from workers.drivers import Colour, StepError
+from workers.drivers import Colour, Driver, StepError
 from workers.http_call import HttpAnswer, NoAnswer, http_request, safe_url
 
 __all__ = ["HttpDriver"]
@@ -74,7 +74,7 @@ _REASON_EXCERPT: Final = 200  # characters of an answer quoted in an error or ti
 _OUTPUT_EXCERPT: Final = 2000  # characters of it kept as the error's output
 
 
-class HttpDriver:
+class HttpDriver(Driver):
     """Drives one service of one environment through Drover's HTTP driver protocol.
 
     The URLs are the environment's own (each environment's fleet file gives its driver),

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from orchestrator.fleet.base import Placeholders
 from orchestrator.fleet.drivers import ShellDriverConfig
 from orchestrator.vocabulary import HostName, Name, Step, Version
-from workers.drivers import Colour, StepError
+from workers.drivers import Colour, Driver, StepError
 from workers.process import run_command
 
 __all__ = ["ShellDriver"]
@@ -51,7 +51,7 @@ _COUNT: Final = re.compile(r"[0-9]{1,18}")
 _NO_FLAG_COMMANDS: Final = "no set_flag/get_flag command in the fleet file"
 
 
-class ShellDriver:
+class ShellDriver(Driver):
     """Runs one command per operation; its exit code is the step's result.
 
     Acting operations return the command's output (cut to ``output_limit``) for the

@@ -23,12 +23,13 @@ reaches it after another worker took the lease.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from orchestrator.fleet.drivers import SimulatedDriverConfig
 from orchestrator.store import Effect, Held, Pending, Store
 from orchestrator.vocabulary import Step
-from workers.drivers import Colour, StepError
+from workers.drivers import Colour, Driver, StepError
 
 __all__ = ["SimulatedDriver"]
 
@@ -36,7 +37,7 @@ _LIVE_COLOUR: Final = "live_colour"
 _SERVICE: Final = "*"  # the "host" of an effect on the whole service
 
 
-class SimulatedDriver:
+class SimulatedDriver(Driver):
     def __init__(
         self,
         config: SimulatedDriverConfig,
@@ -60,8 +61,11 @@ class SimulatedDriver:
         self._acts = bool(config.latency_ms or config.fail)
 
     def current_version(self, host: str) -> str:
+        return self.current_versions([host])[host]
+
+    def current_versions(self, hosts: Sequence[str]) -> dict[str, str]:
         recorded = self._store.host_versions(self._environment, self._service)
-        return recorded.get(host, self._config.initial_version)
+        return {host: recorded.get(host, self._config.initial_version) for host in hosts}
 
     def drain(self, host: str) -> str:
         self._act(Step.DRAIN, host, version=None)
