@@ -35,7 +35,9 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.messaging import Producer
 from kombu.mixins import ConsumerMixin
 from kombu.serialization import dumps
+from kombu.transport.base import Transport
 
+from orchestrator import memory_transport, redis_transport
 from orchestrator.contract import (
     DeployComponent,
     Envelope,
@@ -46,8 +48,6 @@ from orchestrator.contract import (
 from orchestrator.feed import ProgressFeed
 from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
-from orchestrator.redis_transport import Channel as RedisChannel
-from orchestrator.redis_transport import transport_for
 from orchestrator.settings import redacted
 from orchestrator.store import Queued
 
@@ -316,7 +316,7 @@ class Bus:
             publisher.producer.connection._reraise_as_library_errors(),
         ):
             channel = publisher.producer.channel
-            if not isinstance(channel, RedisChannel):
+            if not isinstance(channel, redis_transport.Channel):
                 return None
             queue = self._service_queue(publisher, task.service)
             publisher.producer.maybe_declare(queue)  # as the publish declares it on the way
@@ -541,13 +541,25 @@ _PUBLISH_LIMITS: Final[dict[str, Any]] = {
 }
 
 
+def transport_for(broker_url: str) -> type[Transport] | None:
+    """The kombu transport Drover's connections (and Celery's) use for ``broker_url``:
+    Drover's for plain Redis and in-memory, None (kombu's choice by the URL's scheme)
+    otherwise (RabbitMQ; TLS and Sentinel, which kombu sets up from the URL's scheme)."""
+    if broker_url.startswith("redis://"):
+        return redis_transport.Transport
+    if broker_url.startswith("memory://"):
+        return memory_transport.Transport
+    return None
+
+
 def transport_options(broker_url: str, visibility_timeout_s: float) -> dict[str, Any]:
     """kombu transport options for a broker, shared by Drover's own connections and Celery's."""
     if broker_url.startswith("amqp"):
         return {"confirm_publish": True}  # a publish returns only once the broker has it
     if broker_url.startswith("memory"):
-        # The in-memory transport polls; its default of once a second would put a second
-        # between every step of a release.
+        # kombu's in-memory transport polls: its default of once a second would put a
+        # second between every step of a release. Drover's waits for a message, at most
+        # this long before it looks again.
         return {"polling_interval": 0.005}
     # Redis: a message taken but not acknowledged is handed out again after the
     # visibility timeout (kombu's default: an hour), by a sweep that kombu runs only

@@ -68,8 +68,9 @@ a writer (``#!lua``, Redis 7.0 and later), so a Redis out of memory refuses it b
 takes anything; a Redis that refuses it for any reason (an older one refuses every take)
 gets kombu's way, a warning said once.
 
-Drover uses it for ``redis://`` brokers (:func:`transport_for`); TLS (``rediss://``) and
-Sentinel URLs keep kombu's own, which sets them up from the URL's scheme.
+Drover uses it for ``redis://`` brokers (:func:`orchestrator.bus.transport_for`); TLS
+(``rediss://``) and Sentinel URLs keep kombu's own, which sets them up from the URL's
+scheme.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ from kombu.utils.json import dumps, loads
 
 from orchestrator.redis_calls import Argument, KeptConnections, Lua
 
-__all__ = ["Channel", "Transport", "transport_for"]
+__all__ = ["Channel", "Transport"]
 
 log = logging.getLogger(__name__)
 
@@ -626,9 +627,3 @@ class Transport(kombu_redis.Transport):
 
         loop.on_tick.difference_update(added)
         loop.on_tick.add(on_poll_start)
-
-
-def transport_for(broker_url: str) -> type[Transport] | None:
-    """The kombu transport Drover's connections (and Celery's) use for ``broker_url``:
-    this module's for plain Redis, None (kombu's choice by the URL's scheme) otherwise."""
-    return Transport if broker_url.startswith("redis://") else None

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from orchestrator.bus import transport_options
-from orchestrator.redis_transport import transport_for
+from orchestrator.bus import transport_for, transport_options
 
 __all__ = ["create_celery"]
 
