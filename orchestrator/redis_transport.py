@@ -25,13 +25,18 @@ takes as many more as the consumer has room for (its prefetch), in rounds across
 first queues in kombu's fair order, recording each in the same atomic step. While
 messages keep coming that way, each poll is a take, without ``BRPOP``: one round trip
 for several messages, none taken without its record. When a take comes back short, the
-next poll is ``BRPOP`` again. A take looks at a few lists per message it may bring
-(:data:`_LOOK_AT_PER_MESSAGE`), not all: each list named costs Redis time, and a
-thousand named would cost more than the take saves. Lists it finds empty go to the back
-of the order; what waits further down comes by ``BRPOP``, which names every list, as in
-kombu. A lone message costs what it costs in kombu, ``BRPOP`` and one round trip (the
-take sees empty lists with one ``EXISTS``). Queues consumed without acknowledgements get
-no record, as in kombu.
+next poll is ``BRPOP`` again. Once Redis has run a take on the channel, the take that
+records what ``BRPOP`` brought is sent on the poll's connection and the message handed
+over at once, without waiting for the answer: the next poll reads it (the messages it
+took; or a refusal, and the message is recorded then, as kombu records it). A crash loses
+the message only before its record is sent, as when the answer was waited for, but the
+chain of a release no longer waits a round trip at each consumer. A take looks at a few
+lists per message it may bring (:data:`_LOOK_AT_PER_MESSAGE`), not all: each list named
+costs Redis time, and a thousand named would cost more than the take saves. Lists it
+finds empty go to the back of the order; what waits further down comes by ``BRPOP``,
+which names every list, as in kombu. A lone message costs what it costs in kombu,
+``BRPOP`` and one round trip (the take sees empty lists with one ``EXISTS``), the round
+trip not waited for. Queues consumed without acknowledgements get no record, as in kombu.
 
 **The queues consumed.** kombu builds the list of the queues a channel consumes anew at
 every turn of the event loop (``active_queues``, from every queue consumed: a thousand
@@ -268,10 +273,12 @@ class Channel(kombu_redis.Channel):
     _operations_client: redis.Redis | None = None
     _kept: KeptConnections | None = None
     _in_poll: Any = None  # kombu's: the connection a BRPOP (here, or a take) is in flight on
-    # The lists of the take in flight and how many it asked for (None: a BRPOP or nothing
-    # is in flight), and whether the next poll takes (the last take came back full).
-    _taking: tuple[list[str], int] | None = None
+    # The take in flight (None: a BRPOP or nothing is in flight), and whether the next
+    # poll takes (the last take came back full).
+    _taking: _Take | None = None
     _backlog = False
+    # Whether Redis ran the last take: a record then goes out without being waited for.
+    _takes_run = False
     _consumed: list[str] | None = None  # active_queues, until the queues consumed change
     # True while delivering what a take recorded, for QoS.append.
     recorded_by_take = False
@@ -388,12 +395,15 @@ class Channel(kombu_redis.Channel):
             command = self.client._prefix_args(command)
         self.client.connection.send_command(*command)
 
-    def _take_start(self) -> None:
-        most = self._room()
-        lists, keys, args = self._take_of(most)
-        if not lists:
+    def _take_start(self, most: int | None = None, first: bytes | None = None) -> None:
+        """Send a take of up to ``most`` (as many as there is room for: None), recording
+        ``first`` (what BRPOP took, already handed over) before it takes any; its answer
+        is read by the next poll (:meth:`_brpop_read`)."""
+        most = self._room() if most is None else most
+        lists, keys, args = self._take_of(most, first)
+        if not lists and first is None:
             return
-        self._taking = lists, most
+        self._taking = _Take(lists, most, first)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]  # kombu's, None at rest
         # Read as the poll reads its BRPOP: a script Redis has not seen cannot be sent again.
@@ -414,15 +424,20 @@ class Channel(kombu_redis.Channel):
                 if taking is None:
                     raise
                 self._refused("the batched take", refused)
+                self._takes_run = False
+                if taking.first is not None:
+                    self._record_late(taking.first)
                 reply = [0]
+            else:
+                if taking is not None:
+                    self._takes_run = True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
         if taking is None:
             return self._after_brpop(reply)
-        lists, most = taking
-        looked, messages = _read(lists, reply)
-        self._backlog = 0 < most <= len(messages)
+        looked, messages = _read(taking.lists, reply)
+        self._backlog = 0 < taking.most <= len(messages)
         self._deliver_recorded(looked, messages)
         if not messages:
             raise Empty()  # nothing was waiting: BRPOP next
@@ -441,6 +456,15 @@ class Channel(kombu_redis.Channel):
             self._backlog = False
             self._deliver_recorded([], [(queue, raw)])  # nothing to record, no room for more
             return True
+        if self._takes_run:
+            # Its record goes out first, with the take of more, on the poll's connection;
+            # the message is handed over without waiting for the answer, which the next
+            # poll reads. A crash loses it only before the record is sent, as when it was
+            # waited for (and as in kombu, between its BRPOP and its record).
+            self._take_start(most, first=raw if acknowledged else None)
+            self._backlog = False
+            self._deliver_recorded([], [(queue, raw)])
+            return True
         lists, keys, args = self._take_of(most, first=raw if acknowledged else None)
         try:
             taken = self.calls.script(_TAKE, keys, args)
@@ -449,10 +473,22 @@ class Channel(kombu_redis.Channel):
             self._backlog = False
             self.connection._deliver(loads(bytes_to_str(raw)), queue)  # recorded as kombu does
             return True
+        self._takes_run = True
         looked, messages = _read(lists, taken)
         self._backlog = 0 < most <= len(messages)
         self._deliver_recorded(looked, [(queue, raw), *messages])
         return True
+
+    def _record_late(self, raw: bytes) -> None:
+        """Record as kombu does a message handed over whose take Redis refused (after it
+        ran takes before: one out of memory), if it is not acknowledged yet; the next
+        records are waited for until Redis runs a take again. (Should its
+        acknowledgement come in between, the record stays, and the message is handed out
+        again after the visibility timeout: a command carried out twice is carried out
+        once.)"""
+        message = self.Message(loads(bytes_to_str(raw)), channel=self)
+        if message.delivery_tag in self.qos._delivered:
+            kombu_redis.QoS.append(self.qos, message, message.delivery_tag)
 
     def _refused(self, what: str, refused: Exception) -> None:
         # Said once per channel: a Redis older than 7.0 refuses every script here (their
@@ -560,6 +596,16 @@ class Channel(kombu_redis.Channel):
                 self.connection._deliver(loads(bytes_to_str(raw)), queue)
         finally:
             self.recorded_by_take = False
+
+
+@dataclass(frozen=True)
+class _Take:
+    """A take in flight: the lists it tries, the most it may bring, and the message BRPOP
+    took that it records first, if any."""
+
+    lists: list[str]
+    most: int
+    first: bytes | None
 
 
 def _read(lists: list[str], reply: list[Any]) -> tuple[list[str], list[tuple[str, bytes]]]:

@@ -295,6 +295,37 @@ def test_a_redis_that_refuses_the_take_gets_kombus_way(
     assert [r.levelname for r in refusals if r.levelname == "WARNING"] == ["WARNING"]
 
 
+def test_a_message_handed_over_before_its_take_was_refused_is_recorded_as_kombu_does(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    # Once Redis has run a take, the record of what BRPOP brings is not waited for: should
+    # that take be refused (a Redis out of memory; here, scripts taken from the user), the
+    # message already handed over is recorded kombu's way when the answer is read.
+    user = "scripts-until-revoked"
+    client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+only-for-this-test"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    url = server.url.replace("redis://", f"redis://{user}:only-for-this-test@")
+    taker = _Taker(url, SERVICES[:1], prefetch=4)
+    try:
+        _publish(server.url, SERVICES[:1], 1)
+        (first,) = taker.take(1)  # its record waited for: Redis runs takes
+        first.ack()
+        client.acl_setuser(user, enabled=True, commands=["-eval"])
+        _publish(server.url, SERVICES[:1], 1)
+        (second,) = taker.take(1)
+        with pytest.raises(TimeoutError):
+            taker.connection.drain_events(timeout=0.2)  # reads the refusal
+        assert _on_record(client) == {second.delivery_tag}
+    finally:
+        taker.close()
+
+
 def _take(client: redis.Redis, lists: list[str], most: int) -> tuple[int, list[Any]]:
     """The take's script run by hand: how many lists it looked at, and what it took."""
     keys = ["unacked_index", "unacked", *lists]
