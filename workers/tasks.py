@@ -405,7 +405,10 @@ def _still_wanted(command: Envelope, stored: StoredRelease | None) -> ReleaseSta
 
 def _undoes(payload: object) -> bool:
     """Whether a command undoes its component (a rollback, or a flag flipped back)."""
-    return isinstance(payload, RollbackComponent) or bool(getattr(payload, "undo", False))
+    # Asked of the types that have ``undo``: pydantic answers a missing attribute slowly.
+    return isinstance(payload, RollbackComponent) or (
+        isinstance(payload, ToggleFlag) and payload.undo
+    )
 
 
 def _crashed(payload: WorkerCommand, reason: str) -> Event:

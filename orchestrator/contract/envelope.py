@@ -183,6 +183,9 @@ _EVENTS: Final[tuple[type[Payload], ...]] = (
     ReleaseFailed,
 )
 MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {c.__name__: c for c in _COMMANDS + _EVENTS}
+# A payload is one of these exactly (validated by its type's name): looked up by its type,
+# not asked of pydantic's isinstance, which costs a call per class.
+_COMMAND_TYPES: Final[frozenset[type[Payload]]] = frozenset(_COMMANDS)
 
 
 def _payload_type(value: Any) -> str | None:
@@ -236,7 +239,7 @@ class Envelope(BaseModel):
 
     @property
     def is_command(self) -> bool:
-        return isinstance(self.payload, _COMMANDS)
+        return type(self.payload) in _COMMAND_TYPES
 
     def encode(self) -> bytes:
         return self._encoded
