@@ -2,7 +2,7 @@
 # mypy: disallow-untyped-calls=False
 """P5: ``drover run``, everything in one process, beside kombu's in-memory transport alone.
 
-``drover run`` (coordinator and a Celery worker as threads over kombu's in-memory broker,
+``drover run`` (coordinator and a Celery worker as threads over Drover's in-memory broker,
 a SQLite store in a temporary folder) runs one release over ``BENCH_P5_HOSTS`` hosts
 (default 2,000: 100 services of 20 hosts, rolling batches of 5, simulated driver with
 zero latency), in a child process started as a user would start it, ``--json``.
@@ -14,7 +14,7 @@ timeline has them (the child's start-up is outside it). Goal: at least 5,000 ste
 absolute bound, so that figure's ``bare`` is a run of 1.0 and its ratio is the rate.
 
 The reference, measured in this process in the same run: messages per second through
-kombu's in-memory transport with Drover's transport options, a publisher thread and a
+kombu's own in-memory transport with Drover's transport options, a publisher thread and a
 consumer thread, the way the embedded coordinator and worker share one interpreter.
 ``bench.bare`` measures kombu with processes, which ``memory://`` cannot cross.
 """

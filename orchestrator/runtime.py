@@ -2,8 +2,8 @@
 
 Each function here builds one process from its settings and nothing else: the store,
 the Celery app, the bus, and the role on top. Nothing in the core knows whether it runs
-as separate processes over Redis or RabbitMQ, or as threads in one process over kombu's
-in-memory transport.
+as separate processes over Redis or RabbitMQ, or as threads in one process over an
+in-memory broker.
 """
 
 from __future__ import annotations
