@@ -11,9 +11,9 @@ own threads waited for the interpreter; and every message waited up to a poll's
 interval before it was taken.
 
 Here a consumer looks at its queues in one pass, in kombu's fair order, taking from the
-first that has a message; when none has, it waits until a message is put, or one of its
-channel's messages is acknowledged or rejected (which may let it take more), and looks
-again: at once, whichever thread put it. The wait is bounded by the transport's
+first that has a message; when none has, it waits until a message is put, acknowledged
+or rejected (an acknowledgement may leave it room under its prefetch), and looks again:
+at once, whichever thread it was. The wait is bounded by the transport's
 ``polling_interval``, so that a change it is not told of (a consumer added from another
 thread) is seen no later than kombu's own poll would see it. Messages, queues, bindings,
 acknowledgements and redelivery are kombu's.
@@ -32,8 +32,8 @@ __all__ = ["Transport"]
 
 
 class _Arrivals:
-    """What may let a waiting consumer take a message: counted, so that one that looked
-    before the latest need not wait."""
+    """What may let a waiting consumer take a message, counted: a consumer that looked
+    before the latest one looks again rather than wait."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
