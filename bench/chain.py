@@ -7,15 +7,26 @@ so the time per component is Drover's round trip: the coordinator hears a compon
 deployed, commits, sends the next command, and the worker carries it out and reports.
 The bare figure is the p50 of a Celery task sent and its reply received. Goal: at most
 twice that.
+
+Where a component's time goes is printed beside it, from the moments its messages were
+made (``occurred_at``, one clock: both processes run on this machine), medians over the
+chain: from the coordinator's command to the worker's ``ComponentStarted`` (the commit,
+the command's way to the worker, its claim and the hosts' versions read), from that to
+its outcome (the steps), and from the outcome to the next component's command (the
+outcome's way to the coordinator, its deciding).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import statistics
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
 from bench.bare import ROUND_TRIPS, celery_worker
-from bench.measure import Figure, side_by_side
+from bench.measure import Figure, Runs, side_by_side
 from bench.options import Options
 from bench.processes import (
     WORKER_CONCURRENCY,
@@ -30,14 +41,22 @@ from orchestrator.contract import Envelope
 __all__ = ["COMPONENTS", "chain_timeline", "run"]
 
 COMPONENTS: Final = int(os.environ.get("BENCH_P2_COMPONENTS", "200"))
+# A component's way, as the moments its messages were made mark it: each leg from a
+# message of the component to one of its own, or of the next component in the chain.
+_LEGS: Final = (
+    ("command to start", "DeployComponent", "ComponentStarted", False),
+    ("start to outcome", "ComponentStarted", "ComponentDeployed", False),
+    ("outcome to next command", "ComponentDeployed", "DeployComponent", True),
+)
 
 
 def run(options: Options) -> list[Figure]:
     processor: list[dict[str, float]] = []
+    legs: list[dict[str, float]] = []
     with celery_worker(options, WORKER_CONCURRENCY) as worker:
         drover, bare = side_by_side(
             options.runs,
-            ("time per component", "ms", lambda: _ms_per_component(options, processor)),
+            ("time per component", "ms", lambda: _ms_per_component(options, processor, legs)),
             (
                 "celery round trip p50",
                 "ms",
@@ -46,12 +65,44 @@ def run(options: Options) -> list[Figure]:
         )
     notes = {"components": COMPONENTS, "worker_concurrency": WORKER_CONCURRENCY}
     chain = Figure(f"p2 chain ({COMPONENTS})", drover, bare, "<= 2", notes)
-    return [chain, *processor_figures("p2", processor)]
+    return [chain, *processor_figures("p2", processor), *_leg_figures(legs)]
 
 
-def _ms_per_component(options: Options, processor: list[dict[str, float]]) -> float:
+def _ms_per_component(
+    options: Options, processor: list[dict[str, float]], legs: list[dict[str, float]]
+) -> float:
     timeline = chain_timeline(options, COMPONENTS, processor)
+    legs.append(_legs_ms(timeline))
     return span_seconds([timeline], first="ReleaseAccepted") / COMPONENTS * 1000
+
+
+def _legs_ms(timeline: Sequence[Envelope]) -> dict[str, float]:
+    """Each leg's median over the chain, in ms (the first component's, which waits for
+    the release to start, and the last's, which has no next, left out)."""
+    made: dict[str, dict[str, datetime]] = {}
+    for message in timeline:
+        service = getattr(message.payload, "service", None)
+        if service is not None:
+            made.setdefault(service, {}).setdefault(message.type, message.occurred_at)
+    order = list(made)  # the services as their first messages came: the chain's order
+    medians = {}
+    for leg, first, last, in_next in _LEGS:
+        ms = []
+        for this, after in itertools.pairwise(order[1:]):
+            end = after if in_next else this
+            if first in made[this] and last in made[end]:
+                ms.append((made[end][last] - made[this][first]).total_seconds() * 1000)
+        medians[leg] = statistics.median(ms)
+    return medians
+
+
+def _leg_figures(per_run: Sequence[dict[str, float]]) -> list[Figure]:
+    return [
+        Figure(
+            f"p2 {leg}", Runs(f"{leg}, median over the chain", "ms", tuple(r[leg] for r in per_run))
+        )
+        for leg, *_ in _LEGS
+    ]
 
 
 def chain_timeline(
