@@ -487,8 +487,9 @@ class Channel(kombu_redis.Channel):
         again after the visibility timeout: a command carried out twice is carried out
         once.)"""
         message = self.Message(loads(bytes_to_str(raw)), channel=self)
-        if message.delivery_tag in self.qos._delivered:
-            kombu_redis.QoS.append(self.qos, message, message.delivery_tag)
+        if message.delivery_tag in self.qos._delivered:  # kombu's: those not acknowledged
+            # Outside a take's delivery, the channel's QoS records it as kombu does.
+            self.qos.append(message, message.delivery_tag)
 
     def _refused(self, what: str, refused: Exception) -> None:
         # Said once per channel: a Redis older than 7.0 refuses every script here (their
