@@ -66,6 +66,7 @@ __all__ = [
     "celery_round_trip",
     "celery_worker",
     "floor_component",
+    "kombu_first_message",
     "kombu_rate",
     "kombu_round_trip",
     "outcome_publisher",
@@ -91,6 +92,7 @@ _FLOOR_TASK: Final = "bench.floor"
 # Lua scripts or pipelines writing several keys each).
 STORE_WRITE: Final = "return redis.call('SET', KEYS[1], ARGV[1])"
 _ROOT: Final = Path(__file__).resolve().parents[1]
+_FIRST: Final = ("first", "again")  # the sides of the first-message figure
 
 
 def run(options: Options) -> list[Figure]:
@@ -99,6 +101,7 @@ def run(options: Options) -> list[Figure]:
     return [
         Figure("bare kombu publish/consume", kombu_rate(options)),
         Figure("bare kombu round trip p50", kombu_round_trip(options)),
+        Figure("bare kombu a queue's first message", *kombu_first_message(options), sides=_FIRST),
         Figure("bare celery no-op", celery_noop_rate(options)),
         Figure("bare celery round trip p50", celery_round_trip(options)),
     ]
@@ -200,23 +203,61 @@ def kombu_round_trip(options: Options, trips: int = ROUND_TRIPS) -> Runs:
 
 
 def _kombu_round_trip_once(url: str, trips: int) -> float:
+    with _responder(url, 1) as (ask, requests):
+        durations = [ask(requests[0], n) for n in range(_WARM_UP + trips)]
+    return _p50_ms(durations[_WARM_UP:])
+
+
+def kombu_first_message(options: Options, queues: int = ROUND_TRIPS) -> tuple[Runs, Runs]:
+    """p50 (ms) of request/reply exchanges each sent to a queue that has never held a
+    message, and of the same exchanges again, one to each of those queues in turn.
+
+    What a fleet's first release pays on each service's queue, and its later ones do not
+    (see :meth:`bench.processes.Cluster.first_and_again`).
+    """
+    first: list[float] = []
+    again: list[float] = []
+    for _ in range(options.runs):
+        with _responder(options.broker_url, queues + 1) as (ask, requests):
+            *measured, warm = requests  # the reply queue's first messages go through ``warm``
+            for n in range(_WARM_UP):
+                ask(warm, -1 - n)
+            durations = [ask(request, n) for n, request in enumerate(measured * 2)]
+        first.append(_p50_ms(durations[:queues]))
+        again.append(_p50_ms(durations[queues:]))
+    return (
+        Runs("kombu round trip p50, a queue's first message", "ms", tuple(first)),
+        Runs("kombu round trip p50, the same queues again", "ms", tuple(again)),
+    )
+
+
+Ask = Callable[[Queue, int], float]
+
+
+@contextmanager
+def _responder(url: str, queues: int) -> Iterator[tuple[Ask, list[Queue]]]:
+    """A responder process answering on ``queues`` request queues made for it, and a way
+    to ask one of them and wait for the answer (seconds); every queue deleted after."""
     context = multiprocessing.get_context("spawn")
     prefix = f"bench-bare-{uuid.uuid4().hex[:10]}"
-    request, reply = f"{prefix}.request", f"{prefix}.reply"
+    requests = [f"{prefix}.request{i}" for i in range(queues)]
+    reply = f"{prefix}.reply"
     ready = context.Event()
-    responder = context.Process(target=_respond, args=(url, request, reply, ready))
+    responder = context.Process(target=_respond, args=(url, requests, reply, ready))
     responder.start()
     try:
         if not ready.wait(_WAIT_S):
             raise RuntimeError("the kombu responder did not start")
         with _connection(url) as connection, _Replies(connection, reply) as replies:
             producer = connection.Producer()
-            durations = [replies.ask(producer, _queue(request), n) for n in range(_WARM_UP + trips)]
-            producer.publish({"stop": True}, **_route(_queue(request)))
-        return _p50_ms(durations[_WARM_UP:])
+            queues_asked = [_queue(name) for name in requests]
+            for queue in queues_asked:  # declared before, as Drover declares its fleet's
+                producer.maybe_declare(queue)
+            yield (lambda request, n: replies.ask(producer, request, n)), queues_asked
+            producer.publish({"stop": True}, **_route(_queue(requests[0])))
     finally:
         _end(responder)
-        for name in (request, reply):
+        for name in (*requests, reply):
             _delete_queue(url, name)
 
 
@@ -229,7 +270,7 @@ def _route(queue: Queue) -> dict[str, Any]:
     }
 
 
-def _respond(url: str, request: str, reply: str, ready: EventType) -> None:
+def _respond(url: str, requests: Sequence[str], reply: str, ready: EventType) -> None:
     stopped = False
 
     with _connection(url) as connection:
@@ -244,7 +285,10 @@ def _respond(url: str, request: str, reply: str, ready: EventType) -> None:
             message.ack()
 
         with connection.Consumer(
-            [_queue(request)], callbacks=[on_message], accept=["json"], prefetch_count=_PREFETCH
+            [_queue(name) for name in requests],
+            callbacks=[on_message],
+            accept=["json"],
+            prefetch_count=_PREFETCH,
         ):
             ready.set()
             while not stopped:

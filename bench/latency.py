@@ -1,11 +1,11 @@
 """The coordinator's reaction time: from a component's completion to the next one's command.
 
-Over a chain release (``BENCH_P2_COMPONENTS``, default 200: see :mod:`bench.chain`), each
-``DeployComponent`` after the first was caused by the previous component's
-``ComponentDeployed``; the gap between their ``occurred_at`` (one stamped by the worker as
-it reported, the other by the coordinator as it decided) is the event's trip over the
-broker, the coordinator's queue ahead of it, one load, decide and the start of the
-commit. p50 and p99 per run, the median over runs.
+Over a chain release (``BENCH_P2_COMPONENTS``, default 200, the services' second: see
+:mod:`bench.chain`), each ``DeployComponent`` after the first was caused by the previous
+component's ``ComponentDeployed``; the gap between their ``occurred_at`` (one stamped by
+the worker as it reported, the other by the coordinator as it decided) is the event's
+trip over the broker, the coordinator's queue ahead of it, one load, decide and the start
+of the commit. p50 and p99 per run, the median over runs.
 
 The reference is the Celery round trip (:func:`bench.bare.celery_round_trip`), with no
 goal: the ratio says what share of a whole task-and-reply exchange the coordinator's
@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Sequence
 
 from bench.bare import celery_round_trip
-from bench.chain import COMPONENTS, chain_timeline
+from bench.chain import COMPONENTS, chain_timelines
 from bench.measure import Figure, Runs
 from bench.options import Options
 from bench.processes import WORKER_CONCURRENCY
@@ -32,7 +32,8 @@ def run(options: Options) -> list[Figure]:
     p50s: list[float] = []
     p99s: list[float] = []
     for _ in range(options.runs):
-        gaps = reaction_times_ms(chain_timeline(options, COMPONENTS))
+        _, again = chain_timelines(options, COMPONENTS)
+        gaps = reaction_times_ms(again)
         cuts = statistics.quantiles(gaps, n=100, method="inclusive")
         p50s.append(cuts[49])
         p99s.append(cuts[98])
