@@ -20,7 +20,6 @@ of them (a JSON array, :func:`~orchestrator.contract.encode_batch`).
 from __future__ import annotations
 
 import functools
-import itertools
 import random
 import threading
 import time
@@ -197,11 +196,6 @@ class Bus:
             transport_options=transport_options(broker_url, visibility_timeout_s),
         )
         self._publishers = _KeptPublishers(self._connection, _PUBLISHERS_AT_MOST)
-        self._confirmed_together = (
-            _ConfirmedTogether(Connection(broker_url))  # confirms asked for on its own
-            if broker_url.startswith("amqp")
-            else None
-        )
         self._declared = False
         self._declare_lock = threading.Lock()
         self._feed = ProgressFeed(self._publish_progress_now, progress_every_s)
@@ -225,10 +219,7 @@ class Bus:
         again after a reconnection; declaring the fleet's queues up front takes that
         round trip off each service's first command, and keeps each queue bound for it.
         """
-        sending = self._publishers.acquire
-        if self._confirmed_together is not None:  # the relay's commands go out on it
-            sending = self._confirmed_together.held
-        with _broker_errors(self.broker_url), sending() as publisher:
+        with _broker_errors(self.broker_url), self._publishers.acquire() as publisher:
             for service in services:
                 publisher.producer.maybe_declare(self._service_queue(publisher, service))
 
@@ -241,43 +232,12 @@ class Bus:
             with _broker_errors(self.broker_url):
                 for _ in range(self._drills.copies):
                     self._send_task(message)
-        else:  # submit, approve, ... and events
-            self._publish_as_drilled(message, *self._destination(message))
+        elif message.is_command:  # submit, approve, ...
+            self._publish_as_drilled(message, self.topology.commands_exchange, "commands")
+        else:
+            routing_key = f"{message.type}.{message.release_id}"
+            self._publish_as_drilled(message, self.topology.events_exchange, routing_key)
         self.metrics.record(message)
-
-    def _destination(self, message: Envelope) -> tuple[Exchange, str]:
-        """The exchange and routing key of a message that is not a worker's command."""
-        if message.is_command:
-            return self.topology.commands_exchange, "commands"
-        return self.topology.events_exchange, f"{message.type}.{message.release_id}"
-
-    def publish_all(
-        self, messages: Sequence[Envelope], published: Callable[[Envelope], None]
-    ) -> None:
-        """Publish ``messages`` as :meth:`publish` would, telling ``published`` of each
-        once the broker has it; raise :class:`BrokerUnavailable` if the broker is away or
-        refused one (after telling of those it has).
-
-        On RabbitMQ a publish waits for the broker's confirm, which for a persistent
-        message comes once it is on disk: the thousand commands that start a wide release
-        waited a few milliseconds each, in turn, the coordinator doing nothing else (P1 in
-        docs/performance.md). Here they go out one after another on a channel of their
-        own, and their confirms are waited for together. Elsewhere, and under drills,
-        one by one.
-        """
-        if self._confirmed_together is None or self._drills != BusDrills():
-            for message in messages:
-                self.publish(message)
-                published(message)
-            return
-        self.declare()
-
-        def on_the_broker(message: Envelope) -> None:
-            self.metrics.record(message)
-            published(message)
-
-        with _broker_errors(self.broker_url):
-            self._confirmed_together.publish(messages, self._publish_args, on_the_broker)
 
     def publish_progress(self, reports: Sequence[Envelope]) -> None:
         """Send a worker's step reports on one release to listeners, with the others the
@@ -320,15 +280,26 @@ class Bus:
         self, message: Envelope | Sequence[Envelope], exchange: Exchange, routing_key: str
     ) -> None:
         self.declare()
+        if isinstance(message, Envelope):
+            body, headers = message.encode(), _headers(message)
+        else:
+            body, headers = encode_batch(message), _headers(message[0], batch=len(message))
         with self._publishers.acquire() as publisher:
-            args = _exchange_publish(message, publisher, exchange, routing_key)
-            publisher.producer.publish(**args, **_PUBLISH_LIMITS)
-
-    def _publish_args(self, message: Envelope, publisher: _Publisher) -> dict[str, Any]:
-        """What :meth:`publish` gives kombu's producer to send ``message``."""
-        if type(message.payload) in _TASKS:
-            return self._task_publish(message, publisher)
-        return _exchange_publish(message, publisher, *self._destination(message))
+            bound = publisher.bound(f"exchange {exchange.name}", lambda: exchange)
+            publisher.producer.publish(
+                body,
+                exchange=bound,
+                routing_key=routing_key,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                headers=headers,
+                # kombu's virtual transports (Redis, memory) route by the exchange type
+                # this connection has seen declared, and would treat an undeclared topic
+                # exchange as direct and drop the message. Declaring is cached per channel.
+                declare=[bound],
+                **_PUBLISH_LIMITS,
+            )
 
     def queued(self, message: Envelope) -> Queued | None:
         """``message`` as the broker keeps it in its queue once published (:meth:`publish`),
@@ -370,26 +341,24 @@ class Bus:
         result to wait for, its signals before and after a publish, its events) never
         applies to a command, and was half of what sending one cost.
         """
+        task = self._task_message(message)
         with (
             self._publishers.acquire() as publisher,
             # As send_task does: the transport's own errors (redis-py's) become kombu's.
             publisher.producer.connection._reraise_as_library_errors(),
         ):
-            publisher.producer.publish(**self._task_publish(message, publisher), **_PUBLISH_LIMITS)
-
-    def _task_publish(self, message: Envelope, publisher: _Publisher) -> dict[str, Any]:
-        task = self._task_message(message)
-        queue = self._service_queue(publisher, task.service)
-        return {
-            "body": task.body,
-            "exchange": "",
-            "routing_key": queue.name,
-            "serializer": task.serializer,
-            "delivery_mode": task.delivery_mode,
-            "declare": [queue],
-            "headers": task.headers,
-            **task.properties,
-        }
+            queue = self._service_queue(publisher, task.service)
+            publisher.producer.publish(
+                task.body,
+                exchange="",
+                routing_key=queue.name,
+                serializer=task.serializer,
+                delivery_mode=task.delivery_mode,
+                declare=[queue],
+                headers=task.headers,
+                **task.properties,
+                **_PUBLISH_LIMITS,
+            )
 
     def _task_message(self, message: Envelope) -> _TaskMessage:
         """The Celery task message of a worker's command."""
@@ -476,8 +445,6 @@ class Bus:
     def close(self) -> None:
         self._feed.close()
         self._publishers.close()
-        if self._confirmed_together is not None:
-            self._confirmed_together.close()
         self._connection.release()
         self.metrics.close()
 
@@ -520,136 +487,6 @@ class _Publisher:
         if bound is None or bound.channel is not channel:
             bound = self._bound[key] = make().bind(channel)
         return bound  # type: ignore[no-any-return]  # kombu's bind is not annotated
-
-
-def _exchange_publish(
-    message: Envelope | Sequence[Envelope],
-    publisher: _Publisher,
-    exchange: Exchange,
-    routing_key: str,
-) -> dict[str, Any]:
-    """What kombu's producer is given to send a message, or a batch, to an exchange."""
-    if isinstance(message, Envelope):
-        body, headers = message.encode(), _headers(message)
-    else:
-        body, headers = encode_batch(message), _headers(message[0], batch=len(message))
-    bound = publisher.bound(f"exchange {exchange.name}", lambda: exchange)
-    return {
-        "body": body,
-        "exchange": bound,
-        "routing_key": routing_key,
-        "content_type": "application/json",
-        "content_encoding": "utf-8",
-        "delivery_mode": 2,
-        "headers": headers,
-        # kombu's virtual transports (Redis, memory) route by the exchange type this
-        # connection has seen declared, and would treat an undeclared topic exchange as
-        # direct and drop the message. Declaring is cached per channel.
-        "declare": [bound],
-    }
-
-
-class _ConfirmedTogether:
-    """A publisher on RabbitMQ whose publishes are sent one after another and then
-    confirmed together: RabbitMQ's publisher confirms, asked for on its channel, each
-    publish numbered on it from 1, answered by the broker one by one or up to a number.
-
-    Its connection does not ask py-amqp for confirms (which waits for each publish's);
-    after any error its channel is dropped (the broker's numbering of a broken channel
-    is not to be trusted) and a new connection made when next used. One caller at a
-    time.
-    """
-
-    def __init__(self, connection: Connection):
-        self._connection = connection  # a template: each publisher gets a clone
-        self._publisher = _Publisher(connection.clone())
-        self._lock = threading.Lock()
-        self._channel: Any = None  # the channel confirms were asked for on
-        self._numbered = 0  # publishes on it so far: the broker numbers them alike
-        self._waiting: dict[int, Envelope] = {}
-        self._refused: list[Envelope] = []
-        self._published: Callable[[Envelope], None] = _ignored
-
-    @contextmanager
-    def held(self) -> Iterator[_Publisher]:
-        with self._lock:
-            yield self._publisher
-
-    def publish(
-        self,
-        messages: Sequence[Envelope],
-        args: Callable[[Envelope, _Publisher], dict[str, Any]],
-        published: Callable[[Envelope], None],
-    ) -> None:
-        """Send ``messages`` with what ``args`` gives kombu's producer for each, then wait
-        for the broker to confirm them all, telling ``published`` of each as it does."""
-        with self._lock:
-            self._published, self._refused = published, []
-            connection = self._publisher.connection
-            try:
-                self._send(messages, args)
-                self._wait()
-            except (*connection.connection_errors, *connection.channel_errors) as exc:
-                self._drop()  # py-amqp's own errors (the broker closed it, ...), as kombu's
-                raise KombuOperationalError(str(exc)) from exc
-            except BaseException:
-                self._drop()
-                raise
-            finally:
-                self._waiting.clear()
-                self._published = _ignored
-            if self._refused:
-                refused = ", ".join(m.id for m in self._refused)
-                raise KombuOperationalError(f"the broker refused message(s) {refused}")
-
-    def _send(
-        self, messages: Sequence[Envelope], args: Callable[[Envelope, _Publisher], dict[str, Any]]
-    ) -> None:
-        self._ask_for_confirms()
-        for message in messages:
-            self._publisher.producer.publish(
-                **args(message, self._publisher), retry=False, timeout=_PUBLISH_TIMEOUT_S
-            )
-            self._numbered += 1
-            self._waiting[self._numbered] = message
-
-    def _ask_for_confirms(self) -> None:
-        """On the producer's channel, once: from then on the broker numbers its publishes."""
-        channel = self._publisher.producer.channel
-        if channel is not self._channel:
-            channel.confirm_select()
-            channel.events["basic_ack"].add(self._on_ack)
-            channel.events["basic_nack"].add(self._on_nack)
-            self._channel, self._numbered = channel, 0
-
-    def _wait(self) -> None:
-        while self._waiting:  # bounded as a publish is, for each answer: batches are long
-            self._publisher.connection.drain_events(timeout=_PUBLISH_TIMEOUT_S)
-
-    def _on_ack(self, number: int, multiple: bool) -> None:
-        for message in self._answered(number, multiple):
-            self._published(message)
-
-    def _on_nack(self, number: int, multiple: bool) -> None:
-        self._refused.extend(self._answered(number, multiple))
-
-    def _answered(self, number: int, multiple: bool) -> list[Envelope]:
-        # Kept in the order they were numbered: those up to ``number`` come first.
-        numbers = list(itertools.takewhile(number.__ge__, self._waiting)) if multiple else [number]
-        return [self._waiting.pop(n) for n in numbers if n in self._waiting]
-
-    def _drop(self) -> None:
-        self._publisher.connection.release()
-        self._publisher = _Publisher(self._connection.clone())
-        self._channel = None
-
-    def close(self) -> None:
-        with self._lock:
-            self._publisher.connection.release()
-
-
-def _ignored(message: Envelope) -> None:
-    """Told of a message published when no one asked."""
 
 
 class _KeptPublishers:

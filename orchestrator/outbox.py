@@ -104,13 +104,11 @@ class OutboxRelay:
 
     def _publish(self, messages: Sequence[Envelope]) -> None:
         published: list[str] = []
-
-        def on_the_broker(message: Envelope) -> None:
-            published.append(message.id)
-            self._crash.reached("coordinator.after_publish")
-
         try:
-            self._bus.publish_all(messages, on_the_broker)
+            for message in messages:
+                self._bus.publish(message)
+                published.append(message.id)
+                self._crash.reached("coordinator.after_publish")
         finally:
             # A crash before this publishes those again on the next relay: the
             # receivers' seen sets make that harmless.
