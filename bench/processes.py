@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import redis
 from kombu.connection import Connection
@@ -51,6 +52,8 @@ __all__ = [
     "forget_keys",
     "fresh_namespace",
     "processor_figures",
+    "servers",
+    "servers_ms",
     "service_names",
     "span_seconds",
     "write_fleet",
@@ -71,6 +74,10 @@ _WARMUP_TIMEOUT_S: Final = 120.0
 _POLL_S: Final = 0.5  # reading a 1,000-component state costs the store; not more often
 _STOP_WAIT_S: Final = 15.0
 _LOG_TAIL: Final = 3000  # characters of a process's log shown when it fails
+# The servers a run uses, by the name the kernel gives their processes (/proc/<pid>/comm):
+# where they run on this machine, their processor time is measured beside Drover's.
+_SERVER_PROCESSES: Final = {"redis": "redis-server", "rabbitmq": "beam.smp"}
+_THIS_MACHINE: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -143,6 +150,7 @@ class Cluster:
     parts: Parts
     client: Client
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    servers: dict[str, int] = field(default_factory=dict)  # role -> pid, on this machine
 
     def submit(self, paths: Sequence[Path]) -> list[str]:
         """Submit a release per file, one right after the other; their ids, in order."""
@@ -229,7 +237,8 @@ class Cluster:
             into.append({role: (after[role] - before[role]) / components for role in after})
 
     def _processor_ms(self) -> dict[str, float]:
-        return {name: _processor_ms(process.pid) for name, process in self.processes.items()}
+        pids = {name: process.pid for name, process in self.processes.items()} | self.servers
+        return {name: _processor_ms(pid) for name, pid in pids.items()}
 
     def _assert_alive(self) -> None:
         for name, process in self.processes.items():
@@ -256,7 +265,7 @@ def cluster(
         folder = Path(scratch)
         fleet_path = write_fleet(folder, hosts_per_service, batch, timeouts)
         parts = connect(_settings(options, namespace, fleet_path), load_fleet(fleet_path))
-        running = Cluster(folder, parts, Client(parts.store, parts.bus))
+        running = Cluster(folder, parts, Client(parts.store, parts.bus), servers=servers(options))
         env = _process_env(options, namespace, fleet_path)
         try:
             # The coordinator declares its queues as it starts; declaring them here too
@@ -401,13 +410,43 @@ def _processor_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def processor_figures(benchmark: str, per_run: Sequence[Mapping[str, float]]) -> list[Figure]:
-    """A figure per role of its processor time per component over the runs (no bare
-    side: the rate's ratio says how Drover compares; this says where its time went)."""
+def servers(options: Options) -> dict[str, int]:
+    """The processes of the servers a run uses (Redis, the store, always; RabbitMQ when it
+    is the broker), by role: those running on this machine."""
+    urls = {"redis": options.redis_url}
+    if options.broker == "rabbitmq":
+        urls["rabbitmq"] = options.amqp_url
+    named = {_SERVER_PROCESSES[role]: role for role, url in urls.items() if _here(url)}
+    found: dict[str, int] = {}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            role = named.get(comm.read_text().strip())
+        except OSError:  # gone since it was listed
+            continue
+        if role is not None:
+            found.setdefault(role, int(comm.parent.name))
+    return found
+
+
+def _here(url: str) -> bool:
+    return urlsplit(url).hostname in _THIS_MACHINE
+
+
+def servers_ms(pids: Mapping[str, int]) -> dict[str, float]:
+    """Each server's processor time so far, in ms."""
+    return {role: _processor_ms(pid) for role, pid in pids.items()}
+
+
+def processor_figures(
+    benchmark: str, per_run: Sequence[Mapping[str, float]], per: str = "component"
+) -> list[Figure]:
+    """A figure per role of its processor time per component (or other ``per``) over the
+    runs (no bare side: the rate's ratio says how Drover compares; this says where its
+    time went). The servers' are all their work meanwhile, whoever asked for it."""
     return [
         Figure(
             f"{benchmark} {role} processor",
-            Runs(f"{role} processor per component", "ms/comp", tuple(r[role] for r in per_run)),
+            Runs(f"{role} processor per {per}", f"ms/{per[:4]}", tuple(r[role] for r in per_run)),
         )
         for role in per_run[0]
     ]

@@ -15,15 +15,18 @@ Each Drover run has a namespace, processes and fleet of its own, removed afterwa
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Final
 
-from bench.bare import CELERY_TASKS, celery_worker
+from bench.bare import CELERY_TASKS, CeleryWorker, celery_worker
 from bench.measure import Figure, Runs, side_by_side
 from bench.options import Options
 from bench.processes import (
     WORKER_CONCURRENCY,
     cluster,
     processor_figures,
+    servers,
+    servers_ms,
     service_names,
     span_seconds,
 )
@@ -35,7 +38,9 @@ COMPONENTS: Final = int(os.environ.get("BENCH_P1_COMPONENTS", "1000"))
 
 def run(options: Options) -> list[Figure]:
     processor: list[dict[str, float]] = []
+    bare_processor: list[dict[str, float]] = []
     first: list[float] = []
+    at_work = servers(options)
     with celery_worker(options, WORKER_CONCURRENCY) as worker:
         drover, bare = side_by_side(
             options.runs,
@@ -44,7 +49,7 @@ def run(options: Options) -> list[Figure]:
                 "comp/s",
                 lambda: components_per_second(options, COMPONENTS, processor, first),
             ),
-            ("celery no-op", "task/s", lambda: worker.rate(CELERY_TASKS)),
+            ("celery no-op", "task/s", lambda: _celery_rate(worker, at_work, bare_processor)),
         )
     notes = {
         "components": COMPONENTS,
@@ -59,7 +64,23 @@ def run(options: Options) -> list[Figure]:
         bare,
         notes={"components": COMPONENTS},
     )
-    return [wide, first_release, *processor_figures("p1", processor)]
+    return [
+        wide,
+        first_release,
+        *processor_figures("p1", processor),
+        *processor_figures("p1 celery no-op", bare_processor, per="task"),
+    ]
+
+
+def _celery_rate(
+    worker: CeleryWorker, at_work: Mapping[str, int], processor: list[dict[str, float]]
+) -> float:
+    """Celery's no-op rate; each server's processor time per task goes to ``processor``."""
+    before = servers_ms(at_work)
+    rate = worker.rate(CELERY_TASKS)
+    after = servers_ms(at_work)
+    processor.append({role: (after[role] - before[role]) / CELERY_TASKS for role in after})
+    return rate
 
 
 def components_per_second(
