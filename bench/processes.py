@@ -52,8 +52,8 @@ __all__ = [
     "forget_keys",
     "fresh_namespace",
     "processor_figures",
+    "processor_ms",
     "servers",
-    "servers_ms",
     "service_names",
     "span_seconds",
     "write_fleet",
@@ -74,9 +74,9 @@ _WARMUP_TIMEOUT_S: Final = 120.0
 _POLL_S: Final = 0.5  # reading a 1,000-component state costs the store; not more often
 _STOP_WAIT_S: Final = 15.0
 _LOG_TAIL: Final = 3000  # characters of a process's log shown when it fails
-# The servers a run uses, by the name the kernel gives their processes (/proc/<pid>/comm):
-# where they run on this machine, their processor time is measured beside Drover's.
-_SERVER_PROCESSES: Final = {"redis": "redis-server", "rabbitmq": "beam.smp"}
+# Where the servers a run uses run on this machine, their processor time is measured
+# beside Drover's: Redis says its pid; RabbitMQ's is the Erlang VM's (/proc/<pid>/comm).
+_RABBITMQ_PROCESS: Final = "beam.smp"
 _THIS_MACHINE: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -237,8 +237,7 @@ class Cluster:
             into.append({role: (after[role] - before[role]) / components for role in after})
 
     def _processor_ms(self) -> dict[str, float]:
-        pids = {name: process.pid for name, process in self.processes.items()} | self.servers
-        return {name: _processor_ms(pid) for name, pid in pids.items()}
+        return processor_ms({name: p.pid for name, p in self.processes.items()} | self.servers)
 
     def _assert_alive(self) -> None:
         for name, process in self.processes.items():
@@ -413,18 +412,16 @@ def _processor_ms(pid: int) -> float:
 def servers(options: Options) -> dict[str, int]:
     """The processes of the servers a run uses (Redis, the store, always; RabbitMQ when it
     is the broker), by role: those running on this machine."""
-    urls = {"redis": options.redis_url}
-    if options.broker == "rabbitmq":
-        urls["rabbitmq"] = options.amqp_url
-    named = {_SERVER_PROCESSES[role]: role for role, url in urls.items() if _here(url)}
     found: dict[str, int] = {}
-    for comm in Path("/proc").glob("[0-9]*/comm"):
+    if _here(options.redis_url):
+        client = redis.Redis.from_url(options.redis_url)
         try:
-            role = named.get(comm.read_text().strip())
-        except OSError:  # gone since it was listed
-            continue
-        if role is not None:
-            found.setdefault(role, int(comm.parent.name))
+            found["redis"] = int(client.info("server")["process_id"])
+        finally:
+            client.close()
+    if options.broker == "rabbitmq" and _here(options.amqp_url):
+        for pid in _pids_named(_RABBITMQ_PROCESS):
+            found["rabbitmq"] = pid
     return found
 
 
@@ -432,9 +429,18 @@ def _here(url: str) -> bool:
     return urlsplit(url).hostname in _THIS_MACHINE
 
 
-def servers_ms(pids: Mapping[str, int]) -> dict[str, float]:
-    """Each server's processor time so far, in ms."""
-    return {role: _processor_ms(pid) for role, pid in pids.items()}
+def _pids_named(name: str) -> Iterator[int]:
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                yield int(comm.parent.name)
+        except OSError:  # gone since it was listed
+            continue
+
+
+def processor_ms(pids: Mapping[str, int]) -> dict[str, float]:
+    """Each process's processor time so far (user and system, every thread), in ms."""
+    return {name: _processor_ms(pid) for name, pid in pids.items()}
 
 
 def processor_figures(

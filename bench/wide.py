@@ -25,8 +25,8 @@ from bench.processes import (
     WORKER_CONCURRENCY,
     cluster,
     processor_figures,
+    processor_ms,
     servers,
-    servers_ms,
     service_names,
     span_seconds,
 )
@@ -76,9 +76,9 @@ def _celery_rate(
     worker: CeleryWorker, at_work: Mapping[str, int], processor: list[dict[str, float]]
 ) -> float:
     """Celery's no-op rate; each server's processor time per task goes to ``processor``."""
-    before = servers_ms(at_work)
+    before = processor_ms(at_work)
     rate = worker.rate(CELERY_TASKS)
-    after = servers_ms(at_work)
+    after = processor_ms(at_work)
     processor.append({role: (after[role] - before[role]) / CELERY_TASKS for role in after})
     return rate
 
