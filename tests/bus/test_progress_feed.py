@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from kombu.connection import Connection
 
 from orchestrator.bus import Topology
 from orchestrator.contract import Envelope, StepStarted, envelope
 from orchestrator.runtime import Parts
 from orchestrator.vocabulary import Step
-from tests.support.listening import connected_parts, drain, listen, messages
+from tests.support.listening import connected_parts, drain, forget_on_rabbitmq, listen, messages
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 
@@ -37,8 +36,7 @@ def broker_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
         client.delete(f"_kombu.binding.{topology.progress_exchange.name}")
         client.close()
     else:
-        with Connection(url) as connection:
-            topology.progress_exchange.bind(connection.default_channel).delete()
+        forget_on_rabbitmq(url, namespace, FLEET)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from kombu.messaging import Producer
 from orchestrator.bus import DEPLOY_TASK
 from orchestrator.contract import DeployComponent, Envelope, decode, envelope
 from orchestrator.runtime import Parts
-from tests.support.listening import connected_parts
+from tests.support.listening import connected_parts, forget_on_rabbitmq
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 
@@ -37,18 +37,15 @@ def parts(request: pytest.FixtureRequest, namespace: str, tmp_path: Path) -> Ite
 
 
 def _delete_service_queues(parts: Parts, url: str) -> None:
-    queues = [parts.bus.topology.service_queue(s) for s in parts.fleet.service_names()]
-    if url.startswith("redis"):  # kombu's binding tables
-        client = redis.Redis.from_url(url)
-        for queue in queues:
-            client.delete(f"_kombu.binding.{queue.name}", f"_kombu.binding_permanent.{queue.name}")
-            client.delete(queue.name)
-        client.close()
+    if url.startswith("amqp"):
+        forget_on_rabbitmq(url, parts.bus.topology.namespace, FLEET)
         return
-    with Connection(url) as connection:
-        for queue in queues:
-            queue(connection.default_channel).delete()
-            queue.exchange(connection.default_channel).delete()
+    client = redis.Redis.from_url(url)  # the lists, and kombu's binding tables
+    for service in parts.fleet.service_names():
+        queue = parts.bus.topology.service_queue(service)
+        client.delete(f"_kombu.binding.{queue.name}", f"_kombu.binding_permanent.{queue.name}")
+        client.delete(queue.name)
+    client.close()
 
 
 def test_every_service_queue_holds_a_command_sent_before_any_worker_started(

@@ -20,17 +20,17 @@ from urllib.parse import quote
 import pytest
 import redis
 from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
+from kombu.entity import Queue
 from kombu.messaging import Producer
 
 from orchestrator import queues as queues_module
-from orchestrator.bus import BrokerUnavailable, Topology
+from orchestrator.bus import BrokerUnavailable
 from orchestrator.contract import AbortRelease, DeployComponent, Envelope, envelope
 from orchestrator.plans import load_fleet
 from orchestrator.queues import QueueDepth, queue_depths
 from orchestrator.runtime import Parts, connect
 from orchestrator.settings import Settings
-from tests.support.listening import connected_parts
+from tests.support.listening import connected_parts, forget_on_rabbitmq
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 WAIT_S = 0.4  # how long messages wait before their age is read
@@ -49,7 +49,7 @@ def broker_url(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
     else:
         url = request.getfixturevalue("amqp_url")
         yield url
-        _delete_rabbitmq_entities(url, namespace)
+        forget_on_rabbitmq(url, namespace, FLEET)
 
 
 @pytest.fixture
@@ -66,24 +66,6 @@ def _forget_redis_bindings(url: str, namespace: str) -> None:
         if keys:
             client.delete(*keys)
     client.close()
-
-
-def _delete_rabbitmq_entities(url: str, namespace: str) -> None:
-    topology = Topology(namespace)
-    drover_queues = [
-        topology.commands_queue,
-        topology.coordinator_queue,
-        *(topology.service_queue(s) for s in load_fleet(FLEET).service_names()),
-    ]
-    entities: list[Queue | Exchange] = [*drover_queues, *(q.exchange for q in drover_queues)]
-    with Connection(url) as connection:
-        for entity in entities:
-            channel = connection.channel()
-            try:
-                entity.bind(channel).delete()
-                channel.close()
-            except connection.channel_errors:
-                continue  # never declared (the channel is closed by the broker)
 
 
 # --- helpers ---------------------------------------------------------------------------

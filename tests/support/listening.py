@@ -12,6 +12,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from orchestrator.bus import Topology
 from orchestrator.contract import Envelope, decode_body
 from orchestrator.plans import load_fleet
 from orchestrator.runtime import Parts, connect
@@ -70,3 +71,28 @@ def drain(broker_url: str, queue: Queue) -> Heard:
 def messages(heard: Heard) -> list[Envelope]:
     """What was heard, batches unpacked, in the order heard."""
     return [message for _, batch in heard for message in batch]
+
+
+def forget_on_rabbitmq(url: str, namespace: str, fleet: Path) -> None:
+    """Delete every queue and exchange Drover declares for ``namespace`` and the services
+    of ``fleet`` (durable: they would outlive the test on the machine's RabbitMQ)."""
+    topology = Topology(namespace)
+    drover_queues = [
+        topology.commands_queue,
+        topology.coordinator_queue,
+        *(topology.service_queue(s) for s in load_fleet(fleet).service_names()),
+    ]
+    entities: list[Queue | Exchange] = [
+        *drover_queues,
+        *(q.exchange for q in drover_queues),
+        topology.events_exchange,
+        topology.progress_exchange,
+    ]
+    with Connection(url) as connection:
+        for entity in entities:
+            channel = connection.channel()
+            try:
+                entity.bind(channel).delete()
+                channel.close()
+            except connection.channel_errors:
+                continue  # never declared (the channel is closed by the broker)
