@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -52,7 +52,7 @@ __all__ = [
     "forget_keys",
     "fresh_namespace",
     "processor_figures",
-    "processor_ms",
+    "processor_per",
     "servers",
     "service_names",
     "span_seconds",
@@ -223,21 +223,13 @@ class Cluster:
         line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024  # the kernel says kB
 
-    @contextmanager
     def processor_per_component(
         self, components: int, into: list[dict[str, float]] | None
-    ) -> Iterator[None]:
-        """Each role's processor time (user and system, every thread) over the block, in
-        ms per component, added to ``into`` if given: what a release costs each role, less
-        noisy than its time."""
-        before = self._processor_ms()
-        yield
-        if into is not None:
-            after = self._processor_ms()
-            into.append({role: (after[role] - before[role]) / components for role in after})
-
-    def _processor_ms(self) -> dict[str, float]:
-        return processor_ms({name: p.pid for name, p in self.processes.items()} | self.servers)
+    ) -> AbstractContextManager[None]:
+        """Each role's and server's processor time over the block, in ms per component,
+        added to ``into`` if given: what a release costs each, less noisy than its time."""
+        pids = {name: process.pid for name, process in self.processes.items()} | self.servers
+        return processor_per(pids, components, into)
 
     def _assert_alive(self) -> None:
         for name, process in self.processes.items():
@@ -420,7 +412,8 @@ def servers(options: Options) -> dict[str, int]:
         finally:
             client.close()
     if options.broker == "rabbitmq" and _here(options.amqp_url):
-        for pid in _pids_named(_RABBITMQ_PROCESS):
+        pid = next(_pids_named(_RABBITMQ_PROCESS), None)
+        if pid is not None:
             found["rabbitmq"] = pid
     return found
 
@@ -438,9 +431,18 @@ def _pids_named(name: str) -> Iterator[int]:
             continue
 
 
-def processor_ms(pids: Mapping[str, int]) -> dict[str, float]:
-    """Each process's processor time so far (user and system, every thread), in ms."""
-    return {name: _processor_ms(pid) for name, pid in pids.items()}
+@contextmanager
+def processor_per(
+    pids: Mapping[str, int], units: int, into: list[dict[str, float]] | None
+) -> Iterator[None]:
+    """Each process's processor time (user and system, every thread) over the block, in
+    ms per unit of work, added to ``into`` if given."""
+    before = {name: _processor_ms(pid) for name, pid in pids.items()}
+    yield
+    if into is not None:
+        into.append(
+            {name: (_processor_ms(pid) - before[name]) / units for name, pid in pids.items()}
+        )
 
 
 def processor_figures(

@@ -25,7 +25,7 @@ from bench.processes import (
     WORKER_CONCURRENCY,
     cluster,
     processor_figures,
-    processor_ms,
+    processor_per,
     servers,
     service_names,
     span_seconds,
@@ -76,11 +76,8 @@ def _celery_rate(
     worker: CeleryWorker, at_work: Mapping[str, int], processor: list[dict[str, float]]
 ) -> float:
     """Celery's no-op rate; each server's processor time per task goes to ``processor``."""
-    before = processor_ms(at_work)
-    rate = worker.rate(CELERY_TASKS)
-    after = processor_ms(at_work)
-    processor.append({role: (after[role] - before[role]) / CELERY_TASKS for role in after})
-    return rate
+    with processor_per(at_work, CELERY_TASKS, processor):
+        return worker.rate(CELERY_TASKS)
 
 
 def components_per_second(

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.plans import load_fleet
 from tests.conftest import AMQP_URL, REDIS_URL, require
 from tests.e2e.scenarios import FLEET, clean_env
+from tests.support.listening import forget_on_rabbitmq
 
 BROKERS = {
     "redis": ("Redis", 6379, REDIS_URL),
@@ -129,13 +129,4 @@ def _forget(namespace: str, broker_url: str, fleet: Path) -> None:
         client.delete(key)
     client.close()
     if broker_url.startswith("amqp"):
-        from kombu.connection import Connection
-
-        with Connection(broker_url) as connection:
-            channel = connection.channel()
-            services = [f"svc.{name}" for name in load_fleet(fleet).service_names()]
-            for queue in ["commands", "coordinator", *services]:
-                channel.queue_delete(f"{namespace}.{queue}")
-            for exchange in ["commands", "events", *services]:
-                channel.exchange_delete(f"{namespace}.{exchange}")
-            channel.close()
+        forget_on_rabbitmq(broker_url, namespace, fleet)
