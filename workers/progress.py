@@ -22,7 +22,7 @@ from orchestrator.contract import (
 from orchestrator.drills import CrashPoints
 from orchestrator.observability import get_logger
 from orchestrator.saga import ReleaseState
-from orchestrator.store import Pending, StepDone, Store
+from orchestrator.store import Held, Pending, StepDone, Store
 from orchestrator.vocabulary import Step
 from workers.drivers import StepError
 from workers.leases import Lease
@@ -64,10 +64,10 @@ class _Runner(Protocol):
     ) -> None: ...
 
     def report_ahead(
-        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
+        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone], under: Held
     ) -> Pending[None]:
-        """:meth:`report`'s record, made ahead; the reports are published once it is on
-        record (:meth:`publish_reports`)."""
+        """:meth:`report`'s record, made ahead ``under`` the command's lease; the reports
+        are published once it is on record (:meth:`publish_reports`)."""
         ...
 
     def publish_reports(self, reports: Sequence[Envelope]) -> None: ...
@@ -174,7 +174,8 @@ class ComponentProgress:
         if self._unsent or self._done:
             reports, done = self._unsent, self._done
             self._unsent, self._done = [], []
-            self._ahead.append((self._runner.report_ahead(reports, self._command, done), reports))
+            recording = self._runner.report_ahead(reports, self._command, done, self._lease.held)
+            self._ahead.append((recording, reports))
 
     def _confirm(self, *, waiting: bool = True) -> None:
         """Publish the reports of what was made ahead once it is on record, and raise

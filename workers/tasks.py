@@ -44,6 +44,7 @@ from orchestrator.observability import get_logger, message_context
 from orchestrator.saga import ComponentStatus, ReleaseState
 from orchestrator.store import (
     DeadLetter,
+    Held,
     NotHeld,
     Pending,
     StepDone,
@@ -331,9 +332,9 @@ class ComponentRunner:
         self.publish_reports(reports)
 
     def report_ahead(
-        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone]
+        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone], under: Held
     ) -> Pending[None]:
-        return self.store.record_reports_ahead(self._word(command, reports, done))
+        return self.store.record_reports_ahead(self._word(command, reports, done), under)
 
     def publish_reports(self, reports: Sequence[Envelope]) -> None:
         self._bus.publish_progress(reports)

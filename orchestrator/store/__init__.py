@@ -278,9 +278,10 @@ class Store(Protocol):
         """
         ...
 
-    def record_reports_ahead(self, word: Word) -> Pending[None]:
+    def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
         """:meth:`record_reports` of a word that keeps nothing, without waiting for it
-        (see :class:`Pending`).
+        (see :class:`Pending`); made ``under`` a lease, only while its maker holds it
+        (else NotHeld, recording nothing), like a change to the fleet made under one.
 
         What a worker says about the simulated fleet, whose changes are writes to this
         store, can go with those writes instead of before each; its commit need not wait

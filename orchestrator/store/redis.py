@@ -11,16 +11,16 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import redis
 from redis.exceptions import RedisError
 
 from orchestrator.contract import Envelope, decode
-from orchestrator.redis_calls import KeptConnections, Lua
+from orchestrator.redis_calls import Ahead, KeptConnections, Lua
 from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
@@ -30,6 +30,7 @@ from orchestrator.store import (
     CommitResult,
     DeadLetter,
     Effect,
+    Held,
     KeepWake,
     NotHeld,
     Pending,
@@ -42,6 +43,8 @@ from orchestrator.store import (
 from orchestrator.store.keys import Keys
 
 __all__ = ["RedisStore"]
+
+_T = TypeVar("_T")
 
 # A Redis that stops answering must surface as StoreUnavailable, not hang the coordinator.
 _SOCKET_TIMEOUT_S: Final = 5.0
@@ -230,6 +233,20 @@ return false
 """
 )
 
+# A word made ahead under the component's lease, recorded only while its maker holds it:
+# a worker sends it after a change it has not had the answer to, which the same check
+# may have refused (orchestrator.redis_calls). 0, or -1 (recording nothing) if not held.
+# KEYS: 1 the lease, then those of record_word. ARGV: 1 the lease's holder, then those
+# of record_word.
+_RECORD_REPORTS_UNDER_LUA: Final = Lua(
+    _WORK_FUNCTIONS_LUA
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+record_word(2, 2)
+return 0
+"""
+)
+
 # A change to the simulated fleet and the count of its effect, in one step: 1 if it changed
 # anything (and then the effect is counted), 0 if it was so already. A host put out of
 # service also raises the service's peak of hosts out at once, if it is a new peak.
@@ -350,15 +367,22 @@ class RedisStore:
         self._url = url
         # Bytes in and out: envelopes and dead letters are bytes, and decoding nothing
         # implicitly means a stored value is never silently re-encoded.
-        self._client = redis.Redis.from_url(
+        self._redis = redis.Redis.from_url(
             url,
             decode_responses=False,
             socket_timeout=_SOCKET_TIMEOUT_S,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,
         )
-        self._calls = KeptConnections(self._client.connection_pool)
+        self._calls = KeptConnections(self._redis.connection_pool)
         self._lock_prefixes = [self._keys.lock_queue_prefix, self._keys.locks_of_prefix]
         self._attempt_ttl_ms = _ms(shared.ATTEMPT_COUNT_TTL_S)
+
+    @property
+    def _client(self) -> redis.Redis:
+        """redis-py's client, for calls off the hot path: on a connection of its own, so
+        what this thread sent ahead is read first (Redis keeps no order between two)."""
+        self._calls.settle()
+        return self._redis
 
     # --- the saga ---------------------------------------------------------------------
 
@@ -475,10 +499,15 @@ class RedisStore:
             kept = self._calls.script(_RECORD_REPORTS_LUA, keys, args)
         return None if kept is None else decode(_bytes(kept))
 
-    def record_reports_ahead(self, word: Word) -> Pending[None]:
-        # Calls go out on whichever pooled connection is free: no order between them.
-        self.record_reports(shared.keeping_nothing(word))
-        return Answered(None)
+    def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
+        if under is None:  # unfenced: not sent before the answers it would come after
+            self.record_reports(shared.keeping_nothing(word))
+            return Answered(None)
+        keys, args = self._word(shared.keeping_nothing(word))
+        held = self._keys.lease(under.lease)
+        return self._ahead(
+            _RECORD_REPORTS_UNDER_LUA, [held, *keys], [under.owner, *args], _held(under, None)
+        )
 
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""
@@ -584,11 +613,18 @@ class RedisStore:
         lease, owner = (self._keys.lease(held.lease), held.owner) if held else ("", "")
         keys = [key, effects, self._keys.service_state(environment, service), lease]
         args = [change, member, value, counted, PEAK_DRAINED, owner]
+        return self._ahead(_FLEET_CHANGE_LUA, keys, args, _held(held, True))
+
+    def _ahead(
+        self,
+        script: Lua,
+        keys: Sequence[str],
+        args: Sequence[str | bytes],
+        answer: Callable[[int], _T],
+    ) -> Pending[_T]:
+        """``script`` sent without waiting for its answer (orchestrator.redis_calls)."""
         with _translated():
-            changed = self._calls.script(_FLEET_CHANGE_LUA, keys, args)
-        if changed == -1:  # made under a lease, which its maker no longer holds
-            raise NotHeld(f"{owner} no longer holds {lease}")
-        return Answered(bool(changed))
+            return _Translated(self._calls.script_ahead(script, keys, args, answer))
 
     # --- notes ---------------------------------------------------------------------------
 
@@ -797,6 +833,36 @@ class RedisStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+class _Translated(Generic[_T]):
+    """A write sent ahead, whose errors are Drover's when it is waited for."""
+
+    __slots__ = ("_ahead",)
+
+    def __init__(self, ahead: Ahead[_T]):
+        self._ahead = ahead
+
+    def done(self) -> bool:
+        return self._ahead.done()
+
+    def wait(self) -> _T:
+        with _translated():
+            return self._ahead.wait()
+
+
+def _held(under: Held | None, changed: _T) -> Callable[[int], _T]:
+    """The answer of a write made ``under`` a lease: ``changed`` when it changed
+    anything, False when it was so already, NotHeld when its maker no longer held the
+    lease (-1: the script wrote nothing)."""
+
+    def answer(reply: int) -> _T:
+        if reply == -1:
+            assert under is not None  # only a write made under a lease is refused
+            raise NotHeld(f"{under.owner} no longer holds {under.lease}")
+        return changed if reply else False  # type: ignore[return-value]
+
+    return answer
 
 
 def _fields(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:

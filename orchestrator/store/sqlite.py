@@ -48,6 +48,7 @@ from orchestrator.store import (
     CommitResult,
     DeadLetter,
     Effect,
+    Held,
     KeepWake,
     NotHeld,
     Pending,
@@ -317,9 +318,14 @@ class SqliteStore:
 
         return self._write(record)
 
-    def record_reports_ahead(self, word: Word) -> Pending[None]:
+    def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
         word = shared.keeping_nothing(word)
-        return self._ahead(lambda db: _record_word(db, word))
+
+        def record(db: sqlite3.Connection) -> None:
+            _still_held(db, under)
+            _record_word(db, word)
+
+        return self._ahead(record)
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)
@@ -353,7 +359,7 @@ class SqliteStore:
         self, environment: str, service: str, host: str, version: str, effect: Effect | None
     ) -> Pending[bool]:
         def set_version(db: sqlite3.Connection) -> bool:
-            _still_held(db, effect)
+            _still_held(db, effect.under if effect else None)
             changed = db.execute(
                 "INSERT INTO host_versions (environment, service, host, version)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, host)"
@@ -390,7 +396,7 @@ class SqliteStore:
         )
 
         def set_drained(db: sqlite3.Connection) -> bool:
-            _still_held(db, effect)
+            _still_held(db, effect.under if effect else None)
             changed = db.execute(statement, (environment, service, host)).rowcount > 0
             if changed and drained:
                 db.execute(
@@ -417,7 +423,7 @@ class SqliteStore:
         self, environment: str, service: str, field: str, value: str, effect: Effect | None
     ) -> Pending[bool]:
         def set_state(db: sqlite3.Connection) -> bool:
-            _still_held(db, effect)
+            _still_held(db, effect.under if effect else None)
             changed = db.execute(
                 "INSERT INTO service_state (environment, service, field, value)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (environment, service, field)"
@@ -876,9 +882,8 @@ def _count_attempt(db: sqlite3.Connection, message_id: str, ttl_s: float) -> int
     return int(count)
 
 
-def _still_held(db: sqlite3.Connection, effect: Effect | None) -> None:
-    """Raise NotHeld if ``effect`` is made under a lease its maker no longer holds."""
-    held = effect.under if effect is not None else None
+def _still_held(db: sqlite3.Connection, held: Held | None) -> None:
+    """Raise NotHeld if a write is made under a lease its maker no longer holds."""
     if held is not None and _lease_holder(db, held.lease) != held.owner:
         raise NotHeld(f"{held.owner} no longer holds {held.lease}")
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
@@ -127,3 +129,132 @@ def test_a_command_answers_as_redis_does(server: RedisServer) -> None:
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         calls.command("HGET", "waiting", "field")
     assert calls.command("LLEN", "waiting") == 2  # the error read whole: this answer is its own
+
+
+# --- calls sent ahead: answers read later, in order, by the thread that sent them ----------
+
+_PUSH = Lua("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+_REFUSE_BAD = Lua(
+    "if ARGV[1] == 'bad' then return redis.error_reply('refused') end "
+    "return redis.call('RPUSH', KEYS[1], ARGV[1])"
+)
+
+
+def _as_is(reply: object) -> object:
+    return reply
+
+
+def test_calls_sent_ahead_are_run_in_order_before_the_threads_next_call(
+    server: RedisServer,
+) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+    first = calls.script_ahead(_PUSH, ["made"], ["first"], _as_is)
+    second = calls.script_ahead(_PUSH, ["made"], ["second"], _as_is)
+
+    # the next call, waited for, finds both done: on the same connection, after them
+    assert calls.command("LRANGE", "made", 0, -1) == [b"first", b"second"]
+    assert (first.done(), second.done()) == (True, True)
+    assert (first.wait(), second.wait()) == (1, 2)
+
+
+def test_waiting_for_a_call_sent_ahead_reads_its_answer_and_those_before_it(
+    server: RedisServer,
+) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+    first = calls.script_ahead(_PUSH, ["made"], ["first"], _as_is)
+    second = calls.script_ahead(_PUSH, ["made"], ["second"], _as_is)
+    third = calls.script_ahead(_PUSH, ["made"], ["third"], _as_is)
+
+    assert second.wait() == 2
+    assert (first.done(), third.done()) == (True, False)
+    assert calls.command("LLEN", "made") == 3
+    assert third.wait() == 3
+
+
+def test_a_failure_sent_ahead_is_raised_once_before_the_next_call_is_sent(
+    server: RedisServer,
+) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+    calls.script_ahead(_REFUSE_BAD, ["made"], ["bad"], _as_is)
+    after = calls.script_ahead(_REFUSE_BAD, ["made"], ["after"], _as_is)
+
+    with pytest.raises(ResponseError, match="refused"):
+        calls.command("RPUSH", "made", "next")  # learned here: this one is not sent
+    # Those sent after it were run: only what they check themselves fences them.
+    assert after.wait() == 1
+    assert calls.command("LRANGE", "made", 0, -1) == [b"after"]  # learned once
+
+
+def test_a_refusal_made_of_an_answer_is_the_callers_own(server: RedisServer) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+
+    def counted(reply: object) -> int:
+        if reply == 2:
+            raise LookupError("the second is refused")
+        assert isinstance(reply, int)
+        return reply
+
+    assert calls.script_ahead(_PUSH, ["made"], ["first"], counted).wait() == 1
+    refused = calls.script_ahead(_PUSH, ["made"], ["second"], counted)
+    with pytest.raises(LookupError, match="second"):
+        calls.command("LLEN", "made")
+    with pytest.raises(LookupError, match="second"):
+        refused.wait()  # and to whoever waits for it
+
+
+def test_a_script_is_loaded_for_its_first_call_sent_ahead_and_again_after_a_restart(
+    server: RedisServer,
+) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+    assert calls.script_ahead(_PUSH, ["made"], ["first"], _as_is).wait() == 1
+    assert calls.command("LLEN", "made") == 1  # the connection given back
+
+    server.kill()
+    server.start()  # knowing no script: a connection made anew says so
+
+    assert calls.script_ahead(_PUSH, ["made"], ["again"], _as_is).wait() == 2
+
+
+def test_a_script_flushed_fails_the_call_sent_ahead_once_and_is_loaded_for_the_next(
+    server: RedisServer,
+) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+    assert calls.script_ahead(_PUSH, ["made"], ["known"], _as_is).wait() == 1
+    _client(server).script_flush()
+
+    calls.script_ahead(_PUSH, ["made"], ["forgotten"], _as_is)
+    with pytest.raises(NoScriptError):
+        calls.command("LLEN", "made")
+
+    # not sent again behind the thread's back; sent again, it runs: the script is loaded
+    assert calls.script_ahead(_PUSH, ["made"], ["again"], _as_is).wait() == 2
+    assert calls.command("LRANGE", "made", 0, -1) == [b"known", b"again"]
+
+
+def test_a_redis_gone_while_answers_are_owed_fails_them_and_is_reached_again(
+    server: RedisServer,
+) -> None:
+    calls = KeptConnections(_client(server, retry=Retry(NoBackoff(), 0)).connection_pool)
+    owed = calls.script_ahead(_PUSH, ["made"], ["first"], _as_is)
+    server.kill()
+
+    with pytest.raises(RedisConnectionError):
+        calls.command("LLEN", "made")
+    with pytest.raises(RedisConnectionError):
+        owed.wait()
+
+    server.start()
+    assert calls.script_ahead(_PUSH, ["made"], ["after"], _as_is).wait() >= 1
+    assert calls.command("LINDEX", "made", -1) == b"after"
+
+
+def test_only_the_thread_that_sent_a_call_ahead_reads_its_answer(server: RedisServer) -> None:
+    calls = KeptConnections(_client(server).connection_pool)
+    owed = calls.script_ahead(_PUSH, ["made"], ["mine"], _as_is)
+
+    with ThreadPoolExecutor(1) as other:
+        with pytest.raises(RuntimeError, match="by the thread that sent it"):
+            other.submit(owed.wait).result()
+        # another thread's calls take a connection of their own
+        assert other.submit(calls.command, "PING").result() == b"PONG"
+    assert owed.wait() == 1

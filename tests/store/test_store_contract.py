@@ -789,6 +789,32 @@ def test_a_word_recorded_ahead_raises_its_error_by_the_time_it_is_waited_for(
     assert store.progress("c1") == {"web-1": ["drain"]}
 
 
+def test_a_thread_writing_ahead_under_a_lease_it_lost_records_nothing_more_and_learns_so(
+    store: Store,
+) -> None:
+    work = "r1/web/deploy/1"
+    mine = Held("component/r1/web", "worker-a/1")
+    assert store.acquire_lease(mine.lease, "worker-b/1", 60)  # another's since a freeze
+    deployed = Effect("r1", "web-1", "deploy", mine)
+    # The simulator's change and the next step's word, neither waited for, as a worker
+    # whose fleet takes no time makes them: the word is sent before the change's answer.
+    store.set_host_version("prod", "web", "web-1", "2.0.0", deployed)
+    key = word_key("web", rollback=False, attempt=1)
+    store.record_reports_ahead(
+        Word("r1", key, T0, [_report()], [StepDone(work, "web-1", "deploy")]), mine
+    )
+
+    with pytest.raises(NotHeld):  # the next write it waits for: made after a refusal
+        store.record_progress(work, "web-1", "verify")
+
+    assert store.host_versions("prod", "web") == {}
+    assert store.progress(work) == {}
+    assert store.timeline("r1") == []
+    assert store.last_words("r1", [key]) == {}
+    store.record_progress(work, "web-1", "verify")  # learned: the next is its own
+    assert store.progress(work) == {"web-1": ["verify"]}
+
+
 def test_a_word_keeping_an_outcome_is_not_recorded_ahead(store: Store) -> None:
     started = _report()
     word = Word(
