@@ -93,10 +93,12 @@ class ComponentProgress:
 
     When the effects are themselves writes to the store (``effects_in_store``: the
     simulator's), a word is recorded the way the fleet's changes are
-    (``Store.record_reports_ahead``): not waited for, committed in order with them, and
-    not waited on the disk for. A step done is then on record whenever the next effect is
-    (and never without its own), its reports published and its failure raised once it is
-    on record; before a check or a wait, a word is made ahead and waited for. A word that
+    (``Store.record_reports_ahead``): not waited for, committed in order with them, not
+    waited on the disk for, and under the command's lease like them (a store may have it
+    before it answers the change made before it, which a lost lease refuses). A step
+    done is then on record whenever the next effect is (and never without its own), its
+    reports published and its failure raised once it is on record; before a check or a
+    wait, a word is made ahead and waited for. A word that
     keeps the component's start is Drover's own record, and always waits for the disk.
     """
 

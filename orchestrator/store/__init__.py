@@ -128,10 +128,13 @@ _T_co = TypeVar("_T_co", covariant=True)
 
 class Pending(Protocol[_T_co]):
     """A write its caller did not wait for (a word recorded ahead, a change to the
-    simulated fleet). It is on record no later than the next write anyone on the same
-    store waits for, the next read, or :meth:`wait`; and a thread's writes are recorded
-    in the order it made them, none of them after one that failed until the thread learns
-    of it (a write it waits for fails, or it has waited for its latest)."""
+    simulated fleet). It is on record no later than its thread's next call on the same
+    store (a write it waits for, a read) or :meth:`wait` (on SQLite, also the next write
+    any thread waits for); a thread's writes are recorded in the order it made them; and
+    one that fails is raised to the thread by then, the call raising it recording
+    nothing. Those the thread made ahead after a failed one are not recorded on SQLite;
+    on Redis, which has them before it answers the first, only what they check
+    themselves refuses them (the worker's, its lease)."""
 
     def done(self) -> bool:
         """Whether its commit is over: :meth:`wait` then answers at once."""

@@ -13,7 +13,7 @@ The store also keeps the most hosts of a service ever out of service at once
 the count of its effect are one store call, so no crash leaves a change uncounted.
 
 A fleet whose steps take no time is changed without waiting for each change: the store
-records them in order, no later than the next write anyone waits for (a worker's journal
+records them in order, no later than the thread's next call on it (a worker's journal
 entries and reports go with them, after them), and reads them as made at once. One whose
 steps take time (or may fail) waits for each, so that every change is seen as it is
 made. A worker's changes are made ``under`` its lease: the store refuses one that
