@@ -110,15 +110,25 @@ class KeptConnections:
         """Read every answer this thread is owed, and give its connection back; raise the
         first failure among them that was not waited for. A call of the thread on any
         other connection comes after this, or Redis might run it first."""
+        line = self._give_back()
+        if line is not None:
+            line.raise_unlearned()
+
+    def forget(self) -> None:
+        """Read every answer this thread is owed, and give its connection back; what
+        failed is not raised: the work it was for is over (given up, or ended)."""
+        self._give_back()
+
+    def _give_back(self) -> _Line | None:
         line: _Line | None = getattr(self._owing, "line", None)
         if line is None:
-            return
+            return None
         self._owing.line = None
         try:
             line.read_all()
         finally:
             self._idle.append(line.connection)  # read to the end, or dropped: fit to go back
-        line.raise_unlearned()
+        return line
 
     def _call(self, send: Callable[[Connection], Any]) -> Any:
         self.settle()  # a call waited for comes after any failure sent ahead of it is known
@@ -190,10 +200,12 @@ class Ahead(Generic[_T]):
         self._read = True
         self._learned = learned
 
-    def raise_unlearned(self) -> None:
-        if self._error is not None and not self._learned:
-            self._learned = True
-            raise self._error
+    def learn(self) -> Exception | None:
+        """Its failure, if nobody has been told of it yet: the caller tells them."""
+        if self._learned:
+            return None
+        self._learned = True
+        return self._error
 
 
 class _Line:
@@ -241,8 +253,11 @@ class _Line:
             self._read_next()
 
     def raise_unlearned(self) -> None:
-        for ahead in self._read:
-            ahead.raise_unlearned()
+        """Raise the first failure nobody was told of: the thread learns of it, and of
+        those after it (what a lost lease refused after the first refusal, say)."""
+        failures = [error for ahead in self._read if (error := ahead.learn()) is not None]
+        if failures:
+            raise failures[0]
 
     def _read_next(self) -> None:
         ahead = self._owed.popleft()

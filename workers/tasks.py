@@ -155,7 +155,12 @@ class ComponentRunner:
             if isinstance(claim, Envelope):
                 self._replay(claim)  # finished before, or by the holder while this waited
                 return
-            self._carry_on(command, payload, claim)
+            try:
+                self._carry_on(command, payload, claim)
+            finally:
+                # Given up (a lease lost), it may leave writes made ahead whose fate it
+                # never learned: not for the lease's release, nor the next command, to meet.
+                self.store.forget_ahead()
 
     def _carry_on(self, command: Envelope, payload: WorkerCommand, lease: Lease) -> None:
         try:
@@ -187,7 +192,10 @@ class ComponentRunner:
         except Exception as exc:  # report the failure rather than leave the saga waiting
             log.exception("component crashed")
             outcome = _crashed(payload, f"worker error: {exc!r}")
-        self._finish(command, outcome, lease, progress)
+        try:
+            self._finish(command, outcome, lease, progress)
+        except (LeaseLost, NotHeld):  # met in a write made ahead, read as it ends
+            log.error("lease lost as the component ended; the worker that took over ends it")
 
     def _waiting(self, command: Envelope, payload: WorkerCommand, holder: str | None) -> None:
         """Say that this copy waits for the worker holding the component: it is alive."""

@@ -292,6 +292,12 @@ class Store(Protocol):
         """
         ...
 
+    def forget_ahead(self) -> None:
+        """Wait for what this thread wrote ahead, and forget how it went: the command it
+        was for is over (ended, or given up for a lease lost), and a failure among its
+        writes is not for the thread's next command to meet."""
+        ...
+
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         """When each of ``words`` was last reported under; those never reported are absent."""
         ...

@@ -509,6 +509,9 @@ class RedisStore:
             _RECORD_REPORTS_UNDER_LUA, [held, *keys], [under.owner, *args], _held(under, None)
         )
 
+    def forget_ahead(self) -> None:
+        self._calls.forget()
+
     def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``record_word``."""
         keys = [self._keys.timeline(word.release_id), self._keys.last_words(word.release_id)]

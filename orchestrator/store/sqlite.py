@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Generic, TypeVar
@@ -326,6 +326,13 @@ class SqliteStore:
             _record_word(db, word)
 
         return self._ahead(record)
+
+    def forget_ahead(self) -> None:
+        latest = self._caller.latest
+        if latest is not None:
+            self._caller.latest = None
+            with suppress(Exception):  # the failure belongs to a command that is over
+                self._finish(latest)
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = set(words)

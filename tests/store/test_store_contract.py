@@ -815,6 +815,23 @@ def test_a_thread_writing_ahead_under_a_lease_it_lost_records_nothing_more_and_l
     assert store.progress(work) == {"web-1": ["verify"]}
 
 
+def test_a_thread_that_forgot_what_it_wrote_ahead_meets_none_of_its_failures(
+    store: Store,
+) -> None:
+    mine = Held("component/r1/web", "worker-a/1")
+    assert store.acquire_lease(mine.lease, "worker-b/1", 60)
+    refused = store.set_host_version(
+        "prod", "web", "web-1", "2.0.0", Effect("r1", "web-1", "deploy", mine)
+    )
+
+    store.forget_ahead()  # the command is given up: its lease is another's
+
+    assert refused.done()
+    store.record_progress("c2", "api-1", "drain")  # the thread's next command's first write
+    assert store.progress("c2") == {"api-1": ["drain"]}
+    assert store.host_versions("prod", "web") == {}
+
+
 def test_a_word_keeping_an_outcome_is_not_recorded_ahead(store: Store) -> None:
     started = _report()
     word = Word(

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from orchestrator.contract import DeployComponent, Envelope, envelope
 from orchestrator.runtime import Parts
@@ -17,8 +18,13 @@ FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 
 
 @contextmanager
-def web_deploy(tmp_path: Path) -> Iterator[tuple[Parts, ComponentRunner, Envelope]]:
-    with connected_parts("memory://", f"t{uuid.uuid4().hex[:8]}", tmp_path, FLEET) as parts:
+def web_deploy(
+    tmp_path: Path, namespace: str | None = None, **settings: Any
+) -> Iterator[tuple[Parts, ComponentRunner, Envelope]]:
+    """The runner, its parts (``settings`` as ``connected_parts`` takes them: another
+    store, say) and the command."""
+    namespace = namespace or f"t{uuid.uuid4().hex[:8]}"
+    with connected_parts("memory://", namespace, tmp_path, FLEET, **settings) as parts:
         runner = ComponentRunner(parts.fleet, parts.store, parts.bus, WorkerLimits())
         command = envelope(
             DeployComponent(environment="staging", service="web", version="2.0.0"),

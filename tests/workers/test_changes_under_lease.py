@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from orchestrator.contract import ComponentDeployed, DeployComponent, envelope
 from orchestrator.store import Effect, Pending, Store
 from tests.support.runner import web_deploy
 from workers.tasks import ComponentRunner, WorkerLimits, work_key
@@ -45,3 +48,34 @@ def test_no_change_of_a_worker_whose_lease_was_taken_over_is_made(tmp_path: Path
         assert store.drained_hosts("staging", "web") == set()
         assert set(store.progress(work)) == {"web-1"}
         assert {host for (_, _, host, _) in store.effects("r1")} == {"web-1"}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store: on Redis a change made ahead is sent before its answer is read."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return f"sqlite:///{tmp_path}/store.db"
+
+
+def test_the_thread_of_a_worker_taken_over_carries_out_its_next_command(
+    tmp_path: Path, store_url: str, namespace: str
+) -> None:
+    with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, _, command):
+        store = parts.store
+        taken_over = ComponentRunner(parts.fleet, TakenOverAtWeb2(store), parts.bus, WorkerLimits())  # type: ignore[arg-type]
+        taken_over.deploy(command.to_wire())
+        assert store.outcome(work_key(command)) is None
+
+        # The same thread and store, the next release's command: none of the refusals
+        # met by the one before is this one's.
+        after = envelope(
+            DeployComponent(environment="staging", service="web", version="3.0.0"),
+            release_id="r2",
+            actor="test",
+        )
+        ComponentRunner(parts.fleet, store, parts.bus, WorkerLimits()).deploy(after.to_wire())
+
+        outcome = store.outcome(work_key(after))
+        assert outcome is not None and isinstance(outcome.payload, ComponentDeployed)
+        assert store.host_versions("staging", "web")["web-2"] == "3.0.0"
