@@ -198,7 +198,7 @@ class Ahead(Generic[_T]):
     def failed(self, error: Exception, *, learned: bool = False) -> None:
         self._error = error
         self._read = True
-        self._learned = learned
+        self._learned = self._learned or learned
 
     def learn(self) -> Exception | None:
         """Its failure, if nobody has been told of it yet: the caller tells them."""

@@ -835,7 +835,7 @@ class RedisStore:
         return found
 
     def close(self) -> None:
-        self._client.close()
+        self._redis.close()  # what a thread sent ahead and never read is dropped with it
 
 
 class _Translated(Generic[_T]):

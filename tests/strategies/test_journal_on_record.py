@@ -96,6 +96,7 @@ def _stepped(
     """One step over ``HOSTS`` through the worker's own progress and journal."""
     with web_deploy(tmp_path) as (parts, runner, command):
         keeper = LeaseKeeper(parts.store)
+        assert parts.store.acquire_lease("component/r1/web", "test", 60)  # as claimed
         lease = Lease(keeper, "component/r1/web", "test", 60, work=WORK, attempts=1)
         progress = ComponentProgress(runner, command, lease, effects_in_store=effects_in_store)
         journal = StoreJournal(parts.store, WORK, progress, lease.check, CrashPoints(), empty=True)
