@@ -32,8 +32,6 @@ from orchestrator.saga import ReleaseState, ReleaseStatus
 from orchestrator.store import (
     CommitResult,
     Effect,
-    Held,
-    NotHeld,
     Pending,
     StepDone,
     StoreUnavailable,
@@ -185,29 +183,6 @@ def test_no_write_of_a_thread_is_kept_after_one_of_its_own_that_failed(
     with pytest.raises(StoreUnavailable, match="a write made before it failed: refused"):
         after.wait()
     assert store.set_host_version("prod", "web", "web-3", "2.0.0", None).wait() is True
-
-
-def test_what_a_thread_wrote_after_a_change_refused_for_a_lost_lease_is_refused_alike(
-    store: SqliteStore,
-) -> None:
-    work = "r1/web/deploy/1"
-    mine = Held("component/r1/web", "worker-a/1")
-    assert store.acquire_lease(mine.lease, "worker-b/1", 60)  # another's since a freeze
-    change = store.set_host_version(
-        "prod", "web", "web-1", "2.0.0", Effect("r1", "web-1", "deploy", mine)
-    )
-    key = word_key("web", rollback=False, attempt=1)
-    entry = store.record_reports_ahead(
-        Word("r1", key, T0, done=[StepDone(work, "web-1", "deploy")])
-    )
-
-    # the worker stops as for a lease found lost, not as for a store that failed
-    with pytest.raises(NotHeld):
-        entry.wait()
-    with pytest.raises(NotHeld):
-        change.wait()
-    assert store.host_versions("prod", "web") == {}
-    assert store.progress(work) == {}
 
 
 def test_threads_writing_at_once_each_get_their_own_answer(store: SqliteStore) -> None:

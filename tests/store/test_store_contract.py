@@ -39,6 +39,7 @@ from orchestrator.store import (
     Held,
     KeepWake,
     NotHeld,
+    Pending,
     StepDone,
     Store,
     StoreUnavailable,
@@ -789,47 +790,67 @@ def test_a_word_recorded_ahead_raises_its_error_by_the_time_it_is_waited_for(
     assert store.progress("c1") == {"web-1": ["drain"]}
 
 
-def test_a_thread_writing_ahead_under_a_lease_it_lost_records_nothing_more_and_learns_so(
+_WORK = "r1/web/deploy/1"
+_WORD = word_key("web", rollback=False, attempt=1)
+
+
+def _written_ahead_under_a_lost_lease(store: Store) -> tuple[Pending[bool], Pending[None]]:
+    """The simulator's change and the next step's word, neither waited for, as a worker
+    whose fleet takes no time makes them (the word sent before the change's answer), by
+    a worker whose lease another took while it froze."""
+    mine = Held("component/r1/web", "worker-a/1")
+    assert store.acquire_lease(mine.lease, "worker-b/1", 60)
+    change = store.set_host_version(
+        "prod", "web", "web-1", "2.0.0", Effect("r1", "web-1", "deploy", mine)
+    )
+    word = Word("r1", _WORD, T0, [_report()], [StepDone(_WORK, "web-1", "deploy")])
+    return change, store.record_reports_ahead(word, mine)
+
+
+def _nothing_recorded_ahead(store: Store) -> None:
+    assert store.host_versions("prod", "web") == {}
+    assert store.progress(_WORK) == {}
+    assert store.timeline("r1") == []
+    assert store.last_words("r1", [_WORD]) == {}
+
+
+def test_what_a_thread_writes_ahead_under_a_lease_it_lost_is_refused_as_not_held(
     store: Store,
 ) -> None:
-    work = "r1/web/deploy/1"
-    mine = Held("component/r1/web", "worker-a/1")
-    assert store.acquire_lease(mine.lease, "worker-b/1", 60)  # another's since a freeze
-    deployed = Effect("r1", "web-1", "deploy", mine)
-    # The simulator's change and the next step's word, neither waited for, as a worker
-    # whose fleet takes no time makes them: the word is sent before the change's answer.
-    store.set_host_version("prod", "web", "web-1", "2.0.0", deployed)
-    key = word_key("web", rollback=False, attempt=1)
-    store.record_reports_ahead(
-        Word("r1", key, T0, [_report()], [StepDone(work, "web-1", "deploy")]), mine
-    )
+    change, word = _written_ahead_under_a_lost_lease(store)
 
-    with pytest.raises(NotHeld):  # the next write it waits for: made after a refusal
-        store.record_progress(work, "web-1", "verify")
+    # the worker stops as for a lease found lost, not as for a store that failed
+    with pytest.raises(NotHeld):
+        word.wait()
+    with pytest.raises(NotHeld):
+        change.wait()
+    _nothing_recorded_ahead(store)
 
-    assert store.host_versions("prod", "web") == {}
-    assert store.progress(work) == {}
-    assert store.timeline("r1") == []
-    assert store.last_words("r1", [key]) == {}
-    store.record_progress(work, "web-1", "verify")  # learned: the next is its own
-    assert store.progress(work) == {"web-1": ["verify"]}
+
+def test_a_thread_that_wrote_ahead_under_a_lost_lease_learns_so_at_its_next_write(
+    store: Store,
+) -> None:
+    _written_ahead_under_a_lost_lease(store)
+
+    with pytest.raises(NotHeld):  # the next write it waits for, made after a refusal
+        store.record_progress(_WORK, "web-1", "verify")
+
+    _nothing_recorded_ahead(store)
+    store.record_progress(_WORK, "web-1", "verify")  # learned: the next is its own
+    assert store.progress(_WORK) == {"web-1": ["verify"]}
 
 
 def test_a_thread_that_forgot_what_it_wrote_ahead_meets_none_of_its_failures(
     store: Store,
 ) -> None:
-    mine = Held("component/r1/web", "worker-a/1")
-    assert store.acquire_lease(mine.lease, "worker-b/1", 60)
-    refused = store.set_host_version(
-        "prod", "web", "web-1", "2.0.0", Effect("r1", "web-1", "deploy", mine)
-    )
+    change, _ = _written_ahead_under_a_lost_lease(store)
 
     store.forget_ahead()  # the command is given up: its lease is another's
 
-    assert refused.done()
+    assert change.done()
     store.record_progress("c2", "api-1", "drain")  # the thread's next command's first write
     assert store.progress("c2") == {"api-1": ["drain"]}
-    assert store.host_versions("prod", "web") == {}
+    _nothing_recorded_ahead(store)
 
 
 def test_a_word_keeping_an_outcome_is_not_recorded_ahead(store: Store) -> None:
