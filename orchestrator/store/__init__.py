@@ -283,8 +283,10 @@ class Store(Protocol):
 
     def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
         """:meth:`record_reports` of a word that keeps nothing, without waiting for it
-        (see :class:`Pending`); made ``under`` a lease, only while its maker holds it
-        (else NotHeld, recording nothing), like a change to the fleet made under one.
+        (see :class:`Pending`). Made ``under`` a lease, it is refused (NotHeld, recording
+        nothing) after a change the thread made under it that the store refused; a store
+        that may run it before it has answered that change (Redis) checks the lease for
+        it as for a change.
 
         What a worker says about the simulated fleet, whose changes are writes to this
         store, can go with those writes instead of before each; its commit need not wait

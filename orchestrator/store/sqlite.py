@@ -319,13 +319,10 @@ class SqliteStore:
         return self._write(record)
 
     def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
+        # ``under`` needs no look here: a write queued after one that a lost lease
+        # refused is refused with it (see _submit), and a word is not a change.
         word = shared.keeping_nothing(word)
-
-        def record(db: sqlite3.Connection) -> None:
-            _still_held(db, under)
-            _record_word(db, word)
-
-        return self._ahead(record)
+        return self._ahead(lambda db: _record_word(db, word))
 
     def forget_ahead(self) -> None:
         latest = self._caller.latest
