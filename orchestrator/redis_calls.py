@@ -104,7 +104,9 @@ class KeptConnections:
             line = self._owing.line = _Line(self._take(), self._loaded)
         if script.sha not in self._loaded:
             line.load(script)
-        return line.send(script, keys, args, answer)
+        ahead = Ahead(line, script, answer)
+        line.send(ahead, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        return ahead
 
     def settle(self) -> None:
         """Read every answer this thread is owed, and give its connection back; raise the
@@ -220,21 +222,11 @@ class _Line:
 
     def load(self, script: Lua) -> None:
         """Load ``script`` ahead of its first call: its failure is that call's."""
-        self._send(Ahead(self, script, _nothing, learned=True), ("SCRIPT", "LOAD", script.script))
+        self.send(Ahead(self, script, _nothing, learned=True), ("SCRIPT", "LOAD", script.script))
         self._loaded.add(script.sha)
 
-    def send(
-        self,
-        script: Lua,
-        keys: Sequence[str],
-        args: Sequence[Argument],
-        answer: Callable[[Any], _T],
-    ) -> Ahead[_T]:
-        ahead = Ahead(self, script, answer)
-        self._send(ahead, ("EVALSHA", script.sha, len(keys), *keys, *args))
-        return ahead
-
-    def _send(self, ahead: Ahead[Any], command: Sequence[Argument]) -> None:
+    def send(self, ahead: Ahead[Any], command: Sequence[Argument]) -> None:
+        """Write ``command``, whose answer ``ahead`` is to be."""
         try:
             self.connection.send_packed_command([_packed(*command)], check_health=False)
         except redis.RedisError as error:  # raised to the sender: it learns of them all
