@@ -98,8 +98,8 @@ class ComponentProgress:
     before it answers the change made before it, which a lost lease refuses). A step
     done is then on record whenever the next effect is (and never without its own), its
     reports published and its failure raised once it is on record; before a check or a
-    wait, a word is made ahead and waited for. A word that
-    keeps the component's start is Drover's own record, and always waits for the disk.
+    wait, a word is made ahead and waited for. A word that keeps the component's start
+    is Drover's own record, and always waits for the disk.
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease, *, effects_in_store: bool):

@@ -506,7 +506,7 @@ class RedisStore:
         keys, args = self._word(shared.keeping_nothing(word))
         held = self._keys.lease(under.lease)
         return self._ahead(
-            _RECORD_REPORTS_UNDER_LUA, [held, *keys], [under.owner, *args], _held(under, None)
+            _RECORD_REPORTS_UNDER_LUA, [held, *keys], [under.owner, *args], _held(under, _recorded)
         )
 
     def forget_ahead(self) -> None:
@@ -616,7 +616,7 @@ class RedisStore:
         lease, owner = (self._keys.lease(held.lease), held.owner) if held else ("", "")
         keys = [key, effects, self._keys.service_state(environment, service), lease]
         args = [change, member, value, counted, PEAK_DRAINED, owner]
-        return self._ahead(_FLEET_CHANGE_LUA, keys, args, _held(held, True))
+        return self._ahead(_FLEET_CHANGE_LUA, keys, args, _held(held, bool))
 
     def _ahead(
         self,
@@ -854,18 +854,21 @@ class _Translated(Generic[_T]):
             return self._ahead.wait()
 
 
-def _held(under: Held | None, changed: _T) -> Callable[[int], _T]:
-    """The answer of a write made ``under`` a lease: ``changed`` when it changed
-    anything, False when it was so already, NotHeld when its maker no longer held the
-    lease (-1: the script wrote nothing)."""
+def _held(under: Held | None, answer: Callable[[int], _T]) -> Callable[[int], _T]:
+    """The ``answer`` of a write made ``under`` a lease, or NotHeld when its maker no
+    longer held the lease (-1: the script wrote nothing)."""
 
-    def answer(reply: int) -> _T:
+    def checked(reply: int) -> _T:
         if reply == -1:
             assert under is not None  # only a write made under a lease is refused
             raise NotHeld(f"{under.owner} no longer holds {under.lease}")
-        return changed if reply else False  # type: ignore[return-value]
+        return answer(reply)
 
-    return answer
+    return checked
+
+
+def _recorded(_reply: int) -> None:
+    """A word's answer: it was recorded."""
 
 
 def _fields(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
