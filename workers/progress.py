@@ -61,13 +61,19 @@ class _Runner(Protocol):
         command: Envelope,
         done: Sequence[StepDone],
         keep: tuple[str, Envelope] | None,
+        under: Held,
     ) -> None: ...
 
     def report_ahead(
-        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone], under: Held
+        self,
+        reports: Sequence[Envelope],
+        command: Envelope,
+        done: Sequence[StepDone],
+        keep: tuple[str, Envelope] | None,
+        under: Held,
     ) -> Pending[None]:
-        """:meth:`report`'s record, made ahead ``under`` the command's lease; the reports
-        are published once it is on record (:meth:`publish_reports`)."""
+        """:meth:`report`'s record, made ahead; the reports are published once it is on
+        record (:meth:`publish_reports`)."""
         ...
 
     def publish_reports(self, reports: Sequence[Envelope]) -> None: ...
@@ -98,8 +104,13 @@ class ComponentProgress:
     before it answers the change made before it, which a lost lease refuses). A step
     done is then on record whenever the next effect is (and never without its own), its
     reports published and its failure raised once it is on record; before a check or a
-    wait, a word is made ahead and waited for. A word that keeps the component's start
-    is Drover's own record, and always waits for the disk.
+    wait, a word is made ahead and waited for. The word that keeps the component's start
+    goes the same way: it is fenced by the lease as the changes after it are, and a
+    store that keeps it commits it waiting for the disk, no later than those changes.
+
+    Every word is made under the command's lease: one whose maker's lease is another's
+    records nothing (NotHeld), so a worker that froze past its lease neither keeps what
+    its hosts ran nor reports for a component another worker carries on.
     """
 
     def __init__(self, runner: _Runner, command: Envelope, lease: Lease, *, effects_in_store: bool):
@@ -122,22 +133,23 @@ class ComponentProgress:
     def keep_first(self, key: str, message: Envelope) -> None:
         """Report ``message`` with the next batch, and keep it under ``key`` (as an
         outcome is kept) in the same write, which comes before any effect. Should another
-        be kept there first, that write records nothing and raises :class:`LeaseLost`:
-        only a worker whose lease lapsed meanwhile can meet one."""
+        be kept there first, that write records nothing and raises :class:`LeaseLost`
+        (NotHeld, made ahead): only a holder of the lease before this one can have kept
+        one, and this one's lease read it as it was taken."""
         self._unsent.append(message)
         self._keep = key, message
 
     def flush(self) -> None:
         """Record the reports and journal entries kept so far, and publish the reports
         for listeners."""
-        if self._as_the_fleets_changes:
+        if self._effects_in_store:
             self._record_ahead()
             self._confirm()
             return
         keep, self._keep = self._keep, None
         reports, done = self.take()
         if reports or done or keep:
-            self._runner.report(reports, self._command, done, keep)
+            self._runner.report(reports, self._command, done, keep, self._lease.held)
 
     def take(self) -> tuple[list[Envelope], list[StepDone]]:
         """The reports and journal entries kept so far, for the caller to record. What
@@ -161,22 +173,17 @@ class ComponentProgress:
     def _record(self, *, ahead: bool) -> None:
         """Record what was kept so far: ``ahead`` if what comes next is an effect written
         to the store, which carries it, or a check, which needs nothing on record."""
-        if ahead and self._as_the_fleets_changes:
+        if ahead and self._effects_in_store:
             self._record_ahead()
         else:
             self.flush()
 
-    @property
-    def _as_the_fleets_changes(self) -> bool:
-        """Whether what is kept may be recorded as the simulated fleet's changes are: it
-        is about them, and keeps no record of Drover's own (the component's start)."""
-        return self._effects_in_store and self._keep is None
-
     def _record_ahead(self) -> None:
-        if self._unsent or self._done:
-            reports, done = self._unsent, self._done
-            self._unsent, self._done = [], []
-            recording = self._runner.report_ahead(reports, self._command, done, self._lease.held)
+        if self._unsent or self._done:  # what is kept is reported too
+            reports, done, keep = self._unsent, self._done, self._keep
+            self._unsent, self._done, self._keep = [], [], None
+            held = self._lease.held
+            recording = self._runner.report_ahead(reports, self._command, done, keep, held)
             self._ahead.append((recording, reports))
 
     def _confirm(self, *, waiting: bool = True) -> None:

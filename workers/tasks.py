@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -185,9 +186,10 @@ class ComponentRunner:
             log.error("lease lost mid-component; the worker that took over finishes it")
             return
         except Superseded:
-            if not lease.lost:
-                progress.flush()
             log.warning("the saga moved on mid-component (timed out); its rollback owns it")
+            if not lease.lost:
+                with suppress(LeaseLost, NotHeld):  # then what it said is another's to say
+                    progress.flush()
             return
         except Exception as exc:  # report the failure rather than leave the saga waiting
             log.exception("component crashed")
@@ -329,20 +331,26 @@ class ComponentRunner:
         command: Envelope,
         done: Sequence[StepDone] = (),
         keep: tuple[str, Envelope] | None = None,
+        under: Held | None = None,
     ) -> None:
         """Step reports: into the release's timeline, with the time of this word from
         the command's worker (what its deadline is judged by), the steps done since its
         last word and what it ``keep``s (:meth:`ComponentProgress.keep_first`), then out
-        to listeners."""
-        kept = self.store.record_reports(self._word(command, reports, done, keep))
+        to listeners; ``under`` the command's lease, if it holds one."""
+        kept = self.store.record_reports(self._word(command, reports, done, keep), under)
         if kept is not None:
             raise LeaseLost(f"another worker's {kept.type} was kept first")
         self.publish_reports(reports)
 
     def report_ahead(
-        self, reports: Sequence[Envelope], command: Envelope, done: Sequence[StepDone], under: Held
+        self,
+        reports: Sequence[Envelope],
+        command: Envelope,
+        done: Sequence[StepDone],
+        keep: tuple[str, Envelope] | None,
+        under: Held,
     ) -> Pending[None]:
-        return self.store.record_reports_ahead(self._word(command, reports, done), under)
+        return self.store.record_reports_ahead(self._word(command, reports, done, keep), under)
 
     def publish_reports(self, reports: Sequence[Envelope]) -> None:
         self._bus.publish_progress(reports)

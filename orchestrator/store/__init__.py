@@ -271,26 +271,32 @@ class Store(Protocol):
         only what it has not seen)."""
         ...
 
-    def record_reports(self, word: Word) -> Envelope | None:
+    def record_reports(self, word: Word, under: Held | None = None) -> Envelope | None:
         """A worker's word: its reports added to the release's timeline, its time kept as
         the last word under its key, its steps done journaled (as
         :meth:`record_progress`) and the outcome it keeps kept, in one atomic step.
 
         None, or the outcome kept before under the word's ``keep`` key when it is not the
-        one offered: then nothing was recorded.
+        one offered: then nothing was recorded. Made ``under`` a lease its maker no
+        longer holds, it records nothing and raises NotHeld: a worker whose lease lapsed
+        while another took its work over keeps nothing for it (what the hosts ran, the
+        first holder's record, stays the one the next holder read with its lease).
         """
         ...
 
     def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
-        """:meth:`record_reports` of a word that keeps nothing, without waiting for it
-        (see :class:`Pending`). Made ``under`` a lease, it is refused (NotHeld, recording
-        nothing) after a change the thread made under it that the store refused; a store
-        that may run it before it has answered that change (Redis) checks the lease for
-        it as for a change.
+        """:meth:`record_reports`, without waiting for it (see :class:`Pending`). Made
+        ``under`` a lease, it is refused (NotHeld, recording nothing) after a change the
+        thread made under it that the store refused; a store that may run it before it
+        has answered that change (Redis) checks the lease for it as for a change. A word
+        whose ``keep`` finds another's kept first is refused too (NotHeld, recording
+        nothing: under the lease, only a holder before its maker can have kept one).
 
         What a worker says about the simulated fleet, whose changes are writes to this
         store, can go with those writes instead of before each; its commit need not wait
-        for the disk, which it reaches with the next commit that does.
+        for the disk, which it reaches with the next commit that does, unless it keeps
+        something (Drover's own record): then it waits for the disk as it is committed,
+        no later than the fleet's changes the thread made after it.
         """
         ...
 
@@ -412,7 +418,12 @@ class Store(Protocol):
     ) -> Envelope:
         """Record the outcome of ``work`` as :meth:`record_outcome` does (the first one is
         kept, and returned) and, in the same step, the worker's ``last`` word (as
-        :meth:`record_reports`) and give the lease up if ``owner`` holds it."""
+        :meth:`record_reports`) and give the lease up if ``owner`` holds it.
+
+        If another owner holds the lease, nothing is recorded and NotHeld is raised: a
+        worker whose lease lapsed while another took the work over leaves its outcome to
+        that one. A lease that lapsed with nobody taking it over is no one's, and the
+        outcome of the work done under it is kept."""
         ...
 
     # --- locks: one release at a time per (environment, service) ---------------------------

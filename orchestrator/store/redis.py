@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import redis
 from redis.exceptions import RedisError
@@ -203,11 +203,16 @@ return claim
 """
 )
 
+# -1, recording nothing, if another owner holds the lease: a worker whose lease lapsed
+# while another took the work over leaves its outcome to that one. A lease that lapsed
+# with nobody taking it over is no one's: its work was done under it, and is kept.
 # KEYS: 1 the work's outcome, 2 the lease, then those of record_word, if a last word.
 # ARGV: 1 the outcome offered, 2 owner, then those of record_word, if a last word.
 _FINISH_WORK_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA
     + """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return -1 end
 if #ARGV > 2 then record_word(3, 3) end
 local kept = keep_first(KEYS[1], ARGV[1])
 release_lease(KEYS[2], ARGV[2])
@@ -218,32 +223,26 @@ return kept
 # KEYS: 1 the command's progress. ARGV: 1 JSON [host, step].
 _PROGRESS_LUA: Final = Lua(_WORK_FUNCTIONS_LUA + "record_done(KEYS[1], ARGV[1])")
 
-# KEYS: 1 an outcome to keep ("" for none), then those of record_word. ARGV: 1 the
-# outcome offered, then those of record_word. Returns the outcome kept before, if not the
-# one offered (and records nothing), or false.
-_RECORD_REPORTS_LUA: Final = Lua(
+# A worker's word, made under the component's lease (KEYS[1] "" for none): recorded only
+# while its maker holds it, so that a worker whose lease lapsed while another took the
+# work over neither keeps what its hosts ran nor reports for it. A word made ahead is
+# sent after a change it has not had the answer to, which the same check may have
+# refused (orchestrator.redis_calls).
+# KEYS: 1 the lease ("" for none), 2 an outcome to keep ("" for none), then those of
+#       record_word. ARGV: 1 the lease's holder, 2 the outcome offered, then those of
+#       record_word.
+# Returns false once recorded; -1 if the lease is another's, or the outcome kept before
+# if it is not the one offered: then nothing is recorded.
+_RECORD_WORD_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA
     + """
-if KEYS[1] ~= '' then
-  local kept = keep_first(KEYS[1], ARGV[1])
-  if kept ~= ARGV[1] then return kept end
+if KEYS[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if KEYS[2] ~= '' then
+  local kept = keep_first(KEYS[2], ARGV[2])
+  if kept ~= ARGV[2] then return kept end
 end
-record_word(2, 2)
+record_word(3, 3)
 return false
-"""
-)
-
-# A word made ahead under the component's lease, recorded only while its maker holds it:
-# a worker sends it after a change it has not had the answer to, which the same check
-# may have refused (orchestrator.redis_calls). 0, or -1 (recording nothing) if not held.
-# KEYS: 1 the lease, then those of record_word. ARGV: 1 the lease's holder, then those
-# of record_word.
-_RECORD_REPORTS_UNDER_LUA: Final = Lua(
-    _WORK_FUNCTIONS_LUA
-    + """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-record_word(2, 2)
-return 0
 """
 )
 
@@ -490,24 +489,17 @@ class RedisStore:
             bodies = self._client.lrange(self._keys.timeline(release_id), max(start, 0), -1)
         return [decode(_bytes(body)) for body in bodies]
 
-    def record_reports(self, word: Word) -> Envelope | None:
-        key, offered = word.keep or ("", None)
-        keys, args = self._word(word)
-        keys = [self._keys.outcome(key) if key else "", *keys]
-        args = [b"" if offered is None else offered.encode(), *args]
+    def record_reports(self, word: Word, under: Held | None = None) -> Envelope | None:
         with _translated():
-            kept = self._calls.script(_RECORD_REPORTS_LUA, keys, args)
-        return None if kept is None else decode(_bytes(kept))
+            reply = self._calls.script(_RECORD_WORD_LUA, *self._word_under(word, under))
+        return _held(under, _kept_before)(reply)
 
     def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
         if under is None:  # unfenced: not sent before the answers it would come after
-            self.record_reports(shared.keeping_nothing(word))
+            shared.recorded_ahead(word, self.record_reports(word))
             return Answered(None)
-        keys, args = self._word(shared.keeping_nothing(word))
-        held = self._keys.lease(under.lease)
-        return self._ahead(
-            _RECORD_REPORTS_UNDER_LUA, [held, *keys], [under.owner, *args], _held(under, _recorded)
-        )
+        recorded = _held(under, lambda reply: shared.recorded_ahead(word, _kept_before(reply)))
+        return self._ahead(_RECORD_WORD_LUA, *self._word_under(word, under), recorded)
 
     def forget_ahead(self) -> None:
         self._calls.forget()
@@ -520,6 +512,15 @@ class RedisStore:
         args += [m.encode() for m in word.reports]
         args += [json.dumps([d.host, d.step]) for d in word.done]
         return keys, args
+
+    def _word_under(self, word: Word, under: Held | None) -> tuple[list[str], list[str | bytes]]:
+        """The keys and arguments of ``_RECORD_WORD_LUA``."""
+        keys, args = self._word(word)
+        lease, owner = (self._keys.lease(under.lease), under.owner) if under else ("", "")
+        kept, offered = ("", b"")
+        if word.keep is not None:
+            kept, offered = self._keys.outcome(word.keep[0]), word.keep[1].encode()
+        return [lease, kept, *keys], [owner, offered, *args]
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = list(words)
@@ -752,7 +753,8 @@ class RedisStore:
             args += word_args
         with _translated():
             kept = self._calls.script(_FINISH_WORK_LUA, keys, args)
-        return shared.kept_outcome(outcome, _bytes(kept))
+        held = _held(Held(lease, owner), _bytes)
+        return shared.kept_outcome(outcome, held(kept))
 
     # --- locks: one release at a time per (environment, service) ---------------------------
 
@@ -854,11 +856,11 @@ class _Translated(Generic[_T]):
             return self._ahead.wait()
 
 
-def _held(under: Held | None, answer: Callable[[int], _T]) -> Callable[[int], _T]:
+def _held(under: Held | None, answer: Callable[[Any], _T]) -> Callable[[Any], _T]:
     """The ``answer`` of a write made ``under`` a lease, or NotHeld when its maker no
     longer held the lease (-1: the script wrote nothing)."""
 
-    def checked(reply: int) -> _T:
+    def checked(reply: Any) -> _T:
         if reply == -1:
             assert under is not None  # only a write made under a lease is refused
             raise NotHeld(f"{under.owner} no longer holds {under.lease}")
@@ -867,8 +869,9 @@ def _held(under: Held | None, answer: Callable[[int], _T]) -> Callable[[int], _T
     return checked
 
 
-def _recorded(_reply: int) -> None:
-    """A word's answer: it was recorded."""
+def _kept_before(reply: bytes | None) -> Envelope | None:
+    """The outcome another kept first, when a word offered one (it recorded nothing)."""
+    return None if reply is None else decode(_bytes(reply))
 
 
 def _fields(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:

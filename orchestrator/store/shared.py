@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final
 
 from orchestrator.contract import Envelope, decode
 from orchestrator.saga import ComponentState, ReleaseState
+from orchestrator.store import NotHeld
 
 if TYPE_CHECKING:
     from orchestrator.store import Word
@@ -17,9 +18,9 @@ __all__ = [
     "ReleaseRecord",
     "epoch_s",
     "from_epoch_s",
-    "keeping_nothing",
     "kept_outcome",
     "lease_ttl_s",
+    "recorded_ahead",
     "release_record",
     "state_from_record",
     "steps_by_host",
@@ -53,12 +54,14 @@ def kept_outcome(offered: Envelope, kept: bytes) -> Envelope:
     return offered if kept == offered.encode() else decode(kept)
 
 
-def keeping_nothing(word: Word) -> Word:
-    """``word``, which may be recorded ahead: it keeps no outcome, whose keeping decides
-    whether the word is recorded at all, so its caller must have the answer first."""
-    if word.keep is not None:
-        raise ValueError(f"a word keeping {word.keep[0]!r} cannot be recorded ahead")
-    return word
+def recorded_ahead(word: Word, kept_before: Envelope | None) -> None:
+    """A word made ahead was recorded, unless what it kept was kept first by another
+    (``kept_before``): then nothing of it was, and its maker may no more go on than one
+    whose lease is another's. A word keeps what the hosts ran before the first effect,
+    under the lease its maker took; only a holder before it can have kept something."""
+    if kept_before is not None:
+        assert word.keep is not None  # only a word that keeps is refused for it
+        raise NotHeld(f"another worker's {kept_before.type} was kept first under {word.keep[0]}")
 
 
 def lease_ttl_s(ttl_s: float) -> float:

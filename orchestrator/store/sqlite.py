@@ -306,23 +306,21 @@ class SqliteStore:
             ).fetchall()
         return [decode(body) for (body,) in rows]
 
-    def record_reports(self, word: Word) -> Envelope | None:
-        def record(db: sqlite3.Connection) -> Envelope | None:
-            if word.keep is not None:
-                key, offered = word.keep
-                kept = _keep_first(db, key, offered)
-                if kept is not offered:
-                    return kept
-            _record_word(db, word)
-            return None
-
-        return self._write(record)
+    def record_reports(self, word: Word, under: Held | None = None) -> Envelope | None:
+        return self._write(lambda db: _record_word_under(db, word, under))
 
     def record_reports_ahead(self, word: Word, under: Held | None = None) -> Pending[None]:
-        # ``under`` needs no look here: a write queued after one that a lost lease
-        # refused is refused with it (see _submit), and a word is not a change.
-        word = shared.keeping_nothing(word)
-        return self._ahead(lambda db: _record_word(db, word))
+        if word.keep is None:
+            # ``under`` needs no look here: a write queued after one that a lost lease
+            # refused is refused with it (see _submit), and a word is not a change.
+            return self._ahead(lambda db: _record_word(db, word))
+
+        def keep(db: sqlite3.Connection) -> None:
+            shared.recorded_ahead(word, _record_word_under(db, word, under))
+
+        # Drover's own record of what the hosts ran: its commit waits for the disk, and
+        # the fleet's changes after it are in that commit or a later one.
+        return _Ahead(self, self._submit(keep))
 
     def forget_ahead(self) -> None:
         latest = self._caller.latest
@@ -552,6 +550,8 @@ class SqliteStore:
         self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
     ) -> Envelope:
         def finish(db: sqlite3.Connection) -> Envelope:
+            if _lease_holder(db, lease) not in (None, owner):
+                raise NotHeld(f"{owner} no longer holds {lease}: another took the work over")
             if last is not None:
                 _record_word(db, last)
             kept = _keep_first(db, work, outcome)
@@ -804,6 +804,19 @@ class _Caller(threading.local):
     """
 
     latest: _Write[object] | None = None
+
+
+def _record_word_under(db: sqlite3.Connection, word: Word, under: Held | None) -> Envelope | None:
+    """``word`` recorded while ``under`` is its maker's (else NotHeld): None, or the
+    outcome kept before under its ``keep`` key if not the one offered (nothing recorded)."""
+    _still_held(db, under)
+    if word.keep is not None:
+        key, offered = word.keep
+        kept = _keep_first(db, key, offered)
+        if kept is not offered:
+            return kept
+    _record_word(db, word)
+    return None
 
 
 def _record_word(db: sqlite3.Connection, word: Word) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing import get_context
 from multiprocessing.synchronize import Barrier as ProcessBarrier
@@ -853,15 +854,58 @@ def test_a_thread_that_forgot_what_it_wrote_ahead_meets_none_of_its_failures(
     _nothing_recorded_ahead(store)
 
 
-def test_a_word_keeping_an_outcome_is_not_recorded_ahead(store: Store) -> None:
-    started = _report()
-    word = Word(
-        "r1", word_key("api", rollback=False, attempt=1), T0, [started], keep=("s1", started)
-    )
-    with pytest.raises(ValueError, match="'s1' cannot be recorded ahead"):
-        store.record_reports_ahead(word)
+def _taken_over_from(store: Store, lease: str = "component/r1/web") -> Held:
+    """A lease worker-a held and froze past, which worker-b took over; worker-a's hold."""
+    assert store.acquire_lease(lease, "worker-a/1", 0.05)
+    _eventually(lambda: store.lease_holder(lease) is None)
+    assert store.acquire_lease(lease, "worker-b/1", 60)
+    return Held(lease, "worker-a/1")
 
-    store.record_progress("c1", "web-1", "drain")
+
+def test_a_word_made_under_a_lease_another_took_over_records_nothing(store: Store) -> None:
+    lapsed = _taken_over_from(store)
+    started = _report()
+    word = Word("r1", _WORD, T0, [started], [StepDone(_WORK, "web-1", "drain")])
+
+    with pytest.raises(NotHeld):
+        store.record_reports(word, lapsed)
+    with pytest.raises(NotHeld):  # nor what it would keep: the next holder keeps its own
+        store.record_reports(replace(word, keep=("s1", started)), lapsed)
+
+    assert store.outcome("s1") is None
+    _nothing_recorded_ahead(store)
+    holder = Held(lapsed.lease, "worker-b/1")
+    assert store.record_reports(replace(word, keep=("s1", started)), holder) is None
+    assert store.outcome("s1") == started
+
+
+def test_a_word_recorded_ahead_keeps_its_outcome_first_or_is_refused(store: Store) -> None:
+    started, other = _report(), _report()
+    holder = Held("component/r1/web", "worker-a/1")
+    assert store.acquire_lease(holder.lease, holder.owner, 60)
+    first = Word("r1", _WORD, T0, [started], keep=("s1", started))
+
+    store.record_reports_ahead(first, holder).wait()
+    assert store.outcome("s1") == started
+    assert store.timeline("r1") == [started]
+
+    late = Word("r1", _WORD, T0, [other], [StepDone(_WORK, "web-1", "drain")], ("s1", other))
+    with pytest.raises(NotHeld, match="kept first under s1"):
+        store.record_reports_ahead(late, holder).wait()
+    assert store.outcome("s1") == started
+    assert store.timeline("r1") == [started]
+    assert store.progress(_WORK) == {}
+
+
+def test_what_a_worker_keeps_ahead_under_a_lease_another_took_over_is_refused(
+    store: Store,
+) -> None:
+    lapsed = _taken_over_from(store)
+    started = _report()
+    word = Word("r1", _WORD, T0, [started], keep=("s1", started))
+
+    with pytest.raises(NotHeld):
+        store.record_reports_ahead(word, lapsed).wait()
     assert store.outcome("s1") is None
     assert store.timeline("r1") == []
 
@@ -984,13 +1028,30 @@ def test_a_bad_last_word_finishes_nothing(store: Store) -> None:
     assert store.lease_holder("lease-1") == "worker-a"
 
 
-def test_finishing_work_leaves_a_lease_taken_over_meanwhile_alone(store: Store) -> None:
+def test_a_worker_whose_lease_was_taken_over_finishes_nothing(store: Store) -> None:
     store.claim_work("w1", "lease-1", "worker-a", 0.05)
     _eventually(lambda: store.lease_holder("lease-1") is None)
     store.claim_work("w1", "lease-1", "worker-b", 60)
+    last = Word("r1", _WORD, T0, [_report()], [StepDone("w1", "web-1", "undrain")])
 
-    assert store.finish_work("w1", _report(), "lease-1", "worker-a") is not None
+    with pytest.raises(NotHeld):  # the one that took over ends it
+        store.finish_work("w1", _report(), "lease-1", "worker-a", last)
+
+    assert store.outcome("w1") is None
+    assert store.timeline("r1") == []
+    assert store.progress("w1") == {}
     assert store.lease_holder("lease-1") == "worker-b"
+    outcome = _report()
+    assert store.finish_work("w1", outcome, "lease-1", "worker-b") == outcome
+
+
+def test_work_whose_lease_lapsed_with_no_one_taking_it_over_is_finished(store: Store) -> None:
+    store.claim_work("w1", "lease-1", "worker-a", 0.05)
+    _eventually(lambda: store.lease_holder("lease-1") is None)
+    outcome = _report()
+
+    assert store.finish_work("w1", outcome, "lease-1", "worker-a") == outcome
+    assert store.claim_work("w1", "lease-1", "worker-b", 60).outcome == outcome
 
 
 def test_workers_racing_to_claim_leave_one_taker(new_store: OpenStore) -> None:
