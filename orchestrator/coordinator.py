@@ -446,12 +446,18 @@ def _changed_components(
 ) -> list[str] | None:
     """The components ``after`` changed, by name (None: all of them).
 
-    The saga copies a release with the components it did not touch shared, not copied,
-    so identity tells what changed without comparing a thousand components' fields.
+    The saga's index of the release says, when it followed the decision from one to the
+    other (:meth:`~orchestrator.saga.index.ComponentIndex.changed`); else identity does:
+    the saga copies a release with the components it did not touch shared, not copied.
     """
     if before is None or after is None:
         return None
-    now = after.components
-    # Walked after every event, in C's loops: a wide release has thousands of components.
-    differs = map(operator.is_not, map(before.components.get, now), now.values())
+    was, now = before.components, after.components
+    if now is was:
+        return []
+    changed = after.index.changed(was, now)
+    if changed is not None:
+        return changed
+    # Walked in C's loops: a wide release has thousands of components.
+    differs = map(operator.is_not, map(was.get, now), now.values())
     return list(itertools.compress(now, differs))

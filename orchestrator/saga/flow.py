@@ -3,9 +3,7 @@ compensation in reverse dependency order."""
 
 from __future__ import annotations
 
-import itertools
-import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -28,6 +26,7 @@ from orchestrator.contract import (
     ToggleFlag,
 )
 from orchestrator.fleet import Fleet
+from orchestrator.saga.index import HOLDING, TO_UNDO
 from orchestrator.saga.state import ComponentState, ComponentStatus, Decision, ReleaseState
 from orchestrator.saga.state import ReleaseStatus as Status
 
@@ -52,7 +51,15 @@ START_APPROVAL: Final = "start"
 
 
 def with_component(state: ReleaseState, component: ComponentState, at: datetime) -> ReleaseState:
-    components = {**state.components, component.name: component}
+    return with_components(state, {component.name: component}, at)
+
+
+def with_components(
+    state: ReleaseState, changed: Mapping[str, ComponentState], at: datetime
+) -> ReleaseState:
+    """``state`` with the components ``changed`` (by name) replaced."""
+    components = {**state.components, **changed}
+    state.index.moved(state.components, components, changed)
     return state.model_copy(update={"components": components, "updated_at": at})
 
 
@@ -260,7 +267,8 @@ def _command_for(state: ReleaseState, component: ComponentState) -> Message:
 
 
 def _continue_forward(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
-    if set(map(_status, state.components.values())) <= {ComponentStatus.DEPLOYED}:
+    deployed = state.index.count(state.components, ComponentStatus.DEPLOYED)
+    if deployed == len(state.components):
         done = _finish(state, Status.SUCCEEDED, at)
         return Decision(done, (ReleaseSucceeded(),))
     if state.status is Status.PAUSED:
@@ -268,51 +276,24 @@ def _continue_forward(state: ReleaseState, at: datetime, fleet: Fleet) -> Decisi
     return _start_ready(state, at, fleet)
 
 
-_NOT_STARTED: Final = frozenset({ComponentStatus.PENDING, ComponentStatus.AWAITING_APPROVAL})
-_DEPLOYED: Final = ComponentStatus.DEPLOYED
-_status = operator.attrgetter("status")
-_needs = operator.attrgetter("depends_on")
-
-
-def _not_started(components: Mapping[str, ComponentState]) -> list[ComponentState]:
-    """The components not started yet, in the release's order.
-
-    Asked after every outcome: with itertools the walk over a release of thousands of
-    components, mostly started long ago, is C's and not the interpreter's.
-    """
-    every = components.values()
-    return list(itertools.compress(every, map(_NOT_STARTED.__contains__, map(_status, every))))
-
-
-def _ready(components: Mapping[str, ComponentState]) -> list[ComponentState]:
-    """The components not started yet whose dependencies are all deployed, in the
-    release's order; found by C's loops, as :func:`_not_started` finds its own: after
-    every outcome of a long chain, all the components still waiting are looked at."""
-    statuses = map(_status, components.values())
-    deployed = set(itertools.compress(components, map(_DEPLOYED.__eq__, statuses)))
-    waiting = _not_started(components)
-    return list(itertools.compress(waiting, map(deployed.issuperset, map(_needs, waiting))))
-
-
 def _start_ready(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
     """Send every waiting component whose dependencies are all deployed.
 
     A component that needs an approval asks for one first, and is sent once it has it.
     """
-    components = dict(state.components)
+    changed: dict[str, ComponentState] = {}
     outgoing: list[Message] = []
-    for component in _ready(state.components):
+    for component in state.index.ready(state.components):
         name = component.name
         if _needs_approval(component, state, fleet):
             if component.status is ComponentStatus.PENDING:
-                components[name] = component.moved_to(ComponentStatus.AWAITING_APPROVAL)
+                changed[name] = component.moved_to(ComponentStatus.AWAITING_APPROVAL)
                 reason = f"{name} to {component.target} needs an approval to start"
                 outgoing.append(ApprovalRequested(component=name, reason=reason))
             continue
-        components[name] = _sent(component, ComponentStatus.DEPLOYING, at, state, fleet)
-        outgoing.append(_command_for(state, components[name]))
-    started = state.model_copy(update={"components": components, "updated_at": at})
-    return Decision(started, tuple(outgoing))
+        changed[name] = _sent(component, ComponentStatus.DEPLOYING, at, state, fleet)
+        outgoing.append(_command_for(state, changed[name]))
+    return Decision(with_components(state, changed, at), tuple(outgoing))
 
 
 def _needs_approval(component: ComponentState, state: ReleaseState, fleet: Fleet) -> bool:
@@ -364,33 +345,38 @@ def _stopped(component: ComponentState) -> ComponentState:
 
 
 def _continue_compensating(state: ReleaseState, at: datetime, fleet: Fleet) -> Decision:
-    statuses = [c.status for c in state.components.values()]
-    if ComponentStatus.DEPLOYING in statuses:
+    if state.index.count(state.components, ComponentStatus.DEPLOYING):
         return Decision(state)  # those in flight finish before anything is undone
-    components = dict(state.components)
+    rolling_back = state.index.count(state.components, ComponentStatus.ROLLING_BACK)
+    changed: dict[str, ComponentState] = {}
     commands: list[Message] = []
     for component in _ready_to_roll_back(state):
-        components[component.name] = _sent(
-            component, ComponentStatus.ROLLING_BACK, at, state, fleet
-        )
-        commands.append(_command_for(state, components[component.name]))
-    state = state.model_copy(update={"components": components})
-    if commands or ComponentStatus.ROLLING_BACK in statuses:
+        changed[component.name] = _sent(component, ComponentStatus.ROLLING_BACK, at, state, fleet)
+        commands.append(_command_for(state, changed[component.name]))
+    if changed:
+        state = with_components(state, changed, at)
+    if commands or rolling_back:
         return Decision(state, tuple(commands))
     return end_compensation(state, at)
 
 
-def _ready_to_roll_back(state: ReleaseState) -> Iterable[ComponentState]:
-    """Deployed (or timed-out) components none of whose dependents still holds them."""
-    to_undo = {ComponentStatus.DEPLOYED, ComponentStatus.TIMED_OUT}
-    holding = {*to_undo, ComponentStatus.ROLLING_BACK}
+def _ready_to_roll_back(state: ReleaseState) -> list[ComponentState]:
+    """Deployed (or timed-out) components none of whose dependents still holds them,
+    in the release's order; but not those a component that could not be put back
+    depends on (:func:`_pinned_by_failed_rollback`)."""
     pinned = _pinned_by_failed_rollback(state)
+    if not pinned:
+        return state.index.undoable(state.components)
+    # A dependent that is pinned holds nothing: it is left as it is either way.
+    held: set[str] = set()
     for component in state.components.values():
-        if component.status not in to_undo or component.name in pinned:
-            continue
-        dependents = (c for c in state.components.values() if component.name in c.depends_on)
-        if not any(d.status in holding and d.name not in pinned for d in dependents):
-            yield component
+        if component.status in HOLDING and component.name not in pinned:
+            held.update(component.depends_on)
+    return [
+        c
+        for c in state.components.values()
+        if c.status in TO_UNDO and c.name not in pinned and c.name not in held
+    ]
 
 
 def _pinned_by_failed_rollback(state: ReleaseState) -> set[str]:
@@ -400,12 +386,7 @@ def _pinned_by_failed_rollback(state: ReleaseState) -> set[str]:
     own worker could not restore its hosts: either way some of them may run the new version.
     """
     pinned: set[str] = set()
-    frontier = [
-        c
-        for c in state.components.values()
-        if c.status is ComponentStatus.ROLLBACK_FAILED
-        or (c.status is ComponentStatus.FAILED and not c.restored)
-    ]
+    frontier = state.index.not_put_back(state.components)
     while frontier:
         for dependency in frontier.pop().depends_on:
             if dependency not in pinned:

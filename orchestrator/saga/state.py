@@ -3,17 +3,20 @@ a component may make."""
 
 from __future__ import annotations
 
-import operator
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.contract import ComponentRequest, Message
 from orchestrator.fleet.strategies import Strategy
+
+if TYPE_CHECKING:
+    from orchestrator.saga.index import ComponentIndex
 
 __all__ = [
     "COMPONENT_TRANSITIONS",
@@ -171,12 +174,19 @@ class ReleaseState(BaseModel):
     updated_at: datetime
     finished_at: datetime | None = None
 
+    @functools.cached_property
+    def index(self) -> ComponentIndex:
+        """The components grouped as the saga asks about them after every event, shared
+        by this state and every copy made of it (pydantic copies it along; it is not a
+        field: neither compared nor stored). Ask it about the copy's own components."""
+        from orchestrator.saga.index import ComponentIndex  # it groups this module's types
+
+        return ComponentIndex(self.components)
+
     @property
     def next_deadline(self) -> datetime | None:
         """The earliest moment a component in flight must have reported by."""
-        # Asked after every event: C's loops, not the interpreter's, walk a wide release.
-        deadlines = map(operator.attrgetter("deadline"), self.components.values())
-        return min(filter(None, deadlines), default=None)
+        return self.index.next_deadline(self.components)
 
     @property
     def waiting_for_approval(self) -> list[str]:

@@ -91,7 +91,7 @@ ReleaseRecord = tuple[str, list[ComponentRecord]]  # (the release's own fields, 
 def release_record(state: ReleaseState, changed: Collection[str] | None) -> ReleaseRecord:
     """The JSON to write for ``state``: its own fields, and the ``changed`` components
     (all of them when ``changed`` is None)."""
-    places = dict(zip(state.components, range(len(state.components)), strict=True))
+    places = state.index.places(state.components)
     names = state.components.keys() if changed is None else changed
     components = [(name, places[name], state.components[name].model_dump_json()) for name in names]
     return state.model_dump_json(exclude={"components"}), components
