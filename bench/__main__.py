@@ -29,6 +29,7 @@ BENCHMARKS: Final = {
     "intake": "bench.intake",  # taking commands off many queues: one per poll, or batched
     "instructions": "bench.instructions",  # one component's cost to the worker, counted
     "fleet": "bench.fleet_file",  # reading a 10,000-host fleet file, as every process starts
+    "width": "bench.width",  # one outcome's deciding in a release of 1,000 and of 10,000
 }
 
 
