@@ -17,6 +17,7 @@ from orchestrator.contract import (
     Envelope,
     envelope,
 )
+from orchestrator.runtime import Parts
 from orchestrator.store import Effect, Held, Pending, Store, Word
 from tests.support.runner import web_deploy
 from workers.components import started_key
@@ -31,15 +32,19 @@ def _take_over(store: Store, lease: str, owner: str) -> None:
     assert store.acquire_lease(lease, "worker-b/1", 60)
 
 
-class TakenOverAtWeb2:
-    """The worker's store, where another worker takes the component's lease just before
-    web-2 is drained (as if this worker froze there for longer than the lease lasts)."""
+class _FrozenWorkersStore:
+    """A worker's store, as it is but for the moment a subclass has the lease taken."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+class TakenOverAtWeb2(_FrozenWorkersStore):
+    """The worker's store, where another worker takes the component's lease just before
+    web-2 is drained (as if this worker froze there for longer than the lease lasts)."""
 
     def set_drained(
         self, environment: str, service: str, host: str, drained: bool, effect: Effect | None
@@ -52,7 +57,7 @@ class TakenOverAtWeb2:
 def test_no_change_of_a_worker_whose_lease_was_taken_over_is_made(tmp_path: Path) -> None:
     with web_deploy(tmp_path) as (parts, _, command):
         store = parts.store
-        runner = ComponentRunner(parts.fleet, TakenOverAtWeb2(store), parts.bus, WorkerLimits())  # type: ignore[arg-type]
+        runner = _runner_on(parts, TakenOverAtWeb2(store))
 
         runner.deploy(command.to_wire())  # returns: the worker that took over finishes it
 
@@ -63,6 +68,11 @@ def test_no_change_of_a_worker_whose_lease_was_taken_over_is_made(tmp_path: Path
         assert store.drained_hosts("staging", "web") == set()
         assert set(store.progress(work)) == {"web-1"}
         assert {host for (_, _, host, _) in store.effects("r1")} == {"web-1"}
+
+
+def _runner_on(parts: Parts, store: _FrozenWorkersStore) -> ComponentRunner:
+    """A runner of the test's parts, on a frozen worker's view of their store."""
+    return ComponentRunner(parts.fleet, store, parts.bus, WorkerLimits())  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -78,7 +88,7 @@ def test_the_thread_of_a_worker_taken_over_carries_out_its_next_command(
 ) -> None:
     with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, _, command):
         store = parts.store
-        taken_over = ComponentRunner(parts.fleet, TakenOverAtWeb2(store), parts.bus, WorkerLimits())  # type: ignore[arg-type]
+        taken_over = _runner_on(parts, TakenOverAtWeb2(store))
         taken_over.deploy(command.to_wire())
         assert store.outcome(work_key(command)) is None
 
@@ -96,15 +106,9 @@ def test_the_thread_of_a_worker_taken_over_carries_out_its_next_command(
         assert store.host_versions("staging", "web")["web-2"] == "3.0.0"
 
 
-class TakenOverAtTheStart:
+class TakenOverAtTheStart(_FrozenWorkersStore):
     """The worker's store, where worker-b takes the lease just before the worker keeps
     what its hosts ran (its first write after the claim)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def record_reports(self, word: Word, under: Held | None = None) -> Envelope | None:
         if word.keep is not None and under is not None:
@@ -122,7 +126,7 @@ def test_a_worker_taken_over_before_its_first_step_keeps_nothing_of_its_hosts(
 ) -> None:
     with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, runner, command):
         store = parts.store
-        frozen = ComponentRunner(parts.fleet, TakenOverAtTheStart(store), parts.bus, WorkerLimits())  # type: ignore[arg-type]
+        frozen = _runner_on(parts, TakenOverAtTheStart(store))
         frozen.deploy(command.to_wire())
 
         started = started_key("r1", "web", 1)
@@ -142,15 +146,9 @@ def test_a_worker_taken_over_before_its_first_step_keeps_nothing_of_its_hosts(
         assert kept.payload.previous_versions == dict.fromkeys(["web-1", "web-2", "web-3"], "1.0.0")
 
 
-class TakenOverAtTheEnd:
+class TakenOverAtTheEnd(_FrozenWorkersStore):
     """The worker's store, where worker-b takes the lease just before the worker records
     its outcome."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def finish_work(
         self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
@@ -164,7 +162,7 @@ def test_a_worker_taken_over_as_it_ends_leaves_the_outcome_to_the_one_that_took_
 ) -> None:
     with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, _, command):
         store = parts.store
-        frozen = ComponentRunner(parts.fleet, TakenOverAtTheEnd(store), parts.bus, WorkerLimits())  # type: ignore[arg-type]
+        frozen = _runner_on(parts, TakenOverAtTheEnd(store))
         frozen.deploy(command.to_wire())  # returns: worker-b ends it
 
         assert store.outcome(work_key(command)) is None
