@@ -498,29 +498,33 @@ class RedisStore:
         if under is None:  # unfenced: not sent before the answers it would come after
             shared.recorded_ahead(word, self.record_reports(word))
             return Answered(None)
-        recorded = _held(under, lambda reply: shared.recorded_ahead(word, _kept_before(reply)))
+        if word.keep is None:
+            recorded = _held(under, _recorded)
+        else:
+            recorded = _held(under, lambda reply: shared.recorded_ahead(word, _kept_before(reply)))
         return self._ahead(_RECORD_WORD_LUA, *self._word_under(word, under), recorded)
 
     def forget_ahead(self) -> None:
         self._calls.forget()
 
-    def _word(self, word: Word) -> tuple[list[str], list[str | bytes]]:
-        """The keys and arguments of ``record_word``."""
-        keys = [self._keys.timeline(word.release_id), self._keys.last_words(word.release_id)]
+    def _word(
+        self, word: Word, keys: list[str], args: list[str | bytes]
+    ) -> tuple[list[str], list[str | bytes]]:
+        """A script's ``keys`` and ``args``, then those of its ``record_word``."""
+        keys += [self._keys.timeline(word.release_id), self._keys.last_words(word.release_id)]
         keys += [self._keys.progress(d.command_id) for d in word.done]
-        args: list[str | bytes] = [word.key, repr(shared.epoch_s(word.at)), str(len(word.reports))]
+        args += [word.key, repr(shared.epoch_s(word.at)), str(len(word.reports))]
         args += [m.encode() for m in word.reports]
         args += [json.dumps([d.host, d.step]) for d in word.done]
         return keys, args
 
     def _word_under(self, word: Word, under: Held | None) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of ``_RECORD_WORD_LUA``."""
-        keys, args = self._word(word)
         lease, owner = (self._keys.lease(under.lease), under.owner) if under else ("", "")
-        kept, offered = ("", b"")
-        if word.keep is not None:
-            kept, offered = self._keys.outcome(word.keep[0]), word.keep[1].encode()
-        return [lease, kept, *keys], [owner, offered, *args]
+        if word.keep is None:
+            return self._word(word, [lease, ""], [owner, b""])
+        key, offered = word.keep
+        return self._word(word, [lease, self._keys.outcome(key)], [owner, offered.encode()])
 
     def last_words(self, release_id: str, words: Collection[str]) -> dict[str, datetime]:
         wanted = list(words)
@@ -748,9 +752,7 @@ class RedisStore:
         keys: list[str] = [self._keys.outcome(work), self._keys.lease(lease)]
         args: list[str | bytes] = [outcome.encode(), owner]
         if last is not None:
-            word_keys, word_args = self._word(last)
-            keys += word_keys
-            args += word_args
+            keys, args = self._word(last, keys, args)
         with _translated():
             kept = self._calls.script(_FINISH_WORK_LUA, keys, args)
         held = _held(Held(lease, owner), _bytes)
@@ -867,6 +869,10 @@ def _held(under: Held | None, answer: Callable[[Any], _T]) -> Callable[[Any], _T
         return answer(reply)
 
     return checked
+
+
+def _recorded(_reply: None) -> None:
+    """A word's answer when it keeps nothing: it was recorded."""
 
 
 def _kept_before(reply: bytes | None) -> Envelope | None:
