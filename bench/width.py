@@ -88,7 +88,9 @@ def _us_per_outcome(width: int, scenario: Scenario) -> float:
 
 
 def _decided(state: ReleaseState, payload: Message, fleet: Fleet) -> ReleaseState:
-    """``state`` after ``payload``, with what the coordinator prepares to commit it."""
+    """``state`` after ``payload``, with what the coordinator prepares to commit it: its
+    own steps between its decision and its store call, called as they are (a copy here
+    could drift from them)."""
     decision = decide(state, envelope(payload, release_id="width", actor="bench"), fleet)
     after = decision.state
     assert after is not None
