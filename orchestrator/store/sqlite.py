@@ -320,7 +320,7 @@ class SqliteStore:
 
         # Drover's own record of what the hosts ran: its commit waits for the disk, and
         # the fleet's changes after it are in that commit or a later one.
-        return _Ahead(self, self._submit(keep))
+        return self._ahead(keep, durable=True)
 
     def forget_ahead(self) -> None:
         latest = self._caller.latest
@@ -653,10 +653,12 @@ class SqliteStore:
         threads waiting at the same time, if there are any."""
         return self._finish(self._submit(body, durable=durable))
 
-    def _ahead(self, body: Callable[[sqlite3.Connection], _T]) -> Pending[_T]:
+    def _ahead(
+        self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = False
+    ) -> Pending[_T]:
         """``body`` queued for the next commit anyone makes, which need not wait for the
-        disk for it (see the module's docstring)."""
-        return _Ahead(self, self._submit(body, durable=False))
+        disk for it unless ``durable`` (see the module's docstring)."""
+        return _Ahead(self, self._submit(body, durable=durable))
 
     def _submit(
         self, body: Callable[[sqlite3.Connection], _T], *, durable: bool = True
