@@ -49,7 +49,7 @@ from orchestrator.feed import ProgressFeed
 from orchestrator.metrics import Metrics, NoMetrics
 from orchestrator.observability import get_logger
 from orchestrator.settings import redacted
-from orchestrator.store import Queued
+from orchestrator.store import Queued, Routed
 
 __all__ = [
     "DEPLOY_TASK",
@@ -235,8 +235,7 @@ class Bus:
         elif message.is_command:  # submit, approve, ...
             self._publish_as_drilled(message, self.topology.commands_exchange, "commands")
         else:
-            routing_key = f"{message.type}.{message.release_id}"
-            self._publish_as_drilled(message, self.topology.events_exchange, routing_key)
+            self._publish_as_drilled(message, self.topology.events_exchange, _topic(message))
         self.metrics.record(message)
 
     def publish_progress(self, reports: Sequence[Envelope]) -> None:
@@ -290,9 +289,9 @@ class Bus:
                 body,
                 exchange=bound,
                 routing_key=routing_key,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
+                content_type=_CONTENT_TYPE,
+                content_encoding=_CONTENT_ENCODING,
+                delivery_mode=_PERSISTENT,
                 headers=headers,
                 # kombu's virtual transports (Redis, memory) route by the exchange type
                 # this connection has seen declared, and would treat an undeclared topic
@@ -300,6 +299,44 @@ class Bus:
                 declare=[bound],
                 **_PUBLISH_LIMITS,
             )
+
+    def routed(self, message: Envelope) -> Routed | None:
+        """``message``, an event, as the broker keeps it where the events exchange routes
+        it once published (:meth:`publish`), for a store that shares the broker's Redis to
+        push there itself, in the step that records it (a worker's outcome). It is then
+        not published, and counted as published by whoever pushed it
+        (``metrics.record``). None for what only a publish sends: commands, a broker other
+        than Redis through Drover's transport, drills, a route kombu's way must take.
+        Raises :class:`BrokerUnavailable` if the broker cannot be asked how it keeps the
+        message."""
+        if message.is_command or self._drills != BusDrills():
+            return None
+        self.declare()
+        exchange = self.topology.events_exchange
+        with (
+            _broker_errors(self.broker_url),
+            self._publishers.acquire() as publisher,
+            publisher.producer.connection._reraise_as_library_errors(),
+        ):
+            channel = publisher.producer.channel
+            if not isinstance(channel, redis_transport.Channel):
+                return None
+            bound = publisher.bound(f"exchange {exchange.name}", lambda: exchange)
+            publisher.producer.maybe_declare(bound)  # as the publish declares it on the way
+            # As kombu's producer makes what it publishes (see _publish), then its channel.
+            made = channel.prepare_message(
+                message.encode(),
+                0,
+                _CONTENT_TYPE,
+                _CONTENT_ENCODING,
+                _headers(message),
+                {"delivery_mode": _PERSISTENT},
+            )
+            routed = channel.as_routed(made, exchange.name, _topic(message))
+        if routed is None:
+            return None
+        bindings_key, bindings, list_keys, raw = routed
+        return Routed(bindings_key, bindings, tuple(list_keys), raw)
 
     def queued(self, message: Envelope) -> Queued | None:
         """``message`` as the broker keeps it in its queue once published (:meth:`publish`),
@@ -533,6 +570,9 @@ class _KeptPublishers:
             publisher.connection.release()
 
 
+_CONTENT_TYPE: Final = "application/json"
+_CONTENT_ENCODING: Final = "utf-8"
+_PERSISTENT: Final = 2  # AMQP's delivery mode of a message written to disk
 _PUBLISH_LIMITS: Final[dict[str, Any]] = {
     "timeout": _PUBLISH_TIMEOUT_S,
     "confirm_timeout": _PUBLISH_TIMEOUT_S,
@@ -574,6 +614,11 @@ def transport_options(broker_url: str, visibility_timeout_s: float) -> dict[str,
         "unacked_restore_throttle": 1,
         "priority_steps": [0],
     }
+
+
+def _topic(event: Envelope) -> str:
+    """The routing key of an event on the events exchange."""
+    return f"{event.type}.{event.release_id}"
 
 
 def _headers(message: Envelope, batch: int | None = None) -> dict[str, Any]:

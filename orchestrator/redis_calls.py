@@ -36,14 +36,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import hiredis
 import redis
 from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
-__all__ = ["Ahead", "Argument", "KeptConnections", "Lua"]
+__all__ = ["PUSHED_IF_BOUND_LUA", "Ahead", "Argument", "KeptConnections", "Lua"]
 
 Argument = str | bytes | int | float
 _T = TypeVar("_T")
@@ -58,6 +58,25 @@ class Lua:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.script.encode()).hexdigest())
+
+
+# A Lua function for the scripts that push a message where an exchange routes it: push
+# ``payload`` onto each of the ``lists`` only if the set ``bindings`` holds exactly
+# ``members`` (the bindings the message was routed by), and say whether it did. The
+# members' check is one call: Lua unpacks a few thousand values at once, so a caller
+# passes no more than that.
+PUSHED_IF_BOUND_LUA: Final = """
+local function pushed_if_bound(bindings, members, lists, payload)
+  if redis.call('SCARD', bindings) ~= #members then return false end
+  if #members > 0 then
+    for _, found in ipairs(redis.call('SMISMEMBER', bindings, unpack(members))) do
+      if found == 0 then return false end
+    end
+  end
+  for _, list in ipairs(lists) do redis.call('LPUSH', list, payload) end
+  return true
+end
+"""
 
 
 class KeptConnections:

@@ -95,7 +95,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from orchestrator.redis_calls import Argument, KeptConnections, Lua
+from orchestrator.redis_calls import PUSHED_IF_BOUND_LUA, Argument, KeptConnections, Lua
 
 __all__ = ["Channel", "Transport"]
 
@@ -195,27 +195,16 @@ _ROUTE_TRIES: Final = 3
 # for a message routed nowhere). Pushes the message onto each list if the set holds
 # exactly those bindings, and returns how many lists it pushed to; otherwise pushes
 # nothing and returns the bindings as they are now.
-_ROUTE: Final = Lua("""#!lua
-local known = #ARGV - 1
-if redis.call('SCARD', KEYS[1]) == known then
-  local same = true
-  if known > 0 then
-    for _, found in ipairs(redis.call('SMISMEMBER', KEYS[1], unpack(ARGV, 2))) do
-      if found == 0 then
-        same = false
-        break
-      end
-    end
-  end
-  if same then
-    for i = 2, #KEYS do
-      redis.call('LPUSH', KEYS[i], ARGV[1])
-    end
-    return #KEYS - 1
-  end
+_ROUTE: Final = Lua(
+    "#!lua"
+    + PUSHED_IF_BOUND_LUA
+    + """
+if pushed_if_bound(KEYS[1], {unpack(ARGV, 2)}, {unpack(KEYS, 2)}, ARGV[1]) then
+  return #KEYS - 1
 end
 return redis.call('SMEMBERS', KEYS[1])
-""")
+"""
+)
 
 # KEYS: 1 the unacknowledged messages' index, 2 the unacknowledged messages. ARGV: 1 the
 # delivery tag of a message acknowledged. As kombu's acknowledgement, in one step. No
@@ -515,8 +504,7 @@ class Channel(kombu_redis.Channel):
         same call that it was routed by the exchange's bindings as they are; False where
         kombu's way must take it instead."""
         bindings = self._bindings.get(exchange) or self._read_bindings(exchange)
-        priority = self._get_message_priority(message, reverse=False)
-        bindings_key = self.global_keyprefix + self.keyprefix_queue % (exchange,)
+        bindings_key = self._bindings_key(exchange)
         payload = ""  # written out only if a queue takes it
         for _ in range(_ROUTE_TRIES):
             queues = self._routed(exchange, routing_key, bindings)
@@ -524,8 +512,7 @@ class Channel(kombu_redis.Channel):
                 return False
             if queues and not payload:
                 payload = dumps(message)
-            lists = [self.global_keyprefix + self._q_for_pri(q, priority) for q in queues]
-            keys = (bindings_key, *lists)
+            keys = (bindings_key, *self._lists(queues, message))
             try:
                 reply = self.calls.script(_ROUTE, keys, [payload, *bindings.members])
             except self.ResponseError as refused:
@@ -536,6 +523,36 @@ class Channel(kombu_redis.Channel):
                 return True
             bindings = self._bindings[exchange] = _Bindings.read(reply, self.sep)
         return False
+
+    def as_routed(
+        self, message: Any, exchange: str, routing_key: str
+    ) -> tuple[str, tuple[bytes, ...], list[str], str] | None:
+        """Where ``message``, published to ``exchange`` under ``routing_key``, waits, by
+        the exchange's bindings as this channel last read them, and what its lists hold
+        of it, as :meth:`basic_publish` pushes it: the set of the bindings, the bindings,
+        the lists and the payload (empty when routed nowhere). For another to push in
+        its place (a store sharing this Redis, in the step that records the message),
+        only while the set holds exactly those bindings (``PUSHED_IF_BOUND_LUA``). None
+        where kombu's way must take it."""
+        if self.typeof(exchange).type not in _ROUTED_HERE:
+            return None
+        self._inplace_augment_message(message, exchange, routing_key)
+        bindings = self._bindings.get(exchange)
+        if bindings is None:  # kept until a publish here finds them changed
+            bindings = self._bindings[exchange] = self._read_bindings(exchange)
+        queues = self._routed(exchange, routing_key, bindings)
+        if queues is None:
+            return None
+        payload = dumps(message) if queues else ""
+        return self._bindings_key(exchange), bindings.members, self._lists(queues, message), payload
+
+    def _bindings_key(self, exchange: str) -> str:
+        return self.global_keyprefix + self.keyprefix_queue % (exchange,)
+
+    def _lists(self, queues: Sequence[str], message: Any) -> list[str]:
+        """The lists ``message`` waits in, routed to ``queues``."""
+        priority = self._get_message_priority(message, reverse=False)
+        return [self.global_keyprefix + self._q_for_pri(q, priority) for q in queues]
 
     def _read_bindings(self, exchange: str) -> _Bindings:
         with self.conn_or_acquire() as client:

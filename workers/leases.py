@@ -24,7 +24,7 @@ from typing import Final
 
 from orchestrator.contract import Envelope
 from orchestrator.observability import get_logger
-from orchestrator.store import Held, Store, StoredRelease, Word
+from orchestrator.store import Finished, Held, Routed, Store, StoredRelease, Word
 
 __all__ = ["Lease", "LeaseKeeper", "LeaseLost", "claimed"]
 
@@ -81,15 +81,18 @@ class Lease:
         if self._lost.is_set():
             raise LeaseLost(self.name)
 
-    def finish(self, outcome: Envelope, last: Word | None = None) -> Envelope:
+    def finish(
+        self, outcome: Envelope, last: Word | None = None, routed: Routed | None = None
+    ) -> Finished:
         """Record how the work ended (with the worker's ``last`` word) and give the lease
-        up, in one step; returns the outcome kept (an earlier one, should a copy have
-        recorded one first)."""
+        up, in one step (pushing the outcome where it was ``routed``, if the store can:
+        :meth:`Store.finish_work`); says which outcome was kept (an earlier one, should
+        a copy have recorded one first)."""
         self._keeper.let_go(self)  # renewing a lease given up would call it lost
         store = self._keeper.store
-        kept = store.finish_work(self.work, outcome, self.name, self.owner, last)
+        finished = store.finish_work(self.work, outcome, self.name, self.owner, last, routed=routed)
         self._finished = True
-        return kept
+        return finished
 
     def _start(self) -> None:
         self._keeper.keep(self)

@@ -98,6 +98,7 @@ class ComponentRunner:
         self._limits = limits
         self.crash = crash_points or CrashPoints()
         self._leases = LeaseKeeper(store)
+        self._outcomes_routed_in_store = store.shares_redis_with(bus.broker_url)
         # The pid tells apart workers on one machine, in leases and in logs.
         self.actor = f"drover-worker-{os.getpid()}@{socket.gethostname()}"
 
@@ -270,12 +271,19 @@ class ComponentRunner:
         # kept: the first outcome recorded for the command, should a copy have been first.
         # What was said since the last word is recorded with it, a crash's reports
         # included; a worker that lost its lease to another says nothing more.
+        # Where the store is the broker's Redis, the outcome is pushed onto the queues it
+        # is routed to in that same step, and not published after: nothing is left to
+        # publish, and no crash can come between the two.
         message = self.message(outcome, command, purpose="outcome")
         reports, done = progress.take() if progress and not lease.lost else ([], [])
         last = self._word(command, reports, done) if reports or done else None
-        kept = lease.finish(message, last)
+        routed = self._bus.routed(message) if self._outcomes_routed_in_store else None
+        finished = lease.finish(message, last, routed)
         self._bus.publish_progress(reports)
-        self._bus.publish(kept)
+        if finished.routed:
+            self._bus.metrics.record(finished.kept)  # as its publish would count it
+        else:
+            self._bus.publish(finished.kept)
         self.crash.reached("worker.before_ack")
 
     def wanted_state(self, command: Envelope) -> ReleaseState | None:

@@ -26,11 +26,13 @@ __all__ = [
     "CommitResult",
     "DeadLetter",
     "Effect",
+    "Finished",
     "Held",
     "KeepWake",
     "NotHeld",
     "Pending",
     "Queued",
+    "Routed",
     "StepDone",
     "Store",
     "StoreUnavailable",
@@ -185,6 +187,27 @@ class Queued:
     raw: str
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A message as the broker keeps it where an exchange routes it: ``raw`` in each Redis
+    list of ``list_keys``, as kombu's Redis transport would have pushed it there, while
+    the exchange's bindings (the set ``bindings_key``) are exactly ``bindings``, those it
+    was routed by."""
+
+    bindings_key: str
+    bindings: tuple[bytes, ...]
+    list_keys: tuple[str, ...]
+    raw: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a store finished a command's work (:meth:`Store.finish_work`)."""
+
+    kept: Envelope  # the outcome kept: the one offered, unless a copy's was first
+    routed: bool  # pushed where it was routed, in the same step: it needs no publish
+
+
 class CommitResult(StrEnum):
     COMMITTED = "committed"
     DUPLICATE = "duplicate"  # this message was processed for this release before
@@ -252,7 +275,8 @@ class Store(Protocol):
 
     def shares_redis_with(self, broker_url: str) -> bool:
         """Whether this store is the Redis database the broker at ``broker_url`` keeps its
-        queues in: a commit may then push messages onto them (``queued``)."""
+        queues in: a commit may then push messages onto them (``queued``), and a command's
+        finish its outcome (``routed``)."""
         ...
 
     def due(self, now: datetime, limit: int = 100) -> list[str]:
@@ -414,11 +438,25 @@ class Store(Protocol):
         ...
 
     def finish_work(
-        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
-    ) -> Envelope:
+        self,
+        work: str,
+        outcome: Envelope,
+        lease: str,
+        owner: str,
+        last: Word | None = None,
+        *,
+        routed: Routed | None = None,
+    ) -> Finished:
         """Record the outcome of ``work`` as :meth:`record_outcome` does (the first one is
         kept, and returned) and, in the same step, the worker's ``last`` word (as
         :meth:`record_reports`) and give the lease up if ``owner`` holds it.
+
+        A store that shares the broker's Redis (:meth:`shares_redis_with`) also pushes
+        the outcome where the broker keeps it once published (``routed``, as the bus
+        routed it: :meth:`Bus.routed`), in the same step, if the outcome kept is the one
+        offered and the exchange's bindings are still those it was routed by; the
+        answer says whether it did. Any other store never does: the caller publishes
+        what was kept.
 
         If another owner holds the lease, nothing is recorded and NotHeld is raised: a
         worker whose lease lapsed while another took the work over leaves its outcome to

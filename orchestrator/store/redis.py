@@ -20,7 +20,7 @@ import redis
 from redis.exceptions import RedisError
 
 from orchestrator.contract import Envelope, decode
-from orchestrator.redis_calls import Ahead, KeptConnections, Lua
+from orchestrator.redis_calls import PUSHED_IF_BOUND_LUA, Ahead, KeptConnections, Lua
 from orchestrator.saga import ReleaseState
 from orchestrator.store import (
     KEEP_WAKE,
@@ -30,11 +30,13 @@ from orchestrator.store import (
     CommitResult,
     DeadLetter,
     Effect,
+    Finished,
     Held,
     KeepWake,
     NotHeld,
     Pending,
     Queued,
+    Routed,
     StoredRelease,
     StoreUnavailable,
     Word,
@@ -206,16 +208,30 @@ return claim
 # -1, recording nothing, if another owner holds the lease: a worker whose lease lapsed
 # while another took the work over leaves its outcome to that one. A lease that lapsed
 # with nobody taking it over is no one's: its work was done under it, and is kept.
-# KEYS: 1 the work's outcome, 2 the lease, then those of record_word, if a last word.
-# ARGV: 1 the outcome offered, 2 owner, then those of record_word, if a last word.
+# Otherwise the outcome kept; or 1 if it is the one offered and it was pushed where it
+# was routed (the bindings it was routed by still the exchange's).
+# KEYS: 1 the work's outcome, 2 the lease, 3 the exchange's bindings ("" when not
+#       routed), then the l lists it is routed to, then those of record_word, if a last
+#       word.
+# ARGV: 1 the outcome offered, 2 owner, 3 the outcome as the lists keep it, 4 l, 5 the
+#       number of bindings b, then the b bindings, then those of record_word, if a last
+#       word.
 _FINISH_WORK_LUA: Final = Lua(
     _WORK_FUNCTIONS_LUA
+    + PUSHED_IF_BOUND_LUA
     + """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] then return -1 end
-if #ARGV > 2 then record_word(3, 3) end
+local lists, bindings = tonumber(ARGV[4]), tonumber(ARGV[5])
+if #ARGV > 5 + bindings then record_word(4 + lists, 6 + bindings) end
 local kept = keep_first(KEYS[1], ARGV[1])
 release_lease(KEYS[2], ARGV[2])
+if KEYS[3] ~= '' and kept == ARGV[1] then
+  local routed_by = {unpack(ARGV, 6, 5 + bindings)}
+  if pushed_if_bound(KEYS[3], routed_by, {unpack(KEYS, 4, 3 + lists)}, ARGV[3]) then
+    return 1
+  end
+end
 return kept
 """
 )
@@ -747,16 +763,32 @@ class RedisStore:
         )
 
     def finish_work(
-        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
-    ) -> Envelope:
+        self,
+        work: str,
+        outcome: Envelope,
+        lease: str,
+        owner: str,
+        last: Word | None = None,
+        *,
+        routed: Routed | None = None,
+    ) -> Finished:
         keys: list[str] = [self._keys.outcome(work), self._keys.lease(lease)]
         args: list[str | bytes] = [outcome.encode(), owner]
+        if routed is None:
+            keys.append("")
+            args += ["", "0", "0"]
+        else:
+            keys += [routed.bindings_key, *routed.list_keys]
+            args += [routed.raw, str(len(routed.list_keys)), str(len(routed.bindings))]
+            args += routed.bindings
         if last is not None:
             keys, args = self._word(last, keys, args)
         with _translated():
-            kept = self._calls.script(_FINISH_WORK_LUA, keys, args)
+            reply = self._calls.script(_FINISH_WORK_LUA, keys, args)
+        if reply == 1:
+            return Finished(outcome, routed=True)
         held = _held(Held(lease, owner), _bytes)
-        return shared.kept_outcome(outcome, held(kept))
+        return Finished(shared.kept_outcome(outcome, held(reply)), routed=False)
 
     # --- locks: one release at a time per (environment, service) ---------------------------
 

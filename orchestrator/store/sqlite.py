@@ -48,11 +48,13 @@ from orchestrator.store import (
     CommitResult,
     DeadLetter,
     Effect,
+    Finished,
     Held,
     KeepWake,
     NotHeld,
     Pending,
     Queued,
+    Routed,
     StepDone,
     StoredRelease,
     StoreUnavailable,
@@ -547,16 +549,23 @@ class SqliteStore:
         return self._write(claim)
 
     def finish_work(
-        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
-    ) -> Envelope:
-        def finish(db: sqlite3.Connection) -> Envelope:
+        self,
+        work: str,
+        outcome: Envelope,
+        lease: str,
+        owner: str,
+        last: Word | None = None,
+        *,
+        routed: Routed | None = None,  # never here: this store is no broker's Redis
+    ) -> Finished:
+        def finish(db: sqlite3.Connection) -> Finished:
             if _lease_holder(db, lease) not in (None, owner):
                 raise NotHeld(f"{owner} no longer holds {lease}: another took the work over")
             if last is not None:
                 _record_word(db, last)
             kept = _keep_first(db, work, outcome)
             _release_lease(db, lease, owner)
-            return kept
+            return Finished(kept, routed=False)
 
         return self._write(finish)
 

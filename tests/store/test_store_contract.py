@@ -994,13 +994,13 @@ def test_finished_work_is_told_and_not_taken_again(store: Store) -> None:
     outcome, late = _report(), _report()
     store.claim_work("w1", "lease-1", "worker-a", 60)
 
-    assert store.finish_work("w1", outcome, "lease-1", "worker-a") == outcome
+    assert store.finish_work("w1", outcome, "lease-1", "worker-a").kept == outcome
     assert store.lease_holder("lease-1") is None  # given up in the same step
     assert store.claim_work("w1", "lease-1", "worker-b", 60) == Claim(
         outcome=outcome, taken=False, holder=None, attempts=0
     )
     assert store.lease_holder("lease-1") is None
-    assert store.finish_work("w1", late, "lease-1", "worker-b") == outcome  # the first kept
+    assert store.finish_work("w1", late, "lease-1", "worker-b").kept == outcome  # the first kept
 
 
 def test_the_last_word_is_recorded_with_the_outcome(store: Store) -> None:
@@ -1009,7 +1009,7 @@ def test_the_last_word_is_recorded_with_the_outcome(store: Store) -> None:
     store.claim_work("w1", "lease-1", "worker-a", 60)
     last = Word("r1", word, T0, reports, [StepDone("w1", "web-1", "undrain")])
 
-    assert store.finish_work("w1", outcome, "lease-1", "worker-a", last) == outcome
+    assert store.finish_work("w1", outcome, "lease-1", "worker-a", last).kept == outcome
 
     assert store.timeline("r1") == reports
     assert store.last_words("r1", [word]) == {word: T0}
@@ -1042,7 +1042,7 @@ def test_a_worker_whose_lease_was_taken_over_finishes_nothing(store: Store) -> N
     assert store.progress("w1") == {}
     assert store.lease_holder("lease-1") == "worker-b"
     outcome = _report()
-    assert store.finish_work("w1", outcome, "lease-1", "worker-b") == outcome
+    assert store.finish_work("w1", outcome, "lease-1", "worker-b").kept == outcome
 
 
 def test_work_whose_lease_lapsed_with_no_one_taking_it_over_is_finished(store: Store) -> None:
@@ -1050,7 +1050,7 @@ def test_work_whose_lease_lapsed_with_no_one_taking_it_over_is_finished(store: S
     _eventually(lambda: store.lease_holder("lease-1") is None)
     outcome = _report()
 
-    assert store.finish_work("w1", outcome, "lease-1", "worker-a") == outcome
+    assert store.finish_work("w1", outcome, "lease-1", "worker-a").kept == outcome
     assert store.claim_work("w1", "lease-1", "worker-b", 60).outcome == outcome
 
 

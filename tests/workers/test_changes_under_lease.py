@@ -18,7 +18,7 @@ from orchestrator.contract import (
     envelope,
 )
 from orchestrator.runtime import Parts
-from orchestrator.store import Effect, Held, Pending, Store, Word
+from orchestrator.store import Effect, Finished, Held, Pending, Routed, Store, Word
 from tests.support.runner import web_deploy
 from workers.components import started_key
 from workers.tasks import ComponentRunner, WorkerLimits, work_key
@@ -151,10 +151,17 @@ class TakenOverAtTheEnd(_FrozenWorkersStore):
     its outcome."""
 
     def finish_work(
-        self, work: str, outcome: Envelope, lease: str, owner: str, last: Word | None = None
-    ) -> Envelope:
+        self,
+        work: str,
+        outcome: Envelope,
+        lease: str,
+        owner: str,
+        last: Word | None = None,
+        *,
+        routed: Routed | None = None,
+    ) -> Finished:
         _take_over(self._store, lease, owner)
-        return self._store.finish_work(work, outcome, lease, owner, last)
+        return self._store.finish_work(work, outcome, lease, owner, last, routed=routed)
 
 
 def test_a_worker_taken_over_as_it_ends_leaves_the_outcome_to_the_one_that_took_over(
