@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from orchestrator.contract import Envelope, StepStarted
 from orchestrator.store import PEAK_DRAINED, Store, open_store
+from orchestrator.vocabulary import Step
 from tests.conftest import REDIS_URL
 from tests.e2e.cluster import BROKERS, Cluster, running_cluster
 from tests.e2e.scenarios import drover
@@ -35,13 +37,15 @@ APPROVER = "bob"
 EDGE_HOSTS = loopback_hosts(4, first=20)
 
 # A version named in the file "broken" fails its verify: the thing a person fixes. A
-# deploy takes a second, so a pause can land between batches.
+# deploy takes a second, and waits while the file "held" is there: a test lands a pause
+# in the middle of a batch however long its command takes to start.
 TOOL_SCRIPT = """#!/bin/sh
 # tool HOST ACTION [VERSION]: a tiny fleet kept in files next to this script.
 here="$(dirname "$0")"; mkdir -p "$here/state"
 case "$2" in
   version) cat "$here/state/$1" 2>/dev/null || echo 1.0.0 ;;
-  deploy) sleep 1; echo "$3" > "$here/state/$1"; echo "deployed $3 to $1" ;;
+  deploy) while [ -e "$here/held" ]; do sleep 0.05; done
+          sleep 1; echo "$3" > "$here/state/$1"; echo "deployed $3 to $1" ;;
   verify) if [ "$(cat "$here/broken" 2>/dev/null)" = "$3" ]; then
             echo "$1 answers 500"; exit 3
           fi ;;
@@ -415,17 +419,22 @@ def test_prod_needs_an_approver_who_is_not_the_requester(stage: Stage) -> None:
 
 
 def test_pause_stops_between_batches_and_resume_goes_on(stage: Stage) -> None:
+    held = stage.tool_dir / "held"
+    held.touch()  # the first batch's deploy waits until the pause is in
     view = stage.submit(stage.release({"service": "tool", "version": "4.0.0"}), wait=False)
     release_id = view["id"]
     store = stage.store()
     try:
-        while not [m for m in store.timeline(release_id) if m.type == "StepSucceeded"]:
+        while not [m for m in store.timeline(release_id) if _deploy_started(m)]:
             time.sleep(0.05)  # the first batch is under way
         paused = drover("pause", release_id, "--actor", APPROVER, env=stage.env)
         assert paused.returncode == 0, paused.stderr
+        stage.until(release_id, "paused")
+        held.unlink()
         time.sleep(4)  # time enough for every batch, had the worker not stopped
         before = stage.show(release_id)
     finally:
+        held.unlink(missing_ok=True)
         store.close()
     assert before["state"] == "paused"
     deployed = [p for p in payloads(before, "StepSucceeded") if p["step"] == "deploy"]
@@ -434,6 +443,10 @@ def test_pause_stops_between_batches_and_resume_goes_on(stage: Stage) -> None:
     resumed = drover("resume", release_id, "--actor", APPROVER, env=stage.env)
     assert resumed.returncode == 0, resumed.stderr
     assert stage.until(release_id, "succeeded")["state"] == "succeeded"
+
+
+def _deploy_started(message: Envelope) -> bool:
+    return isinstance(message.payload, StepStarted) and message.payload.step is Step.DEPLOY
 
 
 def test_a_release_that_failed_is_retried_after_the_fix(stage: Stage) -> None:
