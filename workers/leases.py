@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
 
-from orchestrator.contract import Envelope
+from orchestrator.contract import Envelope, random_id
 from orchestrator.observability import get_logger
 from orchestrator.store import Finished, Held, Routed, Store, StoredRelease, Word
 
@@ -211,7 +210,7 @@ def claimed(
     waits, ``waiting(holder)`` is called every ``waiting_every_s`` seconds, so that whoever
     waits for *this* worker knows it is alive.
     """
-    owner = f"{owner_prefix}/{uuid.uuid4().hex}"
+    owner = f"{owner_prefix}/{random_id()}"
     next_word = 0.0
     while True:
         claim = keeper.store.claim_work(

@@ -42,6 +42,7 @@ from orchestrator.contract.envelope import (
     envelope,
     json_schema,
     problems_from,
+    random_id,
 )
 from orchestrator.contract.events import (
     ApprovalRefused,
@@ -140,4 +141,5 @@ __all__ = [
     "envelope",
     "json_schema",
     "problems_from",
+    "random_id",
 ]
