@@ -313,14 +313,10 @@ class Bus:
             return None
         self.declare()
         exchange = self.topology.events_exchange
-        with (
-            _broker_errors(self.broker_url),
-            self._publishers.acquire() as publisher,
-            publisher.producer.connection._reraise_as_library_errors(),
-        ):
-            channel = publisher.producer.channel
-            if not isinstance(channel, redis_transport.Channel):
+        with self._on_drovers_redis() as on_redis:
+            if on_redis is None:
                 return None
+            publisher, channel = on_redis
             bound = publisher.bound(f"exchange {exchange.name}", lambda: exchange)
             publisher.producer.maybe_declare(bound)  # as the publish declares it on the way
             # As kombu's producer makes what it publishes (see _publish), then its channel.
@@ -347,14 +343,10 @@ class Bus:
         if type(message.payload) not in _TASKS or self._drills.copies != 1:
             return None
         task = self._task_message(message)
-        with (
-            _broker_errors(self.broker_url),
-            self._publishers.acquire() as publisher,
-            publisher.producer.connection._reraise_as_library_errors(),
-        ):
-            channel = publisher.producer.channel
-            if not isinstance(channel, redis_transport.Channel):
+        with self._on_drovers_redis() as on_redis:
+            if on_redis is None:
                 return None
+            publisher, channel = on_redis
             queue = self._service_queue(publisher, task.service)
             publisher.producer.maybe_declare(queue)  # as the publish declares it on the way
             # As kombu's producer makes what it publishes (see _send_task), then its channel.
@@ -366,6 +358,19 @@ class Bus:
             channel._inplace_augment_message(made, "", queue.name)
             queued = channel.as_queued(queue.name, made)
         return None if queued is None else Queued(*queued)
+
+    @contextmanager
+    def _on_drovers_redis(self) -> Iterator[tuple[_Publisher, redis_transport.Channel] | None]:
+        """A publisher and its channel, where the broker is Redis through Drover's
+        transport (None elsewhere), the broker's errors raised as BrokerUnavailable."""
+        with (
+            _broker_errors(self.broker_url),
+            self._publishers.acquire() as publisher,
+            # As send_task does: the transport's own errors (redis-py's) become kombu's.
+            publisher.producer.connection._reraise_as_library_errors(),
+        ):
+            channel = publisher.producer.channel
+            yield (publisher, channel) if isinstance(channel, redis_transport.Channel) else None
 
     def _send_task(self, message: Envelope) -> None:
         """Send a command as the Celery task its service's workers run.

@@ -7,7 +7,6 @@ leaves the command to the relay. On the machine's Redis, in a namespace of the t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ from orchestrator.outbox import OutboxRelay
 from orchestrator.runtime import Parts
 from orchestrator.store import CommitResult
 from orchestrator.vocabulary import Step
-from tests.support.listening import connected_parts, drain, listen, messages
+from tests.support.listening import (
+    as_published,
+    connected_parts,
+    drain,
+    listen,
+    messages,
+    waiting_in,
+)
 from tests.support.outbox import commit_through
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
@@ -75,19 +81,7 @@ def _event() -> Envelope:
 
 def _waiting(parts: Parts) -> list[dict[str, Any]]:
     """What waits in the web service's queue, oldest first, as kombu keeps it."""
-    client = redis.Redis.from_url(parts.settings.broker_url)
-    try:
-        raw = client.lrange(parts.bus.topology.service_queue("web").name, 0, -1)
-    finally:
-        client.close()
-    return [json.loads(entry) for entry in reversed(raw)]
-
-
-def _as_published(kept: dict[str, Any]) -> dict[str, Any]:
-    """What the publisher chose of a message: not its delivery tag, nor when it was sent."""
-    properties = {k: v for k, v in kept["properties"].items() if k != "delivery_tag"}
-    headers = {k: v for k, v in kept["headers"].items() if k != "drover_sent_at"}
-    return {**kept, "properties": properties, "headers": headers}
+    return waiting_in(parts.settings.broker_url, parts.bus.topology.service_queue("web").name)
 
 
 def test_a_command_committed_waits_on_its_queue_with_nothing_left_to_publish(
@@ -117,7 +111,7 @@ def test_a_command_queued_by_its_commit_is_the_message_its_publish_makes(
     commit_through(relay, shared.store, "m1", [command])
 
     published, queued = _waiting(shared)
-    assert _as_published(queued) == _as_published(published)
+    assert as_published(queued) == as_published(published)
 
 
 def test_a_commit_refused_as_a_duplicate_queues_nothing(shared: Parts) -> None:

@@ -8,7 +8,6 @@ a namespace of the test's own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,14 @@ from orchestrator.contract import (
 )
 from orchestrator.runtime import Parts
 from orchestrator.store import Finished, NotHeld, Routed, Store, Word
-from tests.support.listening import connected_parts, drain, listen, messages
+from tests.support.listening import (
+    as_published,
+    connected_parts,
+    drain,
+    listen,
+    messages,
+    waiting_in,
+)
 from workers.tasks import ComponentRunner, WorkerLimits, work_key
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
@@ -60,19 +66,7 @@ def _outcome(version: str = "2.0.0") -> Envelope:
 
 def _waiting(parts: Parts) -> list[dict[str, Any]]:
     """What waits in the coordinator's queue, oldest first, as kombu keeps it."""
-    client = redis.Redis.from_url(parts.settings.broker_url)
-    try:
-        raw = client.lrange(parts.bus.topology.coordinator_queue.name, 0, -1)
-    finally:
-        client.close()
-    return [json.loads(entry) for entry in reversed(raw)]
-
-
-def _as_published(kept: dict[str, Any]) -> dict[str, Any]:
-    """What the publisher chose of a message: not its delivery tag, nor when it was sent."""
-    properties = {k: v for k, v in kept["properties"].items() if k != "delivery_tag"}
-    headers = {k: v for k, v in kept["headers"].items() if k != "drover_sent_at"}
-    return {**kept, "properties": properties, "headers": headers}
+    return waiting_in(parts.settings.broker_url, parts.bus.topology.coordinator_queue.name)
 
 
 def _finish(store: Store, outcome: Envelope, routed: Routed | None, owner: str) -> Finished:
@@ -90,7 +84,7 @@ def test_an_outcome_finished_waits_on_the_coordinator_s_queue_as_its_publish_put
     assert finished == Finished(outcome, routed=True)
     shared.bus.publish(outcome)  # beside it, for comparison
     pushed, published = _waiting(shared)
-    assert _as_published(pushed) == _as_published(published)
+    assert as_published(pushed) == as_published(published)
     assert shared.store.outcome("r1/web/deploy/1") == outcome
 
 

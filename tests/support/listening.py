@@ -3,12 +3,14 @@ parts of a process connected to a real broker: for tests that read what goes ove
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
@@ -71,6 +73,24 @@ def drain(broker_url: str, queue: Queue) -> Heard:
 def messages(heard: Heard) -> list[Envelope]:
     """What was heard, batches unpacked, in the order heard."""
     return [message for _, batch in heard for message in batch]
+
+
+def waiting_in(redis_url: str, queue: str) -> list[dict[str, Any]]:
+    """What waits in ``queue`` on the broker's Redis, oldest first, as kombu keeps it."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    return [json.loads(entry) for entry in reversed(raw)]
+
+
+def as_published(kept: dict[str, Any]) -> dict[str, Any]:
+    """What a publisher chose of a message kept in a queue (:func:`waiting_in`): not its
+    delivery tag, nor when it was sent."""
+    properties = {k: v for k, v in kept["properties"].items() if k != "delivery_tag"}
+    headers = {k: v for k, v in kept["headers"].items() if k != "drover_sent_at"}
+    return {**kept, "properties": properties, "headers": headers}
 
 
 def forget_on_rabbitmq(url: str, namespace: str, fleet: Path) -> None:
