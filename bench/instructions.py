@@ -25,6 +25,13 @@ process of its own under ``callgrind``:
   components wait in the release until their turn, so the count grows a little with the
   chain's length (the waiting are looked at after each outcome).
 
+and, beside them, what a component's parts cost, each done over and over in a process of
+its own (``BENCH_INSTRUCTIONS_PARTS`` times, default ``2000,6000``): an event made and
+encoded (a worker's ``StepStarted``: its payload, its envelope, its JSON), a log line at
+info (JSON, to standard error, with a message's context bound), and a store call on
+Drover's way to Redis (``orchestrator.redis_calls``: a small script, waited for, and sent
+ahead then waited for).
+
 Each is run twice, with ``BENCH_INSTRUCTIONS_COMPONENTS`` (default ``20,60``) components,
 and the difference between the two counts over the difference in components is what one
 component costs: start-up, imports and the first command fall out. Both runs set up the
@@ -40,6 +47,7 @@ Celery's in. Needs valgrind; each side takes about half a minute, the worker's a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -49,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -70,12 +78,21 @@ from bench.processes import (
     write_release,
 )
 from orchestrator.bus import Delivery
-from orchestrator.contract import ComponentDeployed, DeployComponent, Envelope, envelope
+from orchestrator.contract import (
+    ComponentDeployed,
+    DeployComponent,
+    Envelope,
+    StepStarted,
+    envelope,
+    random_id,
+)
 from orchestrator.coordinator import Coordinator
-from orchestrator.observability import configure_logging
+from orchestrator.observability import configure_logging, get_logger, message_context
 from orchestrator.plans import load_fleet, load_release
+from orchestrator.redis_calls import KeptConnections, Lua
 from orchestrator.runtime import Parts, connect, run_worker
 from orchestrator.settings import Settings
+from orchestrator.vocabulary import Step
 from workers.tasks import ComponentRunner, WorkerLimits
 
 __all__ = ["run"]
@@ -83,7 +100,11 @@ __all__ = ["run"]
 SIZES: Final = tuple(
     int(n) for n in os.environ.get("BENCH_INSTRUCTIONS_COMPONENTS", "20,60").split(",")
 )
+PART_COUNTS: Final = tuple(
+    int(n) for n in os.environ.get("BENCH_INSTRUCTIONS_PARTS", "2000,6000").split(",")
+)
 SIDES: Final = ("drover", "floor", "coordinator", "worker")
+PARTS: Final = ("event", "log line", "store call", "store call ahead")
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
 _CHILD_LIMIT_S: Final = 1800  # a counted process runs some fifty times slower than usual
 
@@ -91,10 +112,19 @@ _CHILD_LIMIT_S: Final = 1800  # a counted process runs some fifty times slower t
 def run(options: Options) -> list[Figure]:
     if shutil.which("valgrind") is None:
         raise RuntimeError("the instructions benchmark needs valgrind (Debian's valgrind)")
-    if len(SIZES) != 2 or not 0 < SIZES[0] < SIZES[1]:
-        raise ValueError(f"BENCH_INSTRUCTIONS_COMPONENTS: two sizes, smaller first, not {SIZES}")
+    for counts in (SIZES, PART_COUNTS):
+        if len(counts) != 2 or not 0 < counts[0] < counts[1]:
+            raise ValueError(f"two counts, smaller first, not {counts}")
     drover, floor, coordinator, worker = (_per_component(options, side) for side in SIDES)
     notes = {"components": list(SIZES), "floor_store_calls": WORKER_STORE_CALLS}
+    priced = [
+        Figure(
+            f"instructions per {part}",
+            Runs(part, "k instr", (_per_part(options, part) / 1e3,)),
+            notes={"counts": list(PART_COUNTS)},
+        )
+        for part in PARTS
+    ]
     return [
         Figure(
             "instructions per component",
@@ -115,12 +145,18 @@ def run(options: Options) -> list[Figure]:
             Runs("coordinator, a chain's outcomes", "M instr", (coordinator / 1e6,)),
             notes={"components": list(SIZES)},
         ),
+        *priced,
     ]
 
 
 def _per_component(options: Options, side: str) -> float:
     small, large = (_instructions(options, side, n) for n in SIZES)
     return (large - small) / (SIZES[1] - SIZES[0])
+
+
+def _per_part(options: Options, part: str) -> float:
+    fewer, more = (_instructions(options, part, n) for n in PART_COUNTS)
+    return (more - fewer) / (PART_COUNTS[1] - PART_COUNTS[0])
 
 
 def _instructions(options: Options, side: str, components: int) -> int:
@@ -291,8 +327,57 @@ def _floor(components: int, at: _Setting) -> None:
     store.close()
 
 
+# --- a component's parts, each done ``count`` times after one that warms up -------------
+
+
+def _events(count: int, _at: _Setting) -> None:
+    [cause] = _commands(["svc-00001"])
+    for _ in range(count + 1):
+        started = StepStarted(
+            environment=ENVIRONMENT,
+            service="svc-00001",
+            step=Step.DEPLOY,
+            batch=1,
+            hosts=("svc-00001-h000",),
+            rollback=False,
+        )
+        envelope(started, release_id=cause.release_id, actor="bench", causation=cause).encode()
+
+
+def _log_lines(count: int, _at: _Setting) -> None:
+    configure_logging("json", "info")
+    log = get_logger(__name__)
+    with message_context(release_id="r1", service="svc-00001", message_id=random_id()):
+        for _ in range(count + 1):
+            log.info("step started", step=Step.DEPLOY, batch=1, hosts=["h"], rollback=False)
+
+
+_SMALL_WRITE: Final = Lua("redis.call('SET', KEYS[1], ARGV[1])")
+
+
+def _store_calls(count: int, at: _Setting, *, ahead: bool = False) -> None:
+    pool = redis.ConnectionPool.from_url(at.redis_url)
+    calls, key, value = KeptConnections(pool), [f"{at.namespace}:part"], [b"x" * 200]
+    for _ in range(count + 1):
+        if ahead:
+            calls.script_ahead(_SMALL_WRITE, key, value, lambda reply: reply).wait()
+        else:
+            calls.script(_SMALL_WRITE, key, value)
+    calls.settle()
+    pool.disconnect()
+
+
 if __name__ == "__main__":
     side, count, fleet_size, broker, store_url, space, scratch_folder = sys.argv[1:8]
     setting = _Setting(int(fleet_size), broker, store_url, space, Path(scratch_folder))
-    sides = {"drover": _drover, "coordinator": _coordinator, "floor": _floor, "worker": _worker}
+    sides: dict[str, Callable[[int, _Setting], None]] = {
+        "drover": _drover,
+        "coordinator": _coordinator,
+        "floor": _floor,
+        "worker": _worker,
+        "event": _events,
+        "log line": _log_lines,
+        "store call": _store_calls,
+        "store call ahead": functools.partial(_store_calls, ahead=True),
+    }
     sides[side](int(count), setting)
