@@ -503,16 +503,14 @@ class Channel(kombu_redis.Channel):
         """Push ``message`` onto the queues ``exchange`` routes it to, checking in the
         same call that it was routed by the exchange's bindings as they are; False where
         kombu's way must take it instead."""
-        bindings = self._bindings.get(exchange) or self._read_bindings(exchange)
+        bindings = self._known_bindings(exchange)
         bindings_key = self._bindings_key(exchange)
-        payload = ""  # written out only if a queue takes it
         for _ in range(_ROUTE_TRIES):
-            queues = self._routed(exchange, routing_key, bindings)
-            if queues is None:
+            route = self._route(message, exchange, routing_key, bindings)
+            if route is None:
                 return False
-            if queues and not payload:
-                payload = dumps(message)
-            keys = (bindings_key, *self._lists(queues, message))
+            lists, payload = route
+            keys = (bindings_key, *lists)
             try:
                 reply = self.calls.script(_ROUTE, keys, [payload, *bindings.members])
             except self.ResponseError as refused:
@@ -537,22 +535,35 @@ class Channel(kombu_redis.Channel):
         if self.typeof(exchange).type not in _ROUTED_HERE:
             return None
         self._inplace_augment_message(message, exchange, routing_key)
-        bindings = self._bindings.get(exchange)
-        if bindings is None:  # kept until a publish here finds them changed
-            bindings = self._bindings[exchange] = self._read_bindings(exchange)
-        queues = self._routed(exchange, routing_key, bindings)
-        if queues is None:
+        bindings = self._known_bindings(exchange)
+        route = self._route(message, exchange, routing_key, bindings)
+        if route is None:
             return None
-        payload = dumps(message) if queues else ""
-        return self._bindings_key(exchange), bindings.members, self._lists(queues, message), payload
+        lists, payload = route
+        return self._bindings_key(exchange), bindings.members, lists, payload
+
+    def _known_bindings(self, exchange: str) -> _Bindings:
+        """The exchange's bindings as last read here: kept until a publish finds them
+        changed (every push checks them in the call that pushes)."""
+        bindings = self._bindings.get(exchange)
+        if bindings is None:
+            bindings = self._bindings[exchange] = self._read_bindings(exchange)
+        return bindings
 
     def _bindings_key(self, exchange: str) -> str:
         return self.global_keyprefix + self.keyprefix_queue % (exchange,)
 
-    def _lists(self, queues: Sequence[str], message: Any) -> list[str]:
-        """The lists ``message`` waits in, routed to ``queues``."""
+    def _route(
+        self, message: Any, exchange: str, routing_key: str, bindings: _Bindings
+    ) -> tuple[list[str], str] | None:
+        """The lists ``bindings`` route ``message`` to, and what each holds of it (written
+        out only if a list takes it); None where kombu's way must take it."""
+        queues = self._routed(exchange, routing_key, bindings)
+        if queues is None:
+            return None
         priority = self._get_message_priority(message, reverse=False)
-        return [self.global_keyprefix + self._q_for_pri(q, priority) for q in queues]
+        lists = [self.global_keyprefix + self._q_for_pri(q, priority) for q in queues]
+        return lists, dumps(message) if queues else ""
 
     def _read_bindings(self, exchange: str) -> _Bindings:
         with self.conn_or_acquire() as client:

@@ -32,7 +32,8 @@ from tests.support.listening import (
     messages,
     waiting_in,
 )
-from workers.tasks import ComponentRunner, WorkerLimits, work_key
+from tests.support.runner import StoreAsSeen, runner_on
+from workers.tasks import work_key
 
 FLEET = Path(__file__).parents[1] / "e2e" / "fleet.yaml"
 _LEASE = "component/r1/web"
@@ -147,16 +148,13 @@ def test_on_rabbitmq_an_outcome_is_not_routed_for_a_store(
         assert parts.bus.routed(_outcome()) is None
 
 
-class _ListenerBindsAsItEnds:
+class _ListenerBindsAsItEnds(StoreAsSeen):
     """The worker's store, where a listener binds the events exchange just before the
     worker records its outcome: the outcome was routed by the bindings before it."""
 
     def __init__(self, store: Store, bind: Any) -> None:
-        self._store = store
+        super().__init__(store)
         self._bind = bind
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     def finish_work(self, *args: Any, **kwargs: Any) -> Finished:
         self._bind()
@@ -170,12 +168,12 @@ def test_a_worker_s_outcome_reaches_the_coordinator_once_and_every_listener(
 ) -> None:
     url, events = shared.settings.broker_url, shared.bus.topology.events_exchange
     bound: list[Any] = []
-    store: Any = shared.store
+    store = StoreAsSeen(shared.store)
     if listener_binds_as_it_ends:
         store = _ListenerBindsAsItEnds(shared.store, lambda: bound.append(listen(url, events, "#")))
     else:
         bound.append(listen(url, events, "#"))
-    runner = ComponentRunner(shared.fleet, store, shared.bus, WorkerLimits())
+    runner = runner_on(shared, store)
     deploy = DeployComponent(environment="staging", service="web", version="2.0.0")
     command = envelope(deploy, release_id="r1", actor="test")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.contract import DeployComponent, Envelope, envelope
 from orchestrator.runtime import Parts
+from orchestrator.store import Store
 from tests.support.listening import connected_parts
 from workers.tasks import ComponentRunner, WorkerLimits
 
@@ -32,3 +33,20 @@ def web_deploy(
             actor="test",
         )
         yield parts, runner, command
+
+
+class StoreAsSeen:
+    """A store as it is, but for what a subclass changes: the moment a test has something
+    happen to it (another worker taking a lease over, a listener binding), as the worker
+    using it meets it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def runner_on(parts: Parts, store: StoreAsSeen) -> ComponentRunner:
+    """A runner of the test's parts, on a view of their store."""
+    return ComponentRunner(parts.fleet, store, parts.bus, WorkerLimits())  # type: ignore[arg-type]

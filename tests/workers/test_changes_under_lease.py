@@ -6,7 +6,6 @@ it does when it finds its lease lost, reporting nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,9 +16,8 @@ from orchestrator.contract import (
     Envelope,
     envelope,
 )
-from orchestrator.runtime import Parts
 from orchestrator.store import Effect, Finished, Held, Pending, Routed, Store, Word
-from tests.support.runner import web_deploy
+from tests.support.runner import StoreAsSeen, runner_on, web_deploy
 from workers.components import started_key
 from workers.tasks import ComponentRunner, WorkerLimits, work_key
 
@@ -32,17 +30,7 @@ def _take_over(store: Store, lease: str, owner: str) -> None:
     assert store.acquire_lease(lease, "worker-b/1", 60)
 
 
-class _FrozenWorkersStore:
-    """A worker's store, as it is but for the moment a subclass has the lease taken."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-class TakenOverAtWeb2(_FrozenWorkersStore):
+class TakenOverAtWeb2(StoreAsSeen):
     """The worker's store, where another worker takes the component's lease just before
     web-2 is drained (as if this worker froze there for longer than the lease lasts)."""
 
@@ -57,7 +45,7 @@ class TakenOverAtWeb2(_FrozenWorkersStore):
 def test_no_change_of_a_worker_whose_lease_was_taken_over_is_made(tmp_path: Path) -> None:
     with web_deploy(tmp_path) as (parts, _, command):
         store = parts.store
-        runner = _runner_on(parts, TakenOverAtWeb2(store))
+        runner = runner_on(parts, TakenOverAtWeb2(store))
 
         runner.deploy(command.to_wire())  # returns: the worker that took over finishes it
 
@@ -68,11 +56,6 @@ def test_no_change_of_a_worker_whose_lease_was_taken_over_is_made(tmp_path: Path
         assert store.drained_hosts("staging", "web") == set()
         assert set(store.progress(work)) == {"web-1"}
         assert {host for (_, _, host, _) in store.effects("r1")} == {"web-1"}
-
-
-def _runner_on(parts: Parts, store: _FrozenWorkersStore) -> ComponentRunner:
-    """A runner of the test's parts, on a frozen worker's view of their store."""
-    return ComponentRunner(parts.fleet, store, parts.bus, WorkerLimits())  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -88,7 +71,7 @@ def test_the_thread_of_a_worker_taken_over_carries_out_its_next_command(
 ) -> None:
     with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, _, command):
         store = parts.store
-        taken_over = _runner_on(parts, TakenOverAtWeb2(store))
+        taken_over = runner_on(parts, TakenOverAtWeb2(store))
         taken_over.deploy(command.to_wire())
         assert store.outcome(work_key(command)) is None
 
@@ -106,7 +89,7 @@ def test_the_thread_of_a_worker_taken_over_carries_out_its_next_command(
         assert store.host_versions("staging", "web")["web-2"] == "3.0.0"
 
 
-class TakenOverAtTheStart(_FrozenWorkersStore):
+class TakenOverAtTheStart(StoreAsSeen):
     """The worker's store, where worker-b takes the lease just before the worker keeps
     what its hosts ran (its first write after the claim)."""
 
@@ -126,7 +109,7 @@ def test_a_worker_taken_over_before_its_first_step_keeps_nothing_of_its_hosts(
 ) -> None:
     with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, runner, command):
         store = parts.store
-        frozen = _runner_on(parts, TakenOverAtTheStart(store))
+        frozen = runner_on(parts, TakenOverAtTheStart(store))
         frozen.deploy(command.to_wire())
 
         started = started_key("r1", "web", 1)
@@ -146,7 +129,7 @@ def test_a_worker_taken_over_before_its_first_step_keeps_nothing_of_its_hosts(
         assert kept.payload.previous_versions == dict.fromkeys(["web-1", "web-2", "web-3"], "1.0.0")
 
 
-class TakenOverAtTheEnd(_FrozenWorkersStore):
+class TakenOverAtTheEnd(StoreAsSeen):
     """The worker's store, where worker-b takes the lease just before the worker records
     its outcome."""
 
@@ -169,7 +152,7 @@ def test_a_worker_taken_over_as_it_ends_leaves_the_outcome_to_the_one_that_took_
 ) -> None:
     with web_deploy(tmp_path, namespace, store_url=store_url) as (parts, _, command):
         store = parts.store
-        frozen = _runner_on(parts, TakenOverAtTheEnd(store))
+        frozen = runner_on(parts, TakenOverAtTheEnd(store))
         frozen.deploy(command.to_wire())  # returns: worker-b ends it
 
         assert store.outcome(work_key(command)) is None

@@ -10,26 +10,24 @@ from typing import Any
 
 from orchestrator.contract import ComponentStarted, Envelope, envelope
 from orchestrator.store import Store
-from tests.support.runner import web_deploy
+from tests.support.runner import StoreAsSeen, web_deploy
 from workers.components import started_key
 from workers.tasks import ComponentRunner, WorkerLimits, work_key
 
 HOSTS = ["web-1", "web-2", "web-3"]  # the fleet's web, all on 1.0.0 until deployed
 
 
-class _Overtaken:
+class _Overtaken(StoreAsSeen):
     """The store as a worker sees it whose lease lapsed while it read its hosts: another
     worker, holding the lease since, records what the hosts ran first."""
 
     def __init__(self, store: Store, key: str, theirs: Envelope):
-        self._store, self._key, self._theirs = store, key, theirs
+        super().__init__(store)
+        self._key, self._theirs = key, theirs
 
     def host_versions(self, environment: str, service: str) -> dict[str, str]:
         self._store.record_outcome(self._key, self._theirs)
         return self._store.host_versions(environment, service)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
 
 def test_a_deploy_records_what_its_hosts_ran_with_its_first_step(tmp_path: Path) -> None:
