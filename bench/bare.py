@@ -363,8 +363,9 @@ class CeleryWorker:
     in turn, as a wide release's commands go to the queues of its services.
     """
 
-    def __init__(self, app: Celery, queues: Sequence[str], namespace: str, url: str):
+    def __init__(self, app: Celery, queues: Sequence[str], namespace: str, url: str, pid: int):
         self.app = app
+        self.pid = pid  # the worker process's, to read its processor time by
         self.queues = tuple(queues)
         self.namespace = namespace
         self.redis = redis.Redis.from_url(url)
@@ -453,7 +454,9 @@ def celery_worker(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    worker = CeleryWorker(app, _queue_names(namespace, queues), namespace, options.redis_url)
+    worker = CeleryWorker(
+        app, _queue_names(namespace, queues), namespace, options.redis_url, process.pid
+    )
     try:
         try:
             worker.rate(len(worker.queues))  # returns once every queue is consumed: it is up

@@ -75,8 +75,9 @@ def run(options: Options) -> list[Figure]:
 def _celery_rate(
     worker: CeleryWorker, at_work: Mapping[str, int], processor: list[dict[str, float]]
 ) -> float:
-    """Celery's no-op rate; each server's processor time per task goes to ``processor``."""
-    with processor_per(at_work, CELERY_TASKS, processor):
+    """Celery's no-op rate; the bare worker's and each server's processor time per task
+    goes to ``processor``: Drover's worker's per component stands beside the first."""
+    with processor_per({"worker": worker.pid, **at_work}, CELERY_TASKS, processor):
         return worker.rate(CELERY_TASKS)
 
 
