@@ -4,7 +4,6 @@ tokens, what each may do, submitting and deciding, and the OpenAPI document."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from orchestrator.api.tokens import new_token
 from tests.e2e.cluster import Cluster, running_cluster
 from tests.e2e.scenarios import FIRST_FAILURE, SUCCESS
 from tests.support.browser import parse_dom, rendered_dom, require_chromium
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker
 
@@ -63,12 +63,6 @@ class Api:
                 return dict(view)
             time.sleep(0.2)
         raise AssertionError(f"{release_id} did not end")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -31,6 +30,7 @@ from orchestrator.store import Store, open_store
 from tests.conftest import REDIS_URL
 from tests.e2e.cluster import Cluster, running_cluster
 from tests.e2e.scenarios import FLEET
+from tests.support.ports import free_port
 from tests.support.slack import ResponseUrls, post_slash, signed, slash_form, texts
 
 pytestmark = pytest.mark.broker
@@ -164,12 +164,6 @@ def _is_result(release_id: str, text: str) -> bool:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def slow_agent() -> Iterator[str]:
     """A host agent (the http driver's protocol) that takes its time to say its version."""
@@ -200,7 +194,6 @@ def slow_agent() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chat]:
     folder = tmp_path_factory.mktemp("chatops")
-    port, unconfigured = free_port(), free_port()
     with (
         ResponseUrls() as urls,
         slow_agent() as agent,
@@ -208,6 +201,9 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chat]:
             "redis", folder, fleet=fleet_file(folder, agent), workers={"worker": ("all",)}
         ) as cluster,
     ):
+        # Picked once this test's own servers hold theirs: a port picked before them could
+        # be handed to one of them, and the API would find it taken.
+        port, unconfigured = free_port(), free_port()
         cluster.start("api", "api", "--port", str(port), slack_signing_secret=SECRET)
         cluster.start("api-unconfigured", "api", "--port", str(unconfigured))
         store = open_store(REDIS_URL, namespace=cluster.env["DROVER_NAMESPACE"])
@@ -227,13 +223,17 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chat]:
 
 
 def _wait_until_listening(url: str, cluster: Cluster) -> None:
+    """Until Drover's API answers at ``url``: an answer that is not its JSON is another
+    server's, on a port the API then could not take."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            post_slash(url, b"", {}, timeout_s=2)
-            return
+            status, answer = post_slash(url, b"", {}, timeout_s=2)
         except OSError:
             time.sleep(0.2)
+            continue
+        assert answer is not None, f"not Drover's API at {url} ({status}); logs in {cluster.logs}"
+        return
     raise AssertionError(f"drover api did not start; logs in {cluster.logs}")
 
 

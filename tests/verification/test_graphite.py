@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,6 +12,7 @@ import pytest
 from orchestrator.fleet.base import Placeholders
 from orchestrator.fleet.checks import GraphiteSource
 from tests.support.graphite_server import GraphiteServer
+from tests.support.ports import free_port
 from workers.http_call import http_request
 from workers.verification.metrics import GraphiteReader, MetricsUnavailable
 
@@ -31,13 +31,6 @@ def graphite() -> Iterator[GraphiteServer]:
 
 def reader(url: str, timeout_s: float = 2) -> GraphiteReader:
     return GraphiteReader(GraphiteSource(kind="graphite", url=url, timeout_s=timeout_s))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def test_only_the_window_is_read_and_the_request_is_graphites(graphite: GraphiteServer) -> None:
