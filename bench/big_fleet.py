@@ -13,9 +13,9 @@ and the broker. For each N (``BENCH_P3_HOSTS``, default 5,000, 10,000 and 20,000
   whose double is also measured.
 
 Every (run, N) is a fresh coordinator process (a high-water mark only ever rises) and a
-fresh namespace; the sizes are interleaved within a run so that drift on a noisy machine
-falls on all of them alike. Each measurement is also said on stderr as it comes: a full
-run takes tens of minutes.
+fresh namespace; the sizes are interleaved within a run, their order turned by one from
+run to run, so that drift on a noisy machine falls on all of them alike. Each
+measurement is also said on stderr as it comes: a full run takes tens of minutes.
 
 Deadlines: all of a release's components are sent at once and one worker (4 threads)
 takes them in turn, so on a small machine the last ones wait in their queues, and the
@@ -69,7 +69,8 @@ def run(options: Options) -> list[Figure]:
     timeout_s = float(os.environ.get("BENCH_P3_TIMEOUT_S", "3600"))
     by_size: dict[int, list[Measured]] = defaultdict(list)
     for index in range(options.runs):
-        for hosts in sizes:
+        turn = index % len(sizes)
+        for hosts in sizes[turn:] + sizes[:turn]:
             measured = _once(options, hosts, timeout_s)
             by_size[hosts].append(measured)
             _say(index, measured)
