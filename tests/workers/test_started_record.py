@@ -6,13 +6,12 @@ stops without touching a host."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from orchestrator.contract import ComponentStarted, Envelope, envelope
 from orchestrator.store import Store
-from tests.support.runner import StoreAsSeen, web_deploy
+from tests.support.runner import StoreAsSeen, runner_on, web_deploy
 from workers.components import started_key
-from workers.tasks import ComponentRunner, WorkerLimits, work_key
+from workers.tasks import work_key
 
 HOSTS = ["web-1", "web-2", "web-3"]  # the fleet's web, all on 1.0.0 until deployed
 
@@ -53,8 +52,7 @@ def test_a_worker_overtaken_before_its_first_step_touches_no_host(tmp_path: Path
             previous_versions=dict.fromkeys(HOSTS, "1.0.0"),
         )
         theirs = envelope(found, release_id="r1", actor="drover-worker-other")
-        store: Any = _Overtaken(parts.store, key, theirs)
-        runner = ComponentRunner(parts.fleet, store, parts.bus, WorkerLimits())
+        runner = runner_on(parts, _Overtaken(parts.store, key, theirs))
 
         runner.deploy(command.to_wire())
 
